@@ -1,0 +1,12 @@
+"""Compiled kernels of fastconv, installed as ``fastconv.kernels``.
+
+Each module is plain loops over plain arrays: the Python layer in ``fastconv``
+validates arguments, allocates outputs and picks a kernel; a kernel computes and
+trusts its inputs. Numba kernels are compiled lazily on first call and cached on
+disk (``cache=True``); importing this package compiles nothing.
+
+- ``direct``: direct convolution, forward and backward (Numba).
+- ``gemm``: matrix products, BLAS through Numba and our own packed GEMM (Numba).
+- ``im2col``: im2col / col2im (Cython, releases the GIL, OpenMP when built with it).
+- ``pool``: max and average pooling, forward and backward (Numba).
+"""
