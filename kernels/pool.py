@@ -1,0 +1,178 @@
+"""Max and average pooling, forward and backward, with PyTorch's CPU semantics (Numba).
+
+x, gx: (N, C, H, W) float32 or float64, C-contiguous.
+y, gy: (N, C, OH, OW), same dtype as x, C-contiguous.
+idx: (N, C, OH, OW) int64, flat per-plane index h*W + w of each max (return_indices convention).
+
+The caller validates arguments and computes OH, OW with PyTorch's rule (ceil_mode
+included), so every window holds at least one in-bounds position. Kernels run
+``prange`` over the N*C planes; each plane writes only its own outputs. Numba
+compiles each function on first call and caches it on disk; importing compiles nothing.
+Inner loops index with ``np.uint64`` (indices there are never negative), which spares
+Numba's negative-index fix-ups.
+"""
+import numba as nb
+import numpy as np
+
+
+@nb.njit(cache=True)
+def _taps(out_len, in_len, k, stride, pad, dil):
+    """Valid tap range [t0[o], t1[o]) of each output o: 0 <= o*stride - pad + t*dil < in_len."""
+    t0 = np.empty(out_len, np.int64)
+    t1 = np.empty(out_len, np.int64)
+    for o in range(out_len):
+        b = o * stride - pad
+        t0[o] = 0 if b >= 0 else (dil - 1 - b) // dil
+        t1[o] = max(min(k, (in_len - 1 - b) // dil + 1), 0)
+    return t0, t1
+
+
+@nb.njit(cache=True)
+def _avg_bounds(out_len, in_len, k, stride, pad):
+    """Clipped window [lo[o], hi[o]) and padded extent (PyTorch's pool_size factor) of each output o."""
+    lo = np.empty(out_len, np.int64)
+    hi = np.empty(out_len, np.int64)
+    ext = np.empty(out_len, np.int64)
+    for o in range(out_len):
+        start = o * stride - pad
+        end = min(start + k, in_len + pad)
+        ext[o] = end - start
+        lo[o] = max(start, 0)
+        hi[o] = min(end, in_len)
+    return lo, hi, ext
+
+
+@nb.njit(cache=True, parallel=True)
+def max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
+    """y[n,c,oh,ow] = max over the window, idx = its flat index h*W + w within the plane.
+
+    Matches PyTorch's CPU scan (taps r-major then s, take when ``v > best or isnan(v)``,
+    from best = -inf at the first in-bounds tap): ties keep the first maximum; if the
+    window holds a NaN, the result is the last NaN and its index. Computed branch-free
+    as a strict ``>`` max/argmax that never takes a NaN, plus the index of the last NaN.
+    """
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(N * C, H * W)
+    yf = y.reshape(N * C, OH * OW)
+    idf = idx.reshape(N * C, OH * OW)
+    r0s, r1s = _taps(OH, H, kh, sh, ph, dh)
+    s0s, s1s = _taps(OW, W, kw, sw, pw, dw)
+    ninf = x.dtype.type(-np.inf)
+    for p in nb.prange(N * C):
+        xp = xf[p]
+        yp = yf[p]
+        ip = idf[p]
+        for oh in range(OH):
+            hb = oh * sh - ph
+            r0 = r0s[oh]
+            r1 = r1s[oh]
+            for ow in range(OW):
+                wb = ow * sw - pw
+                s0 = s0s[ow]
+                s1 = s1s[ow]
+                best = ninf
+                bi = (hb + r0 * dh) * W + wb + s0 * dw
+                ni = -1
+                for r in range(r0, r1):
+                    row = (hb + r * dh) * W + wb
+                    for s in range(s0, s1):
+                        i = row + s * dw
+                        v = xp[np.uint64(i)]
+                        bi = i if v > best else bi
+                        best = v if v > best else best
+                        ni = i if v != v else ni
+                if ni >= 0:
+                    bi = ni
+                    best = xp[np.uint64(ni)]
+                yp[oh * OW + ow] = best
+                ip[oh * OW + ow] = bi
+
+
+@nb.njit(cache=True, parallel=True)
+def max_pool2d_backward(gy, idx, gx):
+    """gx = 0, then gx[n, c, idx // W, idx % W] += gy[n, c, oh, ow] for every output, in output order."""
+    N, C, H, W = gx.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    gyf = gy.reshape(N * C, OH * OW)
+    idf = idx.reshape(N * C, OH * OW)
+    gxf = gx.reshape(N * C, H * W)
+    for p in nb.prange(N * C):
+        gxp = gxf[p]
+        gyp = gyf[p]
+        ip = idf[p]
+        gxp[:] = 0
+        for o in range(OH * OW):
+            gxp[np.uint64(ip[o])] += gyp[o]
+
+
+@nb.njit(cache=True, parallel=True)
+def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
+    """y = (sum over the clipped window, accumulated in x's dtype) / divisor, as PyTorch's CPU kernel.
+
+    divisor = divisor_override if non-zero (0 means None), else the window size counted with
+    padding (clipped to [-p, L + p)) if count_include_pad, else without it.
+    """
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(N * C, H * W)
+    yf = y.reshape(N * C, OH * OW)
+    h0s, h1s, exh = _avg_bounds(OH, H, kh, sh, ph)
+    w0s, w1s, exw = _avg_bounds(OW, W, kw, sw, pw)
+    zero = x.dtype.type(0)
+    for p in nb.prange(N * C):
+        xp = xf[p]
+        yp = yf[p]
+        for oh in range(OH):
+            h0 = h0s[oh]
+            h1 = h1s[oh]
+            for ow in range(OW):
+                w0 = w0s[ow]
+                w1 = w1s[ow]
+                if h0 >= h1 or w0 >= w1:
+                    yp[oh * OW + ow] = zero
+                    continue
+                if divisor_override != 0:
+                    div = divisor_override
+                elif count_include_pad:
+                    div = exh[oh] * exw[ow]
+                else:
+                    div = (h1 - h0) * (w1 - w0)
+                acc = zero
+                for h in range(h0, h1):
+                    row = h * W
+                    for w in range(w0, w1):
+                        acc += xp[np.uint64(row + w)]
+                yp[oh * OW + ow] = acc / x.dtype.type(div)
+
+
+@nb.njit(cache=True, parallel=True)
+def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
+    """gx = 0, then gy[n,c,oh,ow] / divisor is added to every position of its clipped window."""
+    N, C, H, W = gx.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    gyf = gy.reshape(N * C, OH * OW)
+    gxf = gx.reshape(N * C, H * W)
+    h0s, h1s, exh = _avg_bounds(OH, H, kh, sh, ph)
+    w0s, w1s, exw = _avg_bounds(OW, W, kw, sw, pw)
+    for p in nb.prange(N * C):
+        gyp = gyf[p]
+        gxp = gxf[p]
+        gxp[:] = 0
+        for oh in range(OH):
+            h0 = h0s[oh]
+            h1 = h1s[oh]
+            for ow in range(OW):
+                w0 = w0s[ow]
+                w1 = w1s[ow]
+                if divisor_override != 0:
+                    div = divisor_override
+                elif count_include_pad:
+                    div = exh[oh] * exw[ow]
+                else:
+                    div = (h1 - h0) * (w1 - w0)
+                g = gyp[oh * OW + ow] / gx.dtype.type(div)
+                for h in range(h0, h1):
+                    row = h * W
+                    for w in range(w0, w1):
+                        gxp[np.uint64(row + w)] += g
