@@ -1,0 +1,468 @@
+"""Matrix-multiply kernels: ``c[:, :] = op(a) @ op(b)``.
+
+Layouts
+-------
+``a``, ``b`` and ``c`` are C-contiguous (row-major) 2-D arrays of one dtype,
+float32 or float64. ``op(x)`` is ``x.T`` when the matching ``trans_*`` flag is
+true, else ``x``. ``op(a)`` is (M, K), ``op(b)`` is (K, N), ``c`` is (M, N) and is
+overwritten. Any M, N, K >= 1.
+
+- ``gemm_blas``: ``np.dot`` inside Numba, which calls the BLAS bundled with
+  SciPy. A transposed operand is passed as an F-contiguous view, so BLAS sees
+  it as a transpose flag and nothing is copied.
+- ``gemm_packed``: our own GEMM, no BLAS, after Goto/BLIS. For each NC-wide
+  panel of N (jc), two parallel loops (``prange``), hence two barriers:
+
+    pack:    for every KC-deep slice of K (pc), pack_a copies op(a)[:, pc:pc+kc]
+             (first panel only) into ``a_pack`` as slivers of MR rows, element
+             (row r, depth p) at ``p * MR + r``, rows past M zero; pack_b copies
+             op(b)[pc:pc+kc, jc:jc+nc] into ``b_pack`` as slivers of NR columns,
+             element (depth p, column j) at ``p * NR + j``, columns past N zero.
+    compute: C is cut into blocks of MC rows x NB columns, one per work item
+             (disjoint, so no races). A block loops over the K slices; in a
+             slice the micro-kernel multiplies one A sliver (of an MC x KC
+             block kept in L2) by one B sliver (KC x NR, kept in L1) into an
+             MR x NR tile of accumulators held in registers, then adds it into C.
+
+  The packing routines read through the transpose flags, so a transposed
+  operand costs nothing extra. The micro-kernel uses explicit SIMD vectors
+  (Numba intrinsics over LLVM vector types): one vector holds ``LANES``
+  elements (``VECTOR_BYTES`` bytes: 64 with AVX-512, else 32), a tile is
+  MR = 6 rows x NR = 2 vectors, i.e. 12 vector accumulators (6x16 float32 /
+  6x8 float64 with AVX2, 6x32 / 6x16 with AVX-512). Partial tiles at the
+  right/bottom edges are computed in full into a small scratch tile (the packed
+  panels are zero-padded) and only the valid part is copied into C.
+  Workspace per call: a_pack is M x K and b_pack K x min(N, NC) elements
+  (padded to MR rows / NR columns).
+
+Nothing here compiles at import time; every kernel is compiled on first call
+and cached on disk.
+"""
+import llvmlite.binding as llvm
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+
+def _host_vector_bytes():
+    """Widest SIMD register of the host CPU in bytes: 64 with AVX-512, else 32."""
+    try:
+        features = llvm.get_host_cpu_features()
+        return 64 if features.get("avx512f", False) else 32
+    except Exception:
+        return 32
+
+
+VECTOR_BYTES = _host_vector_bytes()  # bytes in one SIMD vector
+MR = 6                               # rows of a micro-tile
+KC = 512                             # depth of a packed slice (measured: 512 > 256)
+A_BLOCK_BYTES = 256 * 1024           # MC*KC*itemsize of an A block (half of L2)
+NC = 1024                            # columns of a packed B panel (rounded to NR)
+WORK_ITEMS = 32                      # blocks of C per panel to share among threads
+
+
+# ---------------------------------------------------------------------------
+# SIMD vector values: a Numba type backed by an LLVM <LANES x float/double>.
+# ---------------------------------------------------------------------------
+
+class SimdVector(types.Type):
+    """A SIMD register's worth of float32 or float64 values."""
+
+    def __init__(self, dtype, lanes):
+        self.dtype = dtype
+        self.lanes = lanes
+        super().__init__(name="SimdVector(%s x %d)" % (dtype, lanes))
+
+
+@register_model(SimdVector)
+class SimdVectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.lanes))
+
+
+def _vector_type_of(array_type):
+    """The SimdVector type holding elements of ``array_type``."""
+    return SimdVector(array_type.dtype, VECTOR_BYTES // (array_type.dtype.bitwidth // 8))
+
+
+def _is_float_c_array(array_type):
+    """True for C-contiguous float32/float64 arrays: flat indexing is valid."""
+    return (isinstance(array_type, types.Array) and array_type.layout == "C"
+            and array_type.dtype in (types.float32, types.float64))
+
+
+def _element_pointer(context, builder, array_type, array, index_type, index):
+    """Pointer to element ``index`` of the flat data of ``array`` (no checks)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    offset = context.cast(builder, index, index_type, types.intp)
+    return builder.gep(data, [offset])
+
+
+@intrinsic
+def vector_zeros(typingctx, array):
+    """A vector of zeros of ``array``'s dtype."""
+    if not _is_float_c_array(array):
+        return None
+    vector_type = _vector_type_of(array)
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(context.get_value_type(vector_type), None)
+
+    return vector_type(array), codegen
+
+
+@intrinsic
+def vector_load(typingctx, array, index):
+    """Load LANES consecutive elements ``array.flat[index:index + LANES]``."""
+    if not (_is_float_c_array(array) and isinstance(index, types.Integer)):
+        return None
+    vector_type = _vector_type_of(array)
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, array, args[0], index, args[1])
+        llvm_type = context.get_value_type(vector_type)
+        return builder.load(builder.bitcast(pointer, llvm_type.as_pointer()),
+                            align=array.dtype.bitwidth // 8)
+
+    return vector_type(array, index), codegen
+
+
+@intrinsic
+def vector_store(typingctx, array, index, value):
+    """Store ``value`` into ``array.flat[index:index + LANES]``."""
+    if not (_is_float_c_array(array) and isinstance(index, types.Integer)
+            and value == _vector_type_of(array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, array, args[0], index, args[1])
+        llvm_type = context.get_value_type(value)
+        builder.store(args[2], builder.bitcast(pointer, llvm_type.as_pointer()),
+                      align=array.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+
+    return types.none(array, index, value), codegen
+
+
+@intrinsic
+def vector_broadcast(typingctx, array, index):
+    """A vector with every lane set to ``array.flat[index]``."""
+    if not (_is_float_c_array(array) and isinstance(index, types.Integer)):
+        return None
+    vector_type = _vector_type_of(array)
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, array, args[0], index, args[1])
+        llvm_type = context.get_value_type(vector_type)
+        scalar = builder.load(pointer)
+        first = builder.insert_element(ir.Constant(llvm_type, ir.Undefined), scalar,
+                                       ir.Constant(ir.IntType(32), 0))
+        zeros_mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.lanes), None)
+        return builder.shuffle_vector(first, ir.Constant(llvm_type, ir.Undefined),
+                                      zeros_mask)
+
+    return vector_type(array, index), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that ``array.flat[index]`` will soon be read and written."""
+    if not (_is_float_c_array(array) and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, array, args[0], index, args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        # llvm.prefetch(pointer, rw=1: for writing, locality=3: keep, 1: data)
+        builder.call(fn, [builder.bitcast(pointer, i8p), ir.Constant(i32, 1),
+                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(array, index), codegen
+
+
+@intrinsic
+def vector_fma(typingctx, x, y, z):
+    """Lane-wise ``x * y + z`` with one rounding (llvm.fma)."""
+    if not (isinstance(x, SimdVector) and x == y == z):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = args[0].type
+        name = "llvm.fma.v%d%s" % (vector.count, "f32" if x.dtype == types.float32 else "f64")
+        fma = cgutils.get_or_insert_function(builder.module,
+                                             ir.FunctionType(vector, [vector] * 3), name)
+        return builder.call(fma, args)
+
+    return x(x, y, z), codegen
+
+
+@intrinsic
+def vector_add(typingctx, x, y):
+    """Lane-wise ``x + y``."""
+    if not (isinstance(x, SimdVector) and x == y):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(args[0], args[1])
+
+    return x(x, y), codegen
+
+
+# ---------------------------------------------------------------------------
+# BLAS through Numba
+# ---------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def gemm_blas(a, b, c, trans_a, trans_b):
+    """c[:, :] = op(a) @ op(b) through BLAS (``np.dot`` in Numba).
+
+    a: (M, K), or (K, M) if trans_a; b: (K, N), or (N, K) if trans_b; c: (M, N).
+    All C-contiguous, one dtype (float32/float64); c is overwritten. A
+    transposed operand is an F-contiguous view: BLAS reads it in place.
+    """
+    if trans_a:
+        if trans_b:
+            np.dot(a.T, b.T, c)
+        else:
+            np.dot(a.T, b, c)
+    else:
+        if trans_b:
+            np.dot(a, b.T, c)
+        else:
+            np.dot(a, b, c)
+
+
+# ---------------------------------------------------------------------------
+# Packed GEMM
+# ---------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def pack_a_sliver(a, trans_a, row0, rows, col0, kc, a_pack, offset):
+    """Pack op(a)[row0:row0+rows, col0:col0+kc] (rows <= MR) into one sliver.
+
+    a_pack[offset + p * MR + r] = op(a)[row0 + r, col0 + p]; rows r >= ``rows``
+    are zero-filled so the micro-kernel can always compute MR full rows.
+    """
+    if rows < MR:                 # bottom edge: zero-fill, copy what exists
+        a_pack[offset:offset + kc * MR] = 0
+        for p in range(kc):
+            for r in range(rows):
+                if trans_a:
+                    a_pack[offset + p * MR + r] = a[col0 + p, row0 + r]
+                else:
+                    a_pack[offset + p * MR + r] = a[row0 + r, col0 + p]
+    elif trans_a:                 # op(a)[i, p] = a[p, i]: MR contiguous values
+        for p in range(kc):
+            for r in range(MR):
+                a_pack[offset + p * MR + r] = a[col0 + p, row0 + r]
+    else:                         # op(a)[i, p] = a[i, p]: MR rows read in step
+        for p in range(kc):
+            for r in range(MR):
+                a_pack[offset + p * MR + r] = a[row0 + r, col0 + p]
+
+
+@numba.njit(cache=True)
+def pack_b_sliver(b, trans_b, row0, kc, col0, cols, b_pack, offset):
+    """Pack op(b)[row0:row0+kc, col0:col0+cols] (cols <= NR) into one sliver.
+
+    NR = 2 * LANES. b_pack[offset + p * NR + j] = op(b)[row0 + p, col0 + j];
+    columns j >= ``cols`` are zero-filled.
+    """
+    lanes = VECTOR_BYTES // b.itemsize
+    nr = 2 * lanes
+    if cols < nr:                 # right edge: zero-fill, copy what exists
+        b_pack[offset:offset + kc * nr] = 0
+        for p in range(kc):
+            for j in range(cols):
+                if trans_b:
+                    b_pack[offset + p * nr + j] = b[col0 + j, row0 + p]
+                else:
+                    b_pack[offset + p * nr + j] = b[row0 + p, col0 + j]
+    elif trans_b:                 # op(b)[p, j] = b[j, p]: depth p is contiguous
+        for j in range(nr):
+            for p in range(kc):
+                b_pack[offset + p * nr + j] = b[col0 + j, row0 + p]
+    else:                         # op(b)[p, j] = b[p, j]: two vectors per row
+        ldb = b.shape[1]
+        for p in range(kc):
+            source = (row0 + p) * ldb + col0
+            target = offset + p * nr
+            vector_store(b_pack, target, vector_load(b, source))
+            vector_store(b_pack, target + lanes, vector_load(b, source + lanes))
+
+
+@numba.njit(cache=True)
+def _store_row(c, offset, lanes, low, high, accumulate):
+    """c.flat[offset:offset + 2*lanes] (+)= [low, high]."""
+    if accumulate:
+        low = vector_add(low, vector_load(c, offset))
+        high = vector_add(high, vector_load(c, offset + lanes))
+    vector_store(c, offset, low)
+    vector_store(c, offset + lanes, high)
+
+
+@numba.njit(cache=True)
+def micro_kernel(kc, a_pack, a_offset, b_pack, b_offset, c, c_offset, ldc, accumulate):
+    """MR x NR tile: C_tile (+)= A_sliver @ B_sliver, accumulators in registers.
+
+    A sliver: a_pack[a_offset + p * MR + r]; B sliver: b_pack[b_offset + p * NR + j]
+    for p < kc. The tile is written to c.flat[c_offset + r * ldc + j]
+    (r < MR, j < NR = 2 * LANES), added to what is there if ``accumulate``,
+    else overwriting it. All MR x NR entries must be valid memory.
+    """
+    lanes = VECTOR_BYTES // a_pack.itemsize
+    c00 = vector_zeros(a_pack)
+    c01 = vector_zeros(a_pack)
+    c10 = vector_zeros(a_pack)
+    c11 = vector_zeros(a_pack)
+    c20 = vector_zeros(a_pack)
+    c21 = vector_zeros(a_pack)
+    c30 = vector_zeros(a_pack)
+    c31 = vector_zeros(a_pack)
+    c40 = vector_zeros(a_pack)
+    c41 = vector_zeros(a_pack)
+    c50 = vector_zeros(a_pack)
+    c51 = vector_zeros(a_pack)
+    for r in range(MR):           # C rows are needed after the loop: fetch now
+        prefetch(c, c_offset + r * ldc)
+        prefetch(c, c_offset + r * ldc + 2 * lanes - 1)
+    a_index = a_offset
+    b_index = b_offset
+    for _ in range(kc):
+        b0 = vector_load(b_pack, b_index)
+        b1 = vector_load(b_pack, b_index + lanes)
+        a_r = vector_broadcast(a_pack, a_index)
+        c00 = vector_fma(a_r, b0, c00)
+        c01 = vector_fma(a_r, b1, c01)
+        a_r = vector_broadcast(a_pack, a_index + 1)
+        c10 = vector_fma(a_r, b0, c10)
+        c11 = vector_fma(a_r, b1, c11)
+        a_r = vector_broadcast(a_pack, a_index + 2)
+        c20 = vector_fma(a_r, b0, c20)
+        c21 = vector_fma(a_r, b1, c21)
+        a_r = vector_broadcast(a_pack, a_index + 3)
+        c30 = vector_fma(a_r, b0, c30)
+        c31 = vector_fma(a_r, b1, c31)
+        a_r = vector_broadcast(a_pack, a_index + 4)
+        c40 = vector_fma(a_r, b0, c40)
+        c41 = vector_fma(a_r, b1, c41)
+        a_r = vector_broadcast(a_pack, a_index + 5)
+        c50 = vector_fma(a_r, b0, c50)
+        c51 = vector_fma(a_r, b1, c51)
+        a_index += MR
+        b_index += 2 * lanes
+    _store_row(c, c_offset, lanes, c00, c01, accumulate)
+    _store_row(c, c_offset + ldc, lanes, c10, c11, accumulate)
+    _store_row(c, c_offset + 2 * ldc, lanes, c20, c21, accumulate)
+    _store_row(c, c_offset + 3 * ldc, lanes, c30, c31, accumulate)
+    _store_row(c, c_offset + 4 * ldc, lanes, c40, c41, accumulate)
+    _store_row(c, c_offset + 5 * ldc, lanes, c50, c51, accumulate)
+
+
+@numba.njit(cache=True)
+def compute_block(a_pack, b_pack, c, k, m_pad, nc_pad, row0, rows, panel_col0,
+                  col0, cols):
+    """c[row0:row0+rows, col0:col0+cols] = packed op(a) rows @ packed op(b) columns.
+
+    Loops over the KC slices of K; slice pc of a_pack starts at pc * m_pad and
+    holds the A slivers of all M rows (sliver of rows i0.. at + i0 * kc); slice
+    pc of b_pack starts at pc * nc_pad and holds the B slivers of the panel
+    starting at column ``panel_col0`` (sliver of columns j0.. at
+    + (j0 - panel_col0) * kc). row0 is a multiple of MR, col0 - panel_col0 a
+    multiple of NR. Full tiles are written straight into c; partial edge tiles
+    go through a scratch tile.
+    """
+    n = c.shape[1]
+    nr = 2 * (VECTOR_BYTES // c.itemsize)
+    tile = np.empty((MR, nr), dtype=c.dtype)     # same type as c: one compile
+    for pc in range(0, k, KC):
+        kc = min(KC, k - pc)
+        accumulate = pc > 0                      # first slice overwrites c
+        for j0 in range(col0, col0 + cols, nr):  # one B sliver (stays in L1)
+            tile_cols = min(nr, col0 + cols - j0)
+            b_offset = pc * nc_pad + (j0 - panel_col0) * kc
+            for i0 in range(row0, row0 + rows, MR):  # A slivers of the block (L2)
+                tile_rows = min(MR, row0 + rows - i0)
+                a_offset = pc * m_pad + i0 * kc
+                if tile_rows == MR and tile_cols == nr:
+                    micro_kernel(kc, a_pack, a_offset, b_pack, b_offset,
+                                 c, i0 * n + j0, n, accumulate)
+                else:
+                    micro_kernel(kc, a_pack, a_offset, b_pack, b_offset,
+                                 tile, 0, nr, False)
+                    for r in range(tile_rows):
+                        for j in range(tile_cols):
+                            if accumulate:
+                                c[i0 + r, j0 + j] += tile[r, j]
+                            else:
+                                c[i0 + r, j0 + j] = tile[r, j]
+
+
+@numba.njit(cache=True, parallel=True)
+def gemm_packed(a, b, c, trans_a, trans_b):
+    """c[:, :] = op(a) @ op(b) with our cache-blocked, packed, SIMD GEMM.
+
+    a: (M, K), or (K, M) if trans_a; b: (K, N), or (N, K) if trans_b; c: (M, N).
+    All C-contiguous, one dtype (float32/float64); c is overwritten. Parallel
+    over disjoint blocks of c (prange). Workspace: M x K (packed op(a)) plus
+    K x min(N, NC) (one packed panel of op(b)) elements, padded.
+    """
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    if ((a.shape[1] if trans_a else a.shape[0]) != m
+            or (b.shape[1] if trans_b else b.shape[0]) != k
+            or (b.shape[0] if trans_b else b.shape[1]) != n):
+        raise ValueError("gemm_packed: shapes of a, b and c do not match")
+    if k == 0:
+        c[:, :] = 0
+        return
+    nr = 2 * (VECTOR_BYTES // c.itemsize)            # columns of a micro-tile
+    a_slivers = (m + MR - 1) // MR
+    m_pad = a_slivers * MR
+    k_slices = (k + KC - 1) // KC
+    nc_max = max(nr, NC // nr * nr)                  # columns of a B panel
+    a_pack = np.empty(m_pad * k, dtype=c.dtype)
+    b_pack = np.empty(min(nc_max, (n + nr - 1) // nr * nr) * k, dtype=c.dtype)
+    # Row blocks of at most A_BLOCK_BYTES per KC slice, all about the same size.
+    mc_max = max(MR, A_BLOCK_BYTES // (KC * c.itemsize) // MR * MR)
+    row_blocks = (m + mc_max - 1) // mc_max
+    mc = ((m + row_blocks - 1) // row_blocks + MR - 1) // MR * MR
+    row_blocks = (m + mc - 1) // mc
+    for jc in range(0, n, nc_max):
+        nc = min(nc_max, n - jc)
+        b_slivers = (nc + nr - 1) // nr
+        nc_pad = b_slivers * nr
+        # Enough column blocks (each a multiple of nr) to keep threads busy.
+        col_blocks = min(b_slivers, max(1, (WORK_ITEMS + row_blocks - 1) // row_blocks))
+        nb = (b_slivers + col_blocks - 1) // col_blocks * nr  # columns of a block
+        col_blocks = (nc + nb - 1) // nb
+        # Pack, for every KC slice, all of op(a) (first panel only) and this
+        # panel of op(b): one parallel loop over slivers.
+        a_items = a_slivers if jc == 0 else 0
+        slice_items = a_items + b_slivers
+        for item in numba.prange(k_slices * slice_items):
+            pc = item // slice_items * KC
+            kc = min(KC, k - pc)
+            s = item % slice_items
+            if s < a_items:
+                pack_a_sliver(a, trans_a, s * MR, min(MR, m - s * MR), pc, kc,
+                              a_pack, pc * m_pad + s * MR * kc)
+            else:
+                j = (s - a_items) * nr
+                pack_b_sliver(b, trans_b, pc, kc, jc + j, min(nr, nc - j),
+                              b_pack, pc * nc_pad + j * kc)
+        # Each work item computes one block of c over all of K.
+        for item in numba.prange(row_blocks * col_blocks):
+            row0 = item // col_blocks * mc
+            col0 = jc + item % col_blocks * nb
+            compute_block(a_pack, b_pack, c, k, m_pad, nc_pad, row0, min(mc, m - row0),
+                          jc, col0, min(nb, jc + nc - col0))
