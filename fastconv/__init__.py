@@ -1,0 +1,43 @@
+"""fastconv: convolution, pooling and GEMM on NCHW NumPy arrays with compiled kernels.
+
+The functional API mirrors ``torch.nn.functional``::
+
+    import fastconv as fc
+    y = fc.conv2d(x, weight, bias, stride=1, padding=0, dilation=1, groups=1, algo="auto")
+    gx, gw, gb = fc.conv2d_backward(grad_y, x, weight, stride=1, padding=0)
+    fc.algorithms("conv2d")   # ['naive', 'direct', 'im2col', 'im2col_packed']
+
+Importing fastconv compiles nothing: each Numba kernel compiles on its first call
+and is cached on disk for later processes.
+"""
+from __future__ import annotations
+
+from .config import set_workspace_limit, workspace_limit
+from .conv import CONV2D_ALGORITHMS, conv2d, conv2d_backward
+from .gemm import GEMM_ALGORITHMS, gemm
+from .pool import AVG_POOL2D_ALGORITHMS, MAX_POOL2D_ALGORITHMS, avg_pool2d, avg_pool2d_backward, max_pool2d, \
+    max_pool2d_backward
+
+__version__ = "0.1.0"
+
+_ALGORITHMS = {
+    "conv2d": CONV2D_ALGORITHMS,
+    "max_pool2d": MAX_POOL2D_ALGORITHMS,
+    "avg_pool2d": AVG_POOL2D_ALGORITHMS,
+    "gemm": GEMM_ALGORITHMS,
+}
+
+
+def algorithms(op: str, device: str = "cpu") -> list[str]:
+    """Names accepted by ``algo=`` for `op` ('conv2d', 'max_pool2d', 'avg_pool2d' or 'gemm')."""
+    if op not in _ALGORITHMS:
+        raise ValueError(f"op must be one of {sorted(_ALGORITHMS)}, got {op!r}")
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu', got {device!r}")
+    return list(_ALGORITHMS[op])
+
+
+__all__ = [
+    "algorithms", "avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
+    "max_pool2d", "max_pool2d_backward", "set_workspace_limit", "workspace_limit",
+]

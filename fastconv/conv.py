@@ -1,0 +1,186 @@
+"""conv2d and its backward: validate, pick an algorithm, run its kernels.
+
+Every algorithm is a (forward, backward) pair with the same signatures:
+``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)``,
+where arrays are batched, C-contiguous and validated, and ``p`` is the ``Conv2dShape``.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from . import naive
+from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
+                      conv2d_shape)
+from .config import workspace_limit
+from .kernels import direct, gemm as gemm_kernels, im2col as im2col_kernels
+
+
+def _pad(x: np.ndarray, p: Conv2dShape) -> np.ndarray:
+    """x (N, C, H, W) zero-padded to (N, C, H + top + bottom, W + left + right), C-contiguous."""
+    top, bottom, left, right = p.padding
+    if not any(p.padding):
+        return x
+    xp = np.zeros(p.padded_shape, x.dtype)
+    xp[:, :, top:top + p.h, left:left + p.w] = x
+    return xp
+
+
+def _forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
+    y = np.empty(p.y_shape, x.dtype)
+    b = bias if bias is not None else np.zeros(p.k, x.dtype)
+    direct.conv2d_forward(_pad(x, p), weight, b, y, *p.stride, *p.dilation, p.groups)
+    return y
+
+
+def _backward_direct(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                     p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
+    top, _, left, _ = p.padding
+    gxp = np.empty(p.padded_shape, x.dtype)
+    direct.conv2d_backward_input(grad_y, weight, gxp, *p.stride, *p.dilation, p.groups)
+    gw = np.empty(weight.shape, x.dtype)
+    direct.conv2d_backward_weight(grad_y, _pad(x, p), gw, *p.stride, *p.dilation, p.groups)
+    gx = gxp if not any(p.padding) else np.ascontiguousarray(gxp[:, :, top:top + p.h, left:left + p.w])
+    return gx, gw
+
+
+def _im2col_chunk(p: Conv2dShape, itemsize: int, extra_rows: int) -> int:
+    """Images per batch chunk so that the column matrix (C*R*S rows) plus `extra_rows`
+    rows of GEMM output, each OH*OW per image, fit in the workspace limit."""
+    per_image = (p.c * p.r * p.s + extra_rows) * p.oh * p.ow * itemsize
+    limit = workspace_limit()
+    if per_image > limit:
+        raise ValueError(
+            f"im2col needs {per_image / 2**20:.1f} MiB of workspace for one image, above the workspace "
+            f"limit of {limit / 2**20:.1f} MiB: raise it with fastconv.set_workspace_limit() or use algo='direct'"
+        )
+    return max(1, min(p.n, limit // per_image))
+
+
+def _im2col_args(p: Conv2dShape) -> tuple[int, ...]:
+    top, _, left, _ = p.padding
+    return (top, left, *p.stride, *p.dilation, p.r, p.s, p.oh, p.ow)
+
+
+def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape,
+                    gemm) -> np.ndarray:
+    """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group y_g (K/g, nb*OH*OW) = w_g @ col_g."""
+    crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
+    nb = _im2col_chunk(p, x.dtype.itemsize, p.k)
+    col_buf = np.empty(p.groups * crs_g * nb * plane, x.dtype)
+    out_buf = np.empty(p.k * nb * plane, x.dtype)
+    w2 = weight.reshape(p.k, crs_g)
+    y = np.empty((p.n, p.k, plane), x.dtype)
+    for n0 in range(0, p.n, nb):
+        m = min(nb, p.n - n0)
+        col = col_buf[:p.groups * crs_g * m * plane].reshape(p.groups * crs_g, m * plane)
+        out = out_buf[:p.k * m * plane].reshape(p.k, m * plane)
+        im2col_kernels.im2col(x, col, n0, *_im2col_args(p))
+        for g in range(p.groups):
+            gemm(w2[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], out[g * kg:(g + 1) * kg], False, False)
+        y[n0:n0 + m] = out.reshape(p.k, m, plane).transpose(1, 0, 2)
+    if bias is not None:
+        y += bias[:, None]
+    return y.reshape(p.y_shape)
+
+
+def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dShape,
+                     gemm) -> tuple[np.ndarray, np.ndarray]:
+    """Per batch chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x += col2im(dcol)."""
+    crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
+    nb = _im2col_chunk(p, x.dtype.itemsize, p.k)
+    col_buf = np.empty(p.groups * crs_g * nb * plane, x.dtype)
+    gy_buf = np.empty(p.k * nb * plane, x.dtype)
+    w2 = weight.reshape(p.k, crs_g)
+    gw = np.zeros((p.k, crs_g), x.dtype)
+    gw_chunk = np.empty((kg, crs_g), x.dtype)
+    gx = np.zeros(p.x_shape, x.dtype)
+    for n0 in range(0, p.n, nb):
+        m = min(nb, p.n - n0)
+        col = col_buf[:p.groups * crs_g * m * plane].reshape(p.groups * crs_g, m * plane)
+        gy = gy_buf[:p.k * m * plane].reshape(p.k, m * plane)
+        gy.reshape(p.k, m, plane)[...] = grad_y[n0:n0 + m].reshape(m, p.k, plane).transpose(1, 0, 2)
+        im2col_kernels.im2col(x, col, n0, *_im2col_args(p))
+        for g in range(p.groups):
+            col_g, gy_g = col[g * crs_g:(g + 1) * crs_g], gy[g * kg:(g + 1) * kg]
+            gemm(gy_g, col_g, gw_chunk, False, True)
+            gw[g * kg:(g + 1) * kg] += gw_chunk
+            gemm(w2[g * kg:(g + 1) * kg], gy_g, col_g, True, False)  # col_g is consumed: reuse it for dcol_g
+        im2col_kernels.col2im(col, gx, n0, *_im2col_args(p))
+    return gx, gw.reshape(weight.shape)
+
+
+CONV2D_ALGORITHMS = {
+    "naive": (naive.conv2d, naive.conv2d_backward),
+    "direct": (_forward_direct, _backward_direct),
+    "im2col": (partial(_forward_im2col, gemm=gemm_kernels.gemm_blas),
+               partial(_backward_im2col, gemm=gemm_kernels.gemm_blas)),
+    "im2col_packed": (partial(_forward_im2col, gemm=gemm_kernels.gemm_packed),
+                      partial(_backward_im2col, gemm=gemm_kernels.gemm_packed)),
+}
+
+
+def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
+    """The algorithm ``algo="auto"`` runs for a shape (see the README for the measurements behind it)."""
+    if p.groups > 1 and p.c // p.groups == 1:
+        return "direct"
+    per_image = (p.c * p.r * p.s + p.k) * p.oh * p.ow * itemsize
+    return "im2col" if per_image <= workspace_limit() else "direct"
+
+
+def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, groups, algo: str,
+             ) -> tuple[np.ndarray, bool, Conv2dShape, str]:
+    check_algo("conv2d", algo, list(CONV2D_ALGORITHMS))
+    xb, unbatched = batched("x", x)
+    p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
+    if algo == "auto":
+        algo = choose_conv2d_algorithm(p, x.dtype.itemsize)
+    elif algo.startswith("im2col"):
+        _im2col_chunk(p, x.dtype.itemsize, p.k)
+    return xb, unbatched, p, algo
+
+
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
+           dilation=1, groups: int = 1, *, algo: str = "auto") -> np.ndarray:
+    """2-D convolution (cross-correlation) with the semantics of ``torch.nn.functional.conv2d``.
+
+    x: (N, C, H, W) or unbatched (C, H, W); weight: (K, C/groups, R, S); bias: (K,) or None.
+    stride, dilation: int or (h, w) pair, >= 1; padding: int or pair >= 0, 'valid' or 'same'
+    ('same' needs stride 1; an odd total pad puts the extra row/column at the bottom/right).
+    Returns y: (N, K, OH, OW) (unbatched (K, OH, OW) for an unbatched x) in x's dtype,
+    OH = (H + pad_top + pad_bottom - dilation_h*(R-1) - 1) // stride_h + 1, OW likewise.
+    float32 or float64; x, weight and bias must share the dtype. ``algo`` is 'auto' or one
+    of ``fastconv.algorithms('conv2d')``.
+    """
+    xb, unbatched, p, algo = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    if bias is not None:
+        check_array("bias", bias, (1,), x.dtype)
+        if bias.shape != (p.k,):
+            raise ValueError(f"bias must have shape ({p.k},), got {bias.shape}")
+        bias = contiguous(bias)
+    if p.n == 0:
+        y = np.zeros(p.y_shape, x.dtype)
+    else:
+        y = CONV2D_ALGORITHMS[algo][0](contiguous(xb), contiguous(weight), bias, p)
+    return y[0] if unbatched else y
+
+
+def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, stride=1, padding=0,
+                    dilation=1, groups: int = 1, *, algo: str = "auto",
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of conv2d: returns (grad_x, grad_weight, grad_bias).
+
+    grad_y: d loss / d y, shaped like conv2d's output (unbatched when x is);
+    grad_x like x, grad_weight like weight, grad_bias (K,) = grad_y summed over N, OH, OW.
+    Arguments and algorithms as in ``conv2d``.
+    """
+    xb, unbatched, p, algo = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, x.dtype)
+    gy = gy[None] if unbatched else gy
+    if p.n == 0:
+        gx, gw = np.zeros(p.x_shape, x.dtype), np.zeros(weight.shape, x.dtype)
+    else:
+        gx, gw = CONV2D_ALGORITHMS[algo][1](contiguous(gy), contiguous(xb), contiguous(weight), p)
+    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
+    return (gx[0] if unbatched else gx), gw, gb
