@@ -1,0 +1,123 @@
+"""Hypothesis strategies and comparison helpers shared by the tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from hypothesis import assume, strategies as st
+
+DTYPES = [np.float32, np.float64]
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, terms: int = 1) -> None:
+    """Equal within float rounding: `terms` is the length of the sums behind each element."""
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    if actual.dtype == np.float64:
+        rtol, atol = 1e-10, 1e-12 * max(terms, 1)
+    else:
+        rtol, atol = 2e-5, 2e-6 * max(terms, 1)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def layout(a: np.ndarray, kind: str) -> np.ndarray:
+    """The same values in another memory layout: 'c', 'f' (Fortran order) or 'strided' (a step-2 view)."""
+    if kind == "f":
+        return np.asfortranarray(a)
+    if kind == "strided":
+        big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        big[..., ::2] = a
+        return big[..., ::2]
+    return a
+
+
+@dataclass
+class ConvCase:
+    x: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+    stride: object
+    padding: object
+    dilation: object
+    groups: int
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+def _size_arg(draw, lo: int, hi: int) -> tuple[object, tuple[int, int]]:
+    """An int or pair argument as it would be written, and its (h, w) value."""
+    if draw(st.booleans()):
+        v = draw(st.integers(lo, hi))
+        return v, (v, v)
+    v = (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))
+    return v, v
+
+
+@st.composite
+def conv_cases(draw, max_batch: int = 2, dtypes=DTYPES) -> ConvCase:
+    groups = draw(st.integers(1, 3))
+    cg, kg = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    padding_kind = draw(st.sampled_from(["int", "valid", "same"]))
+    stride, stride_hw = (1, (1, 1)) if padding_kind == "same" else _size_arg(draw, 1, 3)
+    dilation, (dh, dw) = _size_arg(draw, 1, 3)
+    if padding_kind == "int":
+        padding, (ph, pw) = _size_arg(draw, 0, 2)
+        pad_h, pad_w = 2 * ph, 2 * pw
+    else:
+        padding = padding_kind
+        pad_h, pad_w = (dh * (r - 1), dw * (s - 1)) if padding_kind == "same" else (0, 0)
+    min_h = max(1, dh * (r - 1) + 1 - pad_h)
+    min_w = max(1, dw * (s - 1) + 1 - pad_w)
+    h, w = draw(st.integers(min_h, min_h + 6)), draw(st.integers(min_w, min_w + 6))
+    n = draw(st.integers(1, max_batch))
+    dtype = draw(st.sampled_from(dtypes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((n, groups * cg, h, w)).astype(dtype)
+    if draw(st.booleans()) and n == 1:
+        x = x[0]
+    weight = rng.standard_normal((groups * kg, cg, r, s)).astype(dtype)
+    bias = rng.standard_normal(groups * kg).astype(dtype) if draw(st.booleans()) else None
+    x = layout(x, draw(st.sampled_from(["c", "f", "strided"])))
+    return ConvCase(x, weight, bias, stride, padding, dilation, groups)
+
+
+@dataclass
+class PoolCase:
+    x: np.ndarray
+    kernel_size: object
+    stride: object
+    padding: object
+    dilation: object
+    ceil_mode: bool
+
+
+@st.composite
+def pool_cases(draw, dilation: bool = True, max_batch: int = 2, dtypes=DTYPES) -> PoolCase:
+    kernel_size, (kh, kw) = _size_arg(draw, 1, 4)
+    if draw(st.booleans()):
+        stride, (sh, sw) = None, (kh, kw)
+    else:
+        stride, (sh, sw) = _size_arg(draw, 1, 3)
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    padding = (ph, pw) if ph != pw else ph
+    dil, (dh, dw) = _size_arg(draw, 1, 3) if dilation else (1, (1, 1))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), dh * (kh - 1) + 8))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), dw * (kw - 1) + 8))
+    for size, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw)):
+        # PyTorch accepts windows that hold no input element (dilation skips over the input);
+        # fastconv refuses them (tested in test_errors), so generate only proper ones here.
+        last = (size + 2 * p - d * (k - 1) - 1 + s - 1) // s + 1
+        assume(all(any(0 <= o * s - p + t * d < size for t in range(k)) for o in range(last)))
+    n, c = draw(st.integers(1, max_batch)), draw(st.integers(1, 3))
+    dtype = draw(st.sampled_from(dtypes))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    if draw(st.booleans()):
+        x = np.round(x)  # ties: the first maximum must win
+    if n == 1 and draw(st.booleans()):
+        x = x[0]
+    x = layout(x, draw(st.sampled_from(["c", "f", "strided"])))
+    return PoolCase(x, kernel_size, stride, padding, dil, draw(st.booleans()))

@@ -1,0 +1,55 @@
+"""The package surface: algorithm names, lazy compilation, dtypes and unbatched inputs."""
+import subprocess
+import sys
+
+import numpy as np
+
+import fastconv as fc
+
+
+def test_algorithms_lists_every_algorithm():
+    assert fc.algorithms("conv2d") == ["naive", "direct", "im2col", "im2col_packed"]
+    assert fc.algorithms("max_pool2d") == ["naive", "direct"]
+    assert fc.algorithms("avg_pool2d") == ["naive", "direct"]
+    assert fc.algorithms("gemm") == ["naive", "blas", "packed"]
+
+
+def test_import_compiles_nothing():
+    code = (
+        "import numba, fastconv, fastconv.kernels as k\n"
+        "from fastconv.kernels import direct, gemm, pool\n"
+        "found = [f for m in (direct, gemm, pool) for f in vars(m).values()\n"
+        "         if isinstance(f, numba.core.dispatcher.Dispatcher)]\n"
+        "assert found and all(not f.signatures for f in found), [f.signatures for f in found]\n"
+        "print(len(found))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) >= 9
+
+
+def test_kernels_live_inside_the_package():
+    import fastconv.kernels
+    assert fastconv.kernels.__name__ == "fastconv.kernels"
+    assert fastconv.kernels.im2col.__name__ == "fastconv.kernels.im2col"
+
+
+def test_output_dtype_follows_input():
+    for dtype in (np.float32, np.float64):
+        x = np.ones((1, 2, 5, 5), dtype)
+        assert fc.conv2d(x, np.ones((3, 2, 3, 3), dtype)).dtype == dtype
+        assert fc.max_pool2d(x, 2).dtype == dtype
+        assert fc.avg_pool2d(x, 2).dtype == dtype
+        assert fc.gemm(x[0, 0], x[0, 0]).dtype == dtype
+
+
+def test_unbatched_input_gives_unbatched_results():
+    x = np.random.default_rng(0).standard_normal((2, 6, 6))
+    w = np.random.default_rng(1).standard_normal((3, 2, 3, 3))
+    y = fc.conv2d(x, w, padding="same")
+    assert y.shape == (3, 6, 6)
+    np.testing.assert_allclose(y, fc.conv2d(x[None], w, padding="same")[0])
+    gx, gw, gb = fc.conv2d_backward(np.ones_like(y), x, w, padding="same")
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == (3,)
+    y, idx = fc.max_pool2d(x, 2, return_indices=True)
+    assert y.shape == idx.shape == (2, 3, 3)
+    assert fc.max_pool2d_backward(np.ones_like(y), x, 2).shape == x.shape
