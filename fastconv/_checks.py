@@ -81,6 +81,7 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     """A C-contiguous, aligned, native-byte-order copy of `a` unless it already is one."""
     if a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative:
         return a
+    check_fits("a contiguous copy of the input", a.shape, a.dtype)
     return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
 
 
@@ -190,6 +191,8 @@ def conv2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: obj
     ow = (wp - eff_s) // stride_hw[1] + 1
     shape = Conv2dShape(n, c, h, w, k, r, s, groups, stride_hw, dilation_hw, pads, oh, ow)
     check_fits("conv2d output", shape.y_shape, x.dtype)
+    if any(pads):
+        check_fits("zero-padded input", shape.padded_shape, x.dtype)
     return shape
 
 

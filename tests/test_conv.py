@@ -115,3 +115,19 @@ def test_auto_picks_a_compiled_algorithm_and_matches_naive():
         assert fc.conv2d(x, w, groups=groups, padding=1).dtype == np.float64
         assert_close(fc.conv2d(x, w, groups=groups, padding=1),
                      fc.conv2d(x, w, groups=groups, padding=1, algo="naive"), 9)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,groups,expected", [
+    ((64, 1, 28, 28), (6, 1, 5, 5), 1, 1, "direct"),           # LeNet-5 conv1
+    ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, "direct"),         # ResNet stage
+    ((8, 128, 56, 56), (128, 1, 3, 3), 1, 128, "direct"),      # depthwise
+    ((8, 256, 28, 28), (256, 256, 3, 3), 1, 1, "im2col_packed"),  # VGG: deep GEMM
+    ((8, 128, 28, 28), (256, 128, 3, 3), 2, 1, "im2col_packed"),  # strided downsample
+    ((8, 256, 14, 14), (64, 256, 1, 1), 1, 1, "im2col_packed"),   # pointwise
+])
+def test_auto_rule(x_shape, w_shape, stride, groups, expected):
+    from fastconv._checks import conv2d_shape
+    from fastconv.conv import choose_conv2d_algorithm
+    x, w = np.broadcast_to(np.float32(0), x_shape), np.broadcast_to(np.float32(0), w_shape)
+    p = conv2d_shape(x, w, stride, 1, 1, groups)
+    assert choose_conv2d_algorithm(p, 4) == expected

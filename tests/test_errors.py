@@ -50,6 +50,15 @@ def test_conv2d_refuses_an_output_larger_than_memory():
         fc.conv2d(x, np.zeros((64, 64, 1, 1), np.float32))
 
 
+def test_conv2d_refuses_a_padded_input_or_input_copy_larger_than_memory():
+    with pytest.raises(ValueError, match="zero-padded input of shape .* GiB"):
+        fc.conv2d(np.zeros((1, 4096, 2, 2), np.float32), np.zeros((1, 4096, 1, 1), np.float32),
+                  stride=2**16, padding=2**16)
+    x = np.broadcast_to(np.float32(0), (2**15, 64, 64, 64))  # 32 GiB as a copy, a view here
+    with pytest.raises(ValueError, match="contiguous copy of the input of shape .* GiB"):
+        fc.conv2d(x, np.zeros((1, 64, 64, 64), np.float32))
+
+
 def test_im2col_refuses_a_workspace_above_the_limit():
     x = np.zeros((1, 64, 256, 256), np.float32)
     with pytest.raises(ValueError, match="im2col needs .* MiB of workspace"):

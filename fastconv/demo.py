@@ -1,0 +1,69 @@
+"""`fastconv demo`: every conv2d algorithm on a few real layers, its agreement with the
+naive reference and its time, next to PyTorch's when PyTorch is installed."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .conv import CONV2D_ALGORITHMS, conv2d
+
+# (name, x shape (N, C, H, W), K, kernel, padding)
+LAYERS = [
+    ("LeNet-5 conv1", (64, 1, 28, 28), 6, 5, 2),
+    ("CIFAR conv1", (64, 3, 32, 32), 32, 3, 0),
+    ("CIFAR conv2", (64, 32, 15, 15), 64, 3, 0),
+    ("CIFAR conv3", (64, 64, 6, 6), 64, 3, 0),
+]
+
+
+def median_seconds(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _torch_forward(x: np.ndarray, w: np.ndarray, padding: int):
+    try:
+        import torch
+    except ImportError:
+        return None
+    import numba
+    torch.set_num_threads(numba.get_num_threads())
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    with torch.no_grad():
+        return lambda: torch.nn.functional.conv2d(xt, wt, padding=padding)
+
+
+def run(repeat: int = 5) -> None:
+    rng = np.random.default_rng(0)
+    print(f"{'layer':<15}{'algorithm':<15}{'first call s':>13}{'median ms':>11}{'GFLOP/s':>9}"
+          f"{'max |err|':>11}")
+    for name, shape, k, r, pad in LAYERS:
+        x = rng.standard_normal(shape).astype(np.float32)
+        w = (rng.standard_normal((k, shape[1], r, r)) / np.sqrt(shape[1] * r * r)).astype(np.float32)
+        reference = conv2d(x[:1], w, padding=pad, algo="naive")
+        n, _, h, wd = shape
+        flops = 2 * n * k * (h + 2 * pad - r + 1) * (wd + 2 * pad - r + 1) * shape[1] * r * r
+        for algo in CONV2D_ALGORITHMS:
+            if algo == "naive":
+                seconds = median_seconds(lambda: conv2d(x[:1], w, padding=pad, algo="naive"), 1) * n
+                first, err, label = 0.0, 0.0, "naive*"
+            else:
+                t0 = time.perf_counter()
+                y = conv2d(x, w, padding=pad, algo=algo)
+                first = time.perf_counter() - t0
+                seconds = median_seconds(lambda: conv2d(x, w, padding=pad, algo=algo), repeat)
+                err, label = float(np.abs(y[:1] - reference).max()), algo
+            first_text = "-" if algo == "naive" else f"{first:.3f}"
+            print(f"{name:<15}{label:<15}{first_text:>13}{seconds * 1e3:>11.2f}{flops / seconds / 1e9:>9.3g}"
+                  f"{err:>11.2e}")
+        torch_fn = _torch_forward(x, w, pad)
+        if torch_fn is not None:
+            torch_fn()
+            seconds = median_seconds(torch_fn, repeat)
+            print(f"{name:<15}{'pytorch':<15}{'-':>13}{seconds * 1e3:>11.2f}{flops / seconds / 1e9:>9.3g}")
+    print("naive*: plain Python loops timed on one image and scaled to the batch; max |err| is against it.")
