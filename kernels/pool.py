@@ -106,6 +106,14 @@ def max_pool2d_backward(gy, idx, gx):
             gxp[np.uint64(ip[o])] += gyp[o]
 
 
+@nb.njit(cache=True)
+def _avg_divisor(divisor_override, count_include_pad, padded_size, inside_size):
+    """PyTorch's divisor: the override if non-zero, else the window size with or without padding."""
+    if divisor_override != 0:
+        return divisor_override
+    return padded_size if count_include_pad else inside_size
+
+
 @nb.njit(cache=True, parallel=True)
 def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
     """y = (sum over the clipped window, accumulated in x's dtype) / divisor, as PyTorch's CPU kernel.
@@ -132,12 +140,7 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_
                 if h0 >= h1 or w0 >= w1:
                     yp[oh * OW + ow] = zero
                     continue
-                if divisor_override != 0:
-                    div = divisor_override
-                elif count_include_pad:
-                    div = exh[oh] * exw[ow]
-                else:
-                    div = (h1 - h0) * (w1 - w0)
+                div = _avg_divisor(divisor_override, count_include_pad, exh[oh] * exw[ow], (h1 - h0) * (w1 - w0))
                 acc = zero
                 for h in range(h0, h1):
                     row = h * W
@@ -165,12 +168,7 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divis
             for ow in range(OW):
                 w0 = w0s[ow]
                 w1 = w1s[ow]
-                if divisor_override != 0:
-                    div = divisor_override
-                elif count_include_pad:
-                    div = exh[oh] * exw[ow]
-                else:
-                    div = (h1 - h0) * (w1 - w0)
+                div = _avg_divisor(divisor_override, count_include_pad, exh[oh] * exw[ow], (h1 - h0) * (w1 - w0))
                 g = gyp[oh * OW + ow] / gx.dtype.type(div)
                 for h in range(h0, h1):
                     row = h * W
