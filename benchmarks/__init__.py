@@ -1,0 +1,35 @@
+"""fastconv's benchmark suite (pytest-benchmark), installed as ``fastconv.benchmarks``.
+
+``fastconv bench`` runs the suite (``pytest.main`` on this package's directory) and writes
+a run folder: ``results.json`` (pytest-benchmark's JSON, with our machine information
+under ``machine_info["fastconv"]``) plus ``report.md``, ``report.html`` and PNG plots.
+
+Every benchmark records in ``extra_info`` (the contract between the suite and the report):
+
+- ``suite``: "conv2d", "max_pool2d", "avg_pool2d" or "gemm"
+- ``case``: short id of the case, e.g. "vgg", "pool-vgg-3x3s2", "gemm-1024", "gemm-im2col-vgg"
+- ``label``: the case as a reader should see it, e.g. "VGG 8x256x28x28 -> 256 3x3 pad 1"
+- ``pass``: "forward" or "backward" ("forward" for gemm)
+- ``impl``: the implementation: a fastconv algorithm name ("direct", "im2col", "im2col_packed",
+  "blas", "packed") or a peer: "naive" (plain Python loops), "numpy", "pytorch"
+- ``peer``: true for naive, numpy and pytorch
+- ``flops``: floating-point operations of the whole case for this pass (conv forward
+  2*N*K*OH*OW*C/g*R*S, backward twice that; gemm 2*M*N*K; pooling: one per window tap,
+  N*C*OH*OW*kh*kw, for both passes)
+- ``scale``: the factor from the measured time to the whole case (1.0 unless the case was run
+  on a reduced slice: naive loops on large cases); report time = stats median * scale
+- ``scaled_from``: None, or what was run instead, e.g. "batch 1, 16 of 256 channels"
+- ``first_call_s``: seconds of the first call in the process (Numba compile included when the
+  on-disk cache is cold); ``compile_s``: first_call_s minus the median, for fastconv's compiled
+  implementations, None for peers
+- ``peak_memory_bytes``: peak resident memory above the level before one call (Linux
+  VmHWM reset through /proc/self/clear_refs after malloc_trim; None where unsupported):
+  outputs, workspaces and any allocator's scratch
+- ``threads``: threads the implementation ran with (PyTorch is set to Numba's count)
+- ``dtype``: "float32" (the suite's default) or "float64"
+- ``is_peak``: true on the one benchmark whose GFLOP/s is the machine's practical peak:
+  NumPy's float32 matmul at the largest square GEMM size run
+
+The report derives: time, GFLOP/s, % of peak, speed-up over naive and over NumPy, ratio to
+PyTorch (PyTorch time / ours: > 1 means fastconv is faster), peak memory, compile time.
+"""
