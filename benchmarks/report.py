@@ -1,0 +1,917 @@
+"""Report renderer of fastconv's benchmark suite.
+
+Reads the pytest-benchmark JSON that ``fastconv bench`` writes (our figures under each record's
+``extra_info``, contract in this package's docstring) and turns it into:
+
+- :func:`rows`: one flat row per benchmark with the derived figures (time, GFLOP/s, % of peak,
+  speed-up over naive and NumPy, ratio to PyTorch, memory, compile time);
+- :func:`headline`: the few numbers that summarise a run;
+- :func:`render`: ``report.md``, ``report.html`` (standalone: inline CSS, no JS) and PNG plots;
+- :func:`compare`: two runs side by side, with the regressions of fastconv's own implementations.
+
+matplotlib is optional: without it :func:`render` writes the two reports and no plots.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+PEERS = ("naive", "numpy", "pytorch")
+SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm")
+PASSES = ("forward", "backward")
+CONV_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg",
+               "alexnet", "depthwise")
+IMPLS = ("direct", "im2col", "im2col_packed", "blas", "packed", "auto", "naive", "numpy", "pytorch")
+IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch"}
+SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM"}
+REQUIRED_KEYS = ("suite", "case", "pass", "impl", "flops")
+DEFAULT_DTYPE = "float32"
+PLOT_DPI = 110
+COLORS = {"direct": "#1f77b4", "im2col": "#ff7f0e", "im2col_packed": "#2ca02c", "blas": "#ff7f0e",
+          "packed": "#2ca02c", "auto": "#17becf", "naive": "#7f7f7f", "numpy": "#9467bd",
+          "pytorch": "#d62728"}
+
+Row = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+def load(path: str | Path) -> dict:
+    """Parse a fastconv benchmark JSON (a file, or a run folder holding ``results.json``).
+
+    Raises ``ValueError`` naming what is wrong when the file is not JSON or not a fastconv
+    benchmark JSON (pytest-benchmark's layout with our ``extra_info`` on every record).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not a fastconv benchmark JSON: not valid JSON ({exc})") from exc
+    _validate(data, str(path))
+    return data
+
+
+def _validate(data: Any, source: str) -> None:
+    """Raise ``ValueError`` unless ``data`` follows the suite's JSON contract."""
+    def fail(why: str) -> None:
+        raise ValueError(f"{source} is not a fastconv benchmark JSON: {why} "
+                         "(expected pytest-benchmark's JSON written by `fastconv bench`)")
+
+    if not isinstance(data, dict):
+        fail(f"the top level is a {type(data).__name__}, not an object")
+    benchmarks = data.get("benchmarks")
+    if not isinstance(benchmarks, list):
+        fail('it has no "benchmarks" list')
+    machine = data.get("machine_info")
+    if not benchmarks and not (isinstance(machine, dict) and isinstance(machine.get("fastconv"), dict)):
+        fail('its "benchmarks" list is empty and it has no machine_info["fastconv"]')
+    for i, bench in enumerate(benchmarks):
+        name = bench.get("name", f"#{i}") if isinstance(bench, dict) else f"#{i}"
+        if not isinstance(bench, dict):
+            fail(f"benchmark {name} is not an object")
+        info = bench.get("extra_info")
+        if not isinstance(info, dict):
+            fail(f"benchmark {name!r} has no extra_info")
+        missing = [key for key in REQUIRED_KEYS if key not in info]
+        if missing:
+            fail(f"benchmark {name!r} lacks extra_info keys {', '.join(missing)}")
+        median = (bench.get("stats") or {}).get("median")
+        if not isinstance(median, (int, float)) or isinstance(median, bool):
+            fail(f"benchmark {name!r} has no numeric stats.median")
+
+
+# -------------------------------------------------------------------------------------------- rows
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    """``num / den``, or None when either is missing or the denominator is not positive."""
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+def _order(values: Iterable[str], canonical: Iterable[str]) -> list[str]:
+    """Distinct ``values``: those in ``canonical`` first, in its order, then the others as met."""
+    values = list(dict.fromkeys(values))
+    canonical = list(canonical)
+    return [v for v in canonical if v in values] + [v for v in values if v not in canonical]
+
+
+def _case_key(case: str) -> tuple:
+    """Sort key of a case id: conv layers in the suite's order, pooling by layer then window,
+    square GEMMs by size then the im2col GEMMs by layer."""
+    def layer(name: str) -> int:
+        return CONV_LAYERS.index(name) if name in CONV_LAYERS else len(CONV_LAYERS)
+
+    if case in CONV_LAYERS:
+        return (0, layer(case), case)
+    m = re.fullmatch(r"pool-(.+)-(\d+)x(\d+)s(\d+)", case)
+    if m:
+        return (1, layer(m.group(1)), m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
+    m = re.fullmatch(r"gemm-(\d+)", case)
+    if m:
+        return (2, int(m.group(1)))
+    m = re.fullmatch(r"gemm-im2col-(.+)", case)
+    if m:
+        return (3, layer(m.group(1)), m.group(1))
+    return (4, case)
+
+
+def _row_key(row: Row) -> tuple:
+    suite = SUITES.index(row["suite"]) if row["suite"] in SUITES else len(SUITES)
+    pass_ = PASSES.index(row["pass"]) if row["pass"] in PASSES else len(PASSES)
+    impl = IMPLS.index(row["impl"]) if row["impl"] in IMPLS else len(IMPLS)
+    return (suite, row["suite"], row["dtype"] != DEFAULT_DTYPE, row["dtype"], pass_, row["pass"],
+            _case_key(row["case"]), impl, row["impl"])
+
+
+def rows(results: dict) -> list[Row]:
+    """One row per benchmark, sorted by suite, dtype, pass, case and implementation.
+
+    Keys: suite, case, label, pass, impl, peer, dtype, time_s (stats median * scale), scaled,
+    scaled_from, flops, gflops, pct_peak (percent of the ``is_peak`` record's fastest-round GFLOP/s),
+    speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch (PyTorch time / this
+    time: > 1 means faster than PyTorch), peak_memory_bytes, compile_s, first_call_s, threads,
+    rounds, is_peak, name. Peers are matched on (suite, case, pass, dtype); a missing peer or
+    figure is None.
+    """
+    _validate(results, "results")
+    out: list[Row] = []
+    for bench in results["benchmarks"]:
+        info, stats = bench["extra_info"], bench["stats"]
+        scale = float(info.get("scale") or 1.0)
+        time_s = float(stats["median"]) * scale
+        best_s = float(stats.get("min") or stats["median"]) * scale
+        flops = info.get("flops")
+        impl = str(info["impl"])
+        out.append({
+            "suite": str(info["suite"]),
+            "case": str(info["case"]),
+            "label": str(info.get("label") or info["case"]),
+            "pass": str(info["pass"]),
+            "impl": impl,
+            "peer": bool(info.get("peer", impl in PEERS)),
+            "dtype": str(info.get("dtype") or DEFAULT_DTYPE),
+            "time_s": time_s,
+            "scaled": scale != 1.0 or bool(info.get("scaled_from")),
+            "scaled_from": info.get("scaled_from"),
+            "flops": flops,
+            "gflops": flops / time_s / 1e9 if flops and time_s > 0 else None,
+            "pct_peak": None,
+            "speedup_naive": None,
+            "speedup_numpy": None,
+            "ratio_pytorch": None,
+            "peak_memory_bytes": info.get("peak_memory_bytes"),
+            "compile_s": info.get("compile_s"),
+            "first_call_s": info.get("first_call_s"),
+            "threads": info.get("threads"),
+            "rounds": stats.get("rounds"),
+            "is_peak": bool(info.get("is_peak")),
+            "peak_gflops": flops / best_s / 1e9 if info.get("is_peak") and flops and best_s > 0 else None,
+            "name": bench.get("name"),
+        })
+    peak = max((r["peak_gflops"] for r in out if r["peak_gflops"]), default=None)
+    peers: dict[tuple, dict[str, float]] = {}
+    for r in out:
+        times = peers.setdefault((r["suite"], r["case"], r["pass"], r["dtype"]), {})
+        if r["impl"] in PEERS:
+            times[r["impl"]] = min(times.get(r["impl"], math.inf), r["time_s"])
+    for r in out:
+        times = peers[(r["suite"], r["case"], r["pass"], r["dtype"])]
+        r["speedup_naive"] = _ratio(times.get("naive"), r["time_s"])
+        r["speedup_numpy"] = _ratio(times.get("numpy"), r["time_s"])
+        r["ratio_pytorch"] = _ratio(times.get("pytorch"), r["time_s"])
+        if peak and r["gflops"] is not None:
+            r["pct_peak"] = 100.0 * r["gflops"] / peak
+    out.sort(key=_row_key)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- headline
+
+def _geomean(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and v > 0]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _main_dtype(all_rows: list[Row]) -> str:
+    """The dtype the headline and plots use: float32 when present, else the commonest."""
+    dtypes = [r["dtype"] for r in all_rows]
+    if not dtypes or DEFAULT_DTYPE in dtypes:
+        return DEFAULT_DTYPE
+    return max(set(dtypes), key=dtypes.count)
+
+
+def _headline_from_rows(all_rows: list[Row]) -> dict:
+    dtype = _main_dtype(all_rows)
+    out: dict[str, Any] = {"dtype": dtype}
+    for pass_ in PASSES:
+        auto = [r for r in all_rows if r["suite"] == "conv2d" and r["impl"] == "auto"
+                and r["pass"] == pass_ and r["dtype"] == dtype]
+        with_torch = [r for r in auto if r["ratio_pytorch"] is not None]
+        with_naive = [r for r in auto if r["speedup_naive"] is not None]
+
+        def pick(row: Row | None, key: str) -> dict | None:
+            return None if row is None else {"case": row["case"], "label": row["label"], key: row[key]}
+
+        best = max(with_torch, key=lambda r: r["ratio_pytorch"], default=None)
+        worst = min(with_torch, key=lambda r: r["ratio_pytorch"], default=None)
+        low = min(with_naive, key=lambda r: r["speedup_naive"], default=None)
+        high = max(with_naive, key=lambda r: r["speedup_naive"], default=None)
+        out[pass_] = {
+            "layers": len(auto),
+            "layers_with_pytorch": len(with_torch),
+            "ratio_pytorch_geomean": _geomean([r["ratio_pytorch"] for r in with_torch]),
+            "best": pick(best, "ratio_pytorch"),
+            "worst": pick(worst, "ratio_pytorch"),
+            "speedup_naive_geomean": _geomean([r["speedup_naive"] for r in with_naive]),
+            "speedup_naive_min": pick(low, "speedup_naive"),
+            "speedup_naive_max": pick(high, "speedup_naive"),
+        }
+    peak = next((r for r in all_rows if r["peak_gflops"]), None)
+    out["peak_gflops"] = peak["peak_gflops"] if peak else None
+    out["peak_record"] = ({k: peak[k] for k in ("suite", "case", "impl", "dtype", "label")}
+                          if peak else None)
+    groups: dict[tuple, set[str]] = {}
+    for r in all_rows:
+        groups.setdefault((r["suite"], r["case"], r["pass"], r["dtype"]), set()).add(r["impl"])
+    out["counts"] = {
+        "benchmarks": len(all_rows),
+        "by_suite": {s: sum(r["suite"] == s for r in all_rows)
+                     for s in _order((r["suite"] for r in all_rows), SUITES)},
+        "cases": len({(r["suite"], r["case"]) for r in all_rows}),
+        "conv_layers": len({r["case"] for r in all_rows if r["suite"] == "conv2d"}),
+        "scaled": sum(r["scaled"] for r in all_rows),
+        "groups": len(groups),
+        "groups_without_pytorch": sum("pytorch" not in impls for impls in groups.values()),
+    }
+    return out
+
+
+def headline(results: dict) -> dict:
+    """The run in a few numbers, over the conv layer suite in the main dtype (float32).
+
+    For "forward" and "backward": ``layers``, ``ratio_pytorch_geomean`` (geometric mean over the
+    layers of fastconv auto's ratio to PyTorch, > 1: faster), ``best`` / ``worst`` layer by that
+    ratio (``{case, label, ratio_pytorch}``), ``speedup_naive_geomean`` and its range
+    ``speedup_naive_min`` / ``speedup_naive_max`` (``{case, label, speedup_naive}``). Then
+    ``peak_gflops`` (the ``is_peak`` record's) with ``peak_record``, and ``counts``. Figures that
+    cannot be computed (no PyTorch, no auto records) are None.
+    """
+    return _headline_from_rows(rows(results))
+
+
+# ---------------------------------------------------------------------------------- formatting
+
+def _sig(x: float, digits: int = 3) -> str:
+    """``x`` with ``digits`` significant digits in fixed notation (1234 stays "1234")."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:.0f}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    text = f"{x:.{decimals}f}"
+    if decimals and len(text.lstrip("-").replace(".", "").lstrip("0")) > digits:  # 0.9996 -> 1.000
+        text = f"{x:.{decimals - 1}f}"
+    return text
+
+
+def fmt_time(seconds: float | None, scaled: bool = False) -> str:
+    """A time with its unit and 3 significant digits: "0.632 ms", "123 ms", "1234 ms", and
+    seconds from 10 s on ("12.3 s"); a trailing "*" marks a naive time scaled from a reduced
+    slice; None is "-"."""
+    if seconds is None:
+        return "-"
+    text = f"{_sig(seconds)} s" if seconds >= 10 else f"{_sig(seconds * 1e3)} ms"
+    return text + ("*" if scaled else "")
+
+
+def fmt_ratio(x: float | None) -> str:
+    """A speed-up or ratio: "0.85x", "0.0064x", "12.3x", "1234x"; None is "-"."""
+    if x is None:
+        return "-"
+    if x >= 1 or x <= 0:
+        return f"{_sig(x)}x"
+    return f"{x:.{max(2, 1 - math.floor(math.log10(x)))}f}x"
+
+
+def fmt_num(x: float | None) -> str:
+    """A rate such as GFLOP/s with 3 significant digits (no exponent); None is "-"."""
+    return "-" if x is None else _sig(x)
+
+
+def fmt_pct(x: float | None) -> str:
+    """A percentage: "87%", "4.2%", "0.0042%"; None is "-"."""
+    if x is None:
+        return "-"
+    if x >= 10 or x <= 0:
+        return f"{x:.0f}%"
+    return f"{_sig(x, 2)}%"
+
+
+def fmt_mib(nbytes: float | None) -> str:
+    """Bytes as MiB with one decimal; None is "-"."""
+    return "-" if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
+def fmt_s(seconds: float | None) -> str:
+    """Seconds with two decimals; None is "-"."""
+    return "-" if seconds is None else f"{seconds:.2f}"
+
+
+def impl_name(impl: str) -> str:
+    """How an implementation is named in tables and legends."""
+    return IMPL_NAMES.get(impl, impl)
+
+
+# ------------------------------------------------------------------------------ document blocks
+# A report is a list of blocks rendered twice, to Markdown and to HTML, so both carry the same
+# content. Inline text is a str or a list of (kind, text) segments, kind in "text", "code", "b".
+#   ("h", level, inline)  ("p", inline)  ("ul", [inline, ...])  ("code", text)
+#   ("table", headers, body, notes)      ("img", file name, alt text)
+
+def _segments(inline: str | list) -> list[tuple[str, str]]:
+    return [("text", inline)] if isinstance(inline, str) else inline
+
+
+def _md_escape(text: str) -> str:
+    return re.sub(r"([\\`*_|<\[\]])", r"\\\1", text)
+
+
+def _md_inline(inline: str | list) -> str:
+    parts = []
+    for kind, text in _segments(inline):
+        if kind == "code":
+            parts.append(f"`{text}`")
+        elif kind == "b":
+            parts.append(f"**{_md_escape(text)}**")
+        else:
+            parts.append(_md_escape(text))
+    return "".join(parts)
+
+
+def _html_inline(inline: str | list) -> str:
+    tags = {"code": "code", "b": "strong"}
+    return "".join(f"<{tags[k]}>{html.escape(t)}</{tags[k]}>" if k in tags else html.escape(t)
+                   for k, t in _segments(inline))
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    """Render document blocks as GitHub-flavoured Markdown."""
+    out: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            out.append("#" * block[1] + " " + _md_inline(block[2]))
+        elif kind == "p":
+            out.append(_md_inline(block[1]))
+        elif kind == "ul":
+            out.append("\n".join("- " + _md_inline(item) for item in block[1]))
+        elif kind == "code":
+            out.append("```bash\n" + block[1] + "\n```")
+        elif kind == "img":
+            out.append(f"![{_md_escape(block[2])}]({block[1]})")
+        elif kind == "table":
+            headers, body, notes = block[1], block[2], block[3]
+            lines = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
+                     "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+            lines += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in body]
+            if notes:
+                lines += ["", "  \n".join(_md_inline(n) for n in notes)]
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+HTML_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
+h1, h2, h3, h4 { margin-top: 1.6em; } h1 { border-bottom: 2px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
+th, td { border: 1px solid #d0d0d0; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f0f3f6; } th:first-child, td:first-child { text-align: left; }
+tbody tr:nth-child(even) { background: #fafafa; }
+code, pre { background: #f4f4f4; font-family: Menlo, Consolas, monospace; font-size: 0.9em; }
+pre { padding: 0.6em; overflow-x: auto; } p.note { font-size: 0.85em; color: #555; margin: 0.15em 0; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def to_html(blocks: list[tuple], title: str) -> str:
+    """Render document blocks as one standalone HTML page (inline CSS, no scripts)."""
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title>", f"<style>{HTML_STYLE}</style>", "</head>", "<body>"]
+    for block in blocks:
+        kind = block[0]
+        if kind == "h":
+            out.append(f"<h{block[1]}>{_html_inline(block[2])}</h{block[1]}>")
+        elif kind == "p":
+            out.append(f"<p>{_html_inline(block[1])}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "code":
+            out.append(f"<pre><code>{html.escape(block[1])}</code></pre>")
+        elif kind == "img":
+            out.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
+        elif kind == "table":
+            headers, body, notes = block[1], block[2], block[3]
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+                       + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+                    for cells in body]
+            out.append("</tbody></table>")
+            out += [f'<p class="note">{_html_inline(n)}</p>' for n in notes]
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------------------- tables
+
+def _index(all_rows: list[Row]) -> dict[tuple, Row]:
+    """(suite, case, pass, dtype, impl) -> row (the fastest where a key repeats)."""
+    out: dict[tuple, Row] = {}
+    for r in all_rows:
+        key = (r["suite"], r["case"], r["pass"], r["dtype"], r["impl"])
+        if key not in out or r["time_s"] < out[key]["time_s"]:
+            out[key] = r
+    return out
+
+
+def _scaled_notes(scaled_rows: list[Row]) -> list[str]:
+    """Footnotes for scaled naive times: one per distinct ``scaled_from``, naming the cases
+    when more than one case is in the table."""
+    by_slice: dict[str, list[str]] = {}
+    for r in scaled_rows:
+        cases = by_slice.setdefault(str(r["scaled_from"] or "a reduced slice"), [])
+        if r["case"] not in cases:
+            cases.append(r["case"])
+    multi = len(by_slice) > 1
+    return [f"* naive loops run on {what} and scaled by FLOPs" + (f" ({', '.join(cases)})" if multi else "")
+            for what, cases in by_slice.items()]
+
+
+DETAIL_HEADERS = ["impl", "time", "GFLOP/s", "% peak", "x naive", "x NumPy", "x PyTorch",
+                  "peak mem (MiB)", "compile (s)"]
+
+
+def _detail_cells(r: Row) -> list[str]:
+    return [impl_name(r["impl"]), fmt_time(r["time_s"], r["scaled"]), fmt_num(r["gflops"]),
+            fmt_pct(r["pct_peak"]), fmt_ratio(r["speedup_naive"]), fmt_ratio(r["speedup_numpy"]),
+            fmt_ratio(r["ratio_pytorch"]), fmt_mib(r["peak_memory_bytes"]), fmt_s(r["compile_s"])]
+
+
+def _detail_table(case_rows: list[Row]) -> tuple:
+    """Rows = implementations of one case and pass, columns = every derived figure."""
+    body = [_detail_cells(r) for r in case_rows]
+    return ("table", DETAIL_HEADERS, body, _scaled_notes([r for r in case_rows if r["scaled"]]))
+
+
+def _compact_table(sel: list[Row], with_pass: bool, focus: str, extra: list[str]) -> tuple:
+    """Rows = cases (and passes), columns = each implementation's time, then the ``extra``
+    figures of the ``focus`` implementation (keys of a row, e.g. "gflops", "ratio_pytorch")."""
+    idx = _index(sel)
+    impls = _order((r["impl"] for r in sel), IMPLS)
+    keys = list(dict.fromkeys((r["case"], r["pass"]) for r in sel))
+    titles = {"gflops": "GFLOP/s", "pct_peak": "% peak", "speedup_naive": "x naive",
+              "speedup_numpy": "x NumPy", "ratio_pytorch": "x PyTorch"}
+    fmts = {"gflops": fmt_num, "pct_peak": fmt_pct}
+    headers = ["case"] + (["pass"] if with_pass else []) + [impl_name(i) for i in impls]
+    headers += [f"{focus} {titles[k]}" for k in extra]
+    body = []
+    dtype = sel[0]["dtype"]
+    suite = sel[0]["suite"]
+    for case, pass_ in keys:
+        cells = [case] + ([pass_] if with_pass else [])
+        for impl in impls:
+            r = idx.get((suite, case, pass_, dtype, impl))
+            cells.append(fmt_time(r["time_s"], r["scaled"]) if r else "-")
+        f = idx.get((suite, case, pass_, dtype, focus))
+        cells += [fmts.get(k, fmt_ratio)(f[k]) if f else "-" for k in extra]
+        body.append(cells)
+    return ("table", headers, body, _scaled_notes([r for r in sel if r["scaled"]]))
+
+
+def _case_labels(sel: list[Row]) -> tuple:
+    """A list block naming each case's label, for compact tables that show only the ids."""
+    labels = dict.fromkeys((r["case"], r["label"]) for r in sel)
+    return ("ul", [[("code", case), ("text", f": {label}")] for case, label in labels if label != case])
+
+
+VERSION_KEYS = ("fastconv", "python", "numpy", "numba", "llvmlite", "scipy", "torch", "pytest",
+                "pytest_benchmark", "pytest-benchmark")
+
+
+def _machine_block(results: dict) -> list[tuple]:
+    """The header: machine, thread counts, versions, date, commit, how to reproduce. Reads
+    ``machine_info["fastconv"]`` (falling back on pytest-benchmark's own machine_info); keys it
+    does not know are listed as they are."""
+    machine = results.get("machine_info") or {}
+    fc = dict(machine.get("fastconv") or {}) if isinstance(machine.get("fastconv"), dict) else {}
+    cpu = fc.pop("cpu", None) or (machine.get("cpu") or {}).get("brand_raw") or machine.get("processor") or "unknown"
+    flags = fc.pop("cpu_flags", None)
+    if isinstance(flags, dict):
+        has = [k for k, v in flags.items() if v]
+        lacks = [k for k, v in flags.items() if not v]
+        flags = ", ".join(has) + ("; no " + ", no ".join(lacks) if lacks else "")
+    items: list = [[("b", "CPU:"), ("text", f" {cpu}" + (f" ({flags})" if flags else ""))]]
+    cores = fc.pop("logical_cores", None) or fc.pop("cores", None)
+    threads = fc.pop("numba_threads", None) or fc.pop("threads", None)
+    layer = fc.pop("numba_threading_layer", None)
+    parts = ([f"{cores} logical cores"] if cores else []) + \
+            ([f"{threads} threads" + (f" (Numba threading layer {layer})" if layer else "")] if threads else [])
+    if parts:
+        items.append([("b", "cores / threads:"), ("text", " " + ", ".join(parts))])
+    versions = fc.pop("versions", None)
+    versions = dict(versions) if isinstance(versions, dict) else {}
+    versions.update({k: fc.pop(k) for k in VERSION_KEYS if k in fc})
+    if versions:
+        text = ", ".join(f"{k} {v if v else '(not installed)'}" for k, v in versions.items())
+        items.append([("b", "versions:"), ("text", f" {text}")])
+    size, dtype = fc.pop("size", None), fc.pop("dtype", None)
+    if size or dtype:
+        items.append([("b", "suite:"), ("text", " " + ", ".join(str(x) for x in (size, dtype) if x))])
+    date = fc.pop("date", None) or results.get("datetime")
+    if date:
+        items.append([("b", "date:"), ("text", f" {date}")])
+    for key, value in fc.items():
+        if value not in (None, "", {}, []):
+            text = ", ".join(f"{k} {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+            items.append([("b", f"{key}:"), ("text", f" {text}")])
+    commit = results.get("commit_info") or {}
+    if commit.get("id"):
+        dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
+        items.append([("b", "commit:"), ("text", " "), ("code", str(commit["id"])[:12]), ("text", dirty)])
+    command = "fastconv bench" + (f" --size {size}" if size else "") + (f" --dtype {dtype}" if dtype else "")
+    return [("ul", items),
+            ("p", [("text", "Reproduce: "), ("code", 'pip install -e ".[bench]"'), ("text", " then "),
+                   ("code", command), ("text", ", which writes a run folder with "), ("code", "results.json"),
+                   ("text", " and this report ("), ("code", "fastconv report results.json"),
+                   ("text", " renders it again, "), ("code", "fastconv compare OLD.json NEW.json"),
+                   ("text", " compares two runs).")]),
+            ("p", "Times are medians of pytest-benchmark's rounds. Ratios to PyTorch are PyTorch's time over "
+                  "ours (> 1: fastconv is faster); speed-ups (x naive, x NumPy) are the peer's time over ours; "
+                  "% peak is GFLOP/s over the measured peak (the fastest round of NumPy's matmul at the largest "
+                  "square GEMM size).")]
+
+
+def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
+    fwd, bwd = head["forward"], head["backward"]
+
+    def layer(entry: dict | None, key: str) -> str:
+        return "-" if entry is None else f"{entry['case']} {fmt_ratio(entry[key])}"
+
+    def naive_range(h: dict) -> str:
+        lo, hi = h["speedup_naive_min"], h["speedup_naive_max"]
+        return "-" if lo is None else f"{fmt_ratio(lo['speedup_naive'])} ({lo['case']}) - " \
+                                      f"{fmt_ratio(hi['speedup_naive'])} ({hi['case']})"
+
+    body = [
+        ["conv layers (auto records)", str(fwd["layers"]), str(bwd["layers"])],
+        ["ratio to PyTorch, geomean (> 1: faster)", fmt_ratio(fwd["ratio_pytorch_geomean"]),
+         fmt_ratio(bwd["ratio_pytorch_geomean"])],
+        ["best layer vs PyTorch", layer(fwd["best"], "ratio_pytorch"), layer(bwd["best"], "ratio_pytorch")],
+        ["worst layer vs PyTorch", layer(fwd["worst"], "ratio_pytorch"), layer(bwd["worst"], "ratio_pytorch")],
+        ["speed-up over naive, geomean", fmt_ratio(fwd["speedup_naive_geomean"]),
+         fmt_ratio(bwd["speedup_naive_geomean"])],
+        ["speed-up over naive, range", naive_range(fwd), naive_range(bwd)],
+    ]
+    notes = []
+    if fwd["layers_with_pytorch"] < fwd["layers"] or bwd["layers_with_pytorch"] < bwd["layers"]:
+        notes.append(f"PyTorch ratios over {fwd['layers_with_pytorch']} (forward) and "
+                     f"{bwd['layers_with_pytorch']} (backward) layers: PyTorch was not run on the others.")
+    counts = head["counts"]
+    peak = head["peak_gflops"]
+    rec = head["peak_record"]
+    peak_text = (f"{fmt_num(peak)} GFLOP/s ({impl_name(rec['impl'])} {rec['dtype']} {rec['case']})"
+                 if peak else "- (no record marked is_peak)")
+    by_suite = ", ".join(f"{s} {n}" for s, n in counts["by_suite"].items()) or "none"
+    above = [r for r in all_rows if r["pct_peak"] is not None and r["pct_peak"] > 100.0]
+    if above:
+        best = max(above, key=lambda r: r["pct_peak"])
+        peak_text += (f"; {len(above)} records run above it (up to {fmt_pct(best['pct_peak'])}: "
+                      f"{best['suite']} {best['case']} {best['pass']} {impl_name(best['impl'])}), "
+                      "so read % peak as relative to NumPy's matmul in this run, not as a hardware bound")
+    if fwd["layers"] or bwd["layers"]:
+        table = ("table", [f"fastconv auto, conv2d, {head['dtype']}", "forward", "backward"], body, notes)
+    else:
+        table = ("p", f"No conv2d records of fastconv auto in {head['dtype']} in this run.")
+    return [
+        table,
+        ("ul", [[("b", "measured peak:"), ("text", f" {peak_text}")],
+                [("b", "benchmarks:"), ("text", f" {counts['benchmarks']} ({by_suite}) over "
+                                                 f"{counts['cases']} cases; {counts['scaled']} scaled naive "
+                                                 f"records; {counts['groups_without_pytorch']} of "
+                                                 f"{counts['groups']} case/pass groups without PyTorch")]]),
+    ]
+
+
+def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -> list[tuple]:
+    head = _headline_from_rows(all_rows)
+    blocks: list[tuple] = [("h", 1, "fastconv benchmark report")]
+    blocks += _machine_block(results)
+    blocks += [("h", 2, "Headline")] + _headline_blocks(head, all_rows)
+    if "speedup" in plots:
+        blocks.append(("img", plots["speedup"].name, "speed-up of fastconv auto over naive, NumPy and PyTorch"))
+    dtypes = _order((r["dtype"] for r in all_rows), [head["dtype"]])
+    suites = _order((r["suite"] for r in all_rows), SUITES)
+    for suite in suites:
+        title = SUITE_TITLES.get(suite, suite)
+        blocks.append(("h", 2, title))
+        for dtype in dtypes:
+            sel = [r for r in all_rows if r["suite"] == suite and r["dtype"] == dtype]
+            if not sel:
+                continue
+            tag = "" if dtype == head["dtype"] else f", {dtype}"
+            if suite == "conv2d":
+                blocks += _conv_blocks(sel, tag)
+                if not tag and "conv_gflops" in plots:
+                    blocks.append(("img", plots["conv_gflops"].name, "GFLOP/s per conv layer"))
+            elif suite == "gemm":
+                if tag:
+                    blocks.append(("h", 3, f"GEMM{tag}"))
+                blocks.append(_compact_table(sel, False, "auto", ["gflops", "pct_peak", "speedup_numpy",
+                                                                  "ratio_pytorch"]))
+                blocks.append(_case_labels(sel))
+                if not tag and "gemm_gflops" in plots:
+                    blocks.append(("img", plots["gemm_gflops"].name, "GEMM GFLOP/s per size"))
+            else:
+                if tag:
+                    blocks.append(("h", 3, f"{title}{tag}"))
+                blocks.append(_compact_table(sel, True, "auto", ["speedup_naive", "speedup_numpy",
+                                                                 "ratio_pytorch"]))
+                blocks.append(_case_labels(sel))
+    return [b for b in blocks if not (b[0] == "ul" and not b[1])]
+
+
+def _conv_blocks(sel: list[Row], tag: str) -> list[tuple]:
+    """Per pass: the overview (times of every implementation per layer), then one detail table
+    per layer."""
+    blocks: list[tuple] = []
+    for pass_ in _order((r["pass"] for r in sel), PASSES):
+        in_pass = [r for r in sel if r["pass"] == pass_]
+        blocks.append(("h", 3, f"conv2d {pass_}{tag}"))
+        blocks.append(("p", "Overview: time of each implementation per layer, and fastconv auto's figures."))
+        blocks.append(_compact_table(in_pass, False, "auto", ["gflops", "pct_peak", "speedup_naive",
+                                                              "speedup_numpy", "ratio_pytorch"]))
+        for case in dict.fromkeys(r["case"] for r in in_pass):  # rows are sorted by case
+            case_rows = [r for r in in_pass if r["case"] == case]
+            blocks.append(("h", 4, [("code", case), ("text", f": {case_rows[0]['label']} ({pass_}{tag})")]))
+            blocks.append(_detail_table(case_rows))
+    return blocks
+
+
+# -------------------------------------------------------------------------------------- plots
+
+def _figure(width: float, height: float, ncols: int):
+    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="tight")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, sharey=True, squeeze=False)[0]
+    return fig, axes
+
+
+def _log_if_wide(ax, values: list[float], limit: float) -> None:
+    """Log y axis (with plain-number labels) when ``values`` span more than ``limit`` times."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    values = [v for v in values if v and v > 0]
+    if values and max(values) / min(values) > limit:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        wide = max(values) / min(values) > 300  # several decades: label the decades only
+
+        def minor(v: float, _: Any) -> str:  # label 2 and 5 within a decade
+            return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
+
+        ax.yaxis.set_minor_formatter(NullFormatter() if wide else FuncFormatter(minor))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+
+
+def _legend_outside(ax) -> None:
+    """The legend to the right of ``ax`` (the last panel), clear of the bars."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _panel_width(n_cases: int) -> float:
+    """Inches for one panel of grouped bars over ``n_cases`` cases."""
+    return min(6.5, 2.8 + 0.45 * n_cases)
+
+
+def _grouped_bars(ax, cases: list[str], series: list[tuple[str, str, list[float | None]]],
+                  base: float = 0.0) -> None:
+    """Bars grouped per case; ``series`` is (legend, color, values); None values leave a gap.
+    Bars start at ``base`` (1 for speed-ups: up when faster, down when slower)."""
+    width = 0.8 / max(1, len(series))
+    for i, (name, color, values) in enumerate(series):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(cases))]
+        ax.bar([x for x, v in zip(xs, values) if v], [v - base for v in values if v], width,
+               bottom=base, label=name, color=color)
+    ax.set_xticks(range(len(cases)), cases, rotation=40, ha="right")
+    ax.grid(axis="y", alpha=0.3, which="both")
+
+
+def _plot_speedup(all_rows: list[Row], dtype: str, path: Path) -> bool:
+    """Speed-up bars of fastconv auto over naive, NumPy and PyTorch per conv layer."""
+    auto = [r for r in all_rows if r["suite"] == "conv2d" and r["impl"] == "auto" and r["dtype"] == dtype]
+    passes = _order((r["pass"] for r in auto), PASSES)
+    if not passes:
+        return False
+    n_cases = max(sum(r["pass"] == p for r in auto) for p in passes)
+    fig, axes = _figure(_panel_width(n_cases) * len(passes) + 1.2, 4.6, len(passes))
+    values: list[float] = []
+    for ax, pass_ in zip(axes, passes):
+        sel = sorted((r for r in auto if r["pass"] == pass_), key=lambda r: _case_key(r["case"]))
+        cases = [r["case"] for r in sel]
+        series = [("over naive", COLORS["naive"], [r["speedup_naive"] for r in sel]),
+                  ("over NumPy", COLORS["numpy"], [r["speedup_numpy"] for r in sel]),
+                  ("over PyTorch", COLORS["pytorch"], [r["ratio_pytorch"] for r in sel])]
+        series = [s for s in series if any(s[2])]  # a peer missing from every layer: no bars
+        _grouped_bars(ax, cases, series, base=1.0)
+        title = f"conv2d {pass_} ({dtype})"
+        if series and series[-1][0] == "over PyTorch":
+            width = 0.8 / len(series)
+            for j, r in enumerate(sel):
+                if r["ratio_pytorch"] is None:
+                    ax.annotate("no PyTorch", (j + 0.4 - width / 2, 1), rotation=90, fontsize=7,
+                                ha="center", va="bottom", color=COLORS["pytorch"])
+        else:
+            title += ": no PyTorch records"
+        ax.axhline(1.0, color="black", linewidth=1)
+        ax.set_title(title)
+        values += [v for _, _, vals in series for v in vals if v]
+    _log_if_wide(axes[0], values + [1.0], 30.0)
+    axes[0].set_ylabel("speed-up of fastconv auto (x, > 1: faster)")
+    _legend_outside(axes[-1])
+    fig.savefig(path, dpi=PLOT_DPI)
+    return True
+
+
+def _plot_conv_gflops(all_rows: list[Row], dtype: str, peak: float | None, path: Path) -> bool:
+    """GFLOP/s per conv layer for each fastconv algorithm and PyTorch, with the peak line."""
+    sel = [r for r in all_rows if r["suite"] == "conv2d" and r["dtype"] == dtype
+           and r["impl"] not in ("auto", "naive", "numpy") and r["gflops"]]
+    passes = _order((r["pass"] for r in sel), PASSES)
+    if not passes:
+        return False
+    idx = _index(sel)
+    impls = _order((r["impl"] for r in sel), IMPLS)
+    n_cases = max(len({r["case"] for r in sel if r["pass"] == p}) for p in passes)
+    fig, axes = _figure(_panel_width(n_cases) * len(passes) + 1.6, 4.6, len(passes))
+    values = [r["gflops"] for r in sel] + ([peak] if peak else [])
+    for ax, pass_ in zip(axes, passes):
+        cases = sorted({r["case"] for r in sel if r["pass"] == pass_}, key=_case_key)
+        series = []
+        for impl in impls:
+            vals = [idx[k]["gflops"] if (k := ("conv2d", c, pass_, dtype, impl)) in idx else None for c in cases]
+            series.append((impl_name(impl), COLORS.get(impl, "#8c564b"), vals))
+        _grouped_bars(ax, cases, series)
+        if peak:
+            ax.axhline(peak, color="black", linestyle="--", linewidth=1,
+                       label=f"peak {fmt_num(peak)} GFLOP/s")
+        ax.set_title(f"conv2d {pass_} GFLOP/s ({dtype})")
+    _log_if_wide(axes[0], values, 100.0)
+    axes[0].set_ylabel("GFLOP/s")
+    _legend_outside(axes[-1])
+    fig.savefig(path, dpi=PLOT_DPI)
+    return True
+
+
+def _plot_gemm(all_rows: list[Row], dtype: str, peak: float | None, path: Path) -> bool:
+    """GEMM GFLOP/s per square size for blas, packed, NumPy and PyTorch, with the peak line."""
+    sel = [r for r in all_rows if r["suite"] == "gemm" and r["dtype"] == dtype and r["gflops"]
+           and re.fullmatch(r"gemm-\d+", r["case"]) and r["impl"] in ("blas", "packed", "numpy", "pytorch")]
+    if not sel:
+        return False
+    fig, axes = _figure(7.0, 4.6, 1)
+    ax = axes[0]
+    sizes = sorted({int(r["case"][5:]) for r in sel})
+    for impl in _order((r["impl"] for r in sel), IMPLS):
+        pts = sorted((int(r["case"][5:]), r["gflops"]) for r in sel if r["impl"] == impl)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl_name(impl),
+                color=COLORS.get(impl))
+    if peak:
+        ax.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"peak {fmt_num(peak)} GFLOP/s")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("square size n (n x n @ n x n)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title(f"GEMM ({dtype})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=PLOT_DPI)
+    return True
+
+
+def _plots(all_rows: list[Row], out_dir: Path) -> dict[str, Path] | None:
+    """Write the PNG plots that have data: {name: path}; None without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    head = _headline_from_rows(all_rows)
+    dtype, peak = head["dtype"], head["peak_gflops"]
+    written = {}
+    jobs = {"speedup": lambda p: _plot_speedup(all_rows, dtype, p),
+            "conv_gflops": lambda p: _plot_conv_gflops(all_rows, dtype, peak, p),
+            "gemm_gflops": lambda p: _plot_gemm(all_rows, dtype, peak, p)}
+    for name, job in jobs.items():
+        path = out_dir / f"{name}.png"
+        if job(path):
+            written[name] = path
+    return written
+
+
+# ------------------------------------------------------------------------------------- render
+
+def render(results_path: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ``report.md``, ``report.html`` and the PNG plots (when matplotlib is installed) of
+    the benchmark JSON at ``results_path`` into ``out_dir`` (created if needed); return the
+    written paths, the two reports first."""
+    results = load(results_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    all_rows = rows(results)
+    plots = _plots(all_rows, out_dir)
+    blocks = _report_blocks(results, all_rows, plots or {})
+    if plots is None:
+        plots = {}
+        blocks.insert(1, ("p", [("text", "No plots: matplotlib is not installed ("),
+                                ("code", "pip install matplotlib"), ("text", ").")]))
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    md_path.write_text(to_markdown(blocks), encoding="utf-8")
+    html_path.write_text(to_html(blocks, "fastconv benchmark report"), encoding="utf-8")
+    return [md_path, html_path, *plots.values()]
+
+
+# ------------------------------------------------------------------------------------ compare
+
+def _text_table(headers: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(x) for x in col) for col in zip(headers, *body)]
+    def line(cells: list[str]) -> str:  # the three numeric columns right-aligned
+        return "  ".join(c.rjust(w) if i < 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines = [line(headers)] + [line(cells) for cells in body]
+    return "\n".join("  " + line.rstrip() for line in lines)
+
+
+def compare(old: dict, new: dict, threshold: float = 0.25) -> tuple[str, list[dict]]:
+    """Compare two runs record by record, matched on (suite, case, pass, impl, dtype).
+
+    Returns a text report (slower then faster records, each sorted by the new/old time ratio, then
+    the records found in only one run) and the regressions: fastconv's own (non-peer) records whose
+    new time exceeds old * (1 + threshold), as dicts with suite, case, pass, impl, dtype, old_s,
+    new_s and ratio (new / old), worst first.
+    """
+    key_names = ("suite", "case", "pass", "impl", "dtype")
+
+    def index(results: dict) -> dict[tuple, Row]:
+        out: dict[tuple, Row] = {}
+        for r in rows(results):
+            key = tuple(r[k] for k in key_names)
+            if key not in out or r["time_s"] < out[key]["time_s"]:
+                out[key] = r
+        return out
+
+    o, n = index(old), index(new)
+    matched = []
+    for key in [k for k in n if k in o]:
+        entry = dict(zip(key_names, key))
+        entry.update(old_s=o[key]["time_s"], new_s=n[key]["time_s"], peer=n[key]["peer"])
+        entry["ratio"] = _ratio(entry["new_s"], entry["old_s"])
+        entry["regression"] = (not entry["peer"] and entry["ratio"] is not None
+                               and entry["new_s"] > entry["old_s"] * (1 + threshold))
+        matched.append(entry)
+    regressions = sorted((e for e in matched if e["regression"]), key=lambda e: -e["ratio"])
+
+    def table(entries: list[dict]) -> str:
+        body = [[fmt_ratio(e["ratio"]), fmt_time(e["old_s"]), fmt_time(e["new_s"]),
+                 " ".join(str(e[k]) for k in key_names),
+                 "REGRESSION" if e["regression"] else "(peer)" if e["peer"] else ""] for e in entries]
+        return _text_table(["new/old", "old", "new", "suite case pass impl dtype", ""], body)
+
+    valid = [e for e in matched if e["ratio"] is not None]
+    slower = sorted((e for e in valid if e["ratio"] > 1), key=lambda e: -e["ratio"])
+    faster = sorted((e for e in valid if e["ratio"] < 1), key=lambda e: e["ratio"])
+    same = len(valid) - len(slower) - len(faster)
+    lines = [f"compared {len(matched)} matching records (regression: a fastconv implementation more than "
+             f"{threshold:.0%} slower): {len(slower)} slower, {len(faster)} faster, {same} unchanged, "
+             f"{len(regressions)} regression{'s' if len(regressions) != 1 else ''}"]
+    if slower:
+        lines += ["", "slower:", table(slower)]
+    if faster:
+        lines += ["", "faster:", table(faster)]
+    for title, only in (("only in old", [k for k in o if k not in n]), ("only in new", [k for k in n if k not in o])):
+        if only:
+            lines += ["", f"{title}: {len(only)}"] + ["  " + " ".join(map(str, k)) for k in only]
+    return "\n".join(lines) + "\n", [{k: e[k] for k in (*key_names, "old_s", "new_s", "ratio")}
+                                     for e in regressions]
