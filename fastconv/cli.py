@@ -60,7 +60,7 @@ def bench(size: str, dtype: str, out: Path | None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastconv", description="Convolution engine with compiled kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("bench", help="run the benchmark suite and write results and a report")
     run.add_argument("--quick", action="store_const", const="quick", dest="size",
                      help="a few-minute subset (same as --size quick)")
-    run.add_argument("--size", choices=["tiny", "quick", "full"], default="full",
+    run.add_argument("--size", choices=["tiny", "quick", "full"],
                      help="tiny: one small case per op; quick: a subset; full: every case (default)")
+    run.set_defaults(size="full")
     run.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     run.add_argument("--device", choices=["cpu"], default="cpu", help="where to run (cpu)")
     run.add_argument("--out", type=Path, help="output folder (default: bench-results/SIZE-TIMESTAMP)")
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("new", type=Path)
     cmp.add_argument("--threshold", type=float, default=0.25,
                      help="a fastconv time more than this fraction slower is a regression (default 0.25)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.repeat < 1:

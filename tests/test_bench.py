@@ -70,3 +70,10 @@ def test_bench_cli_rejects_bad_input(tmp_path):
     bogus.write_text('{"benchmarks": 3}')
     assert _fastconv("report", str(bogus)).returncode == 2
     assert _fastconv("compare", str(bogus), str(tmp_path / "missing.json")).returncode != 0
+
+
+def test_bench_size_defaults_to_full_and_quick_selects_quick():
+    from fastconv.cli import build_parser
+    assert build_parser().parse_args(["bench"]).size == "full"
+    assert build_parser().parse_args(["bench", "--quick"]).size == "quick"
+    assert build_parser().parse_args(["bench", "--size", "tiny"]).size == "tiny"
