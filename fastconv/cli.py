@@ -24,6 +24,8 @@ class _ProgressBar:
         if report.when == "call" or (report.when == "setup" and report.skipped):
             self.bar.set_postfix_str(report.nodeid.rsplit("::", 1)[-1][:48], refresh=False)
             self.bar.update(1)
+            if self.bar.n >= self.bar.total:  # close before pytest-benchmark prints its summary
+                self.bar.close()
 
     def pytest_sessionfinish(self) -> None:
         if self.bar is not None:
