@@ -70,11 +70,16 @@ def check_array(name: str, a: object, ndims: tuple[int, ...], dtype: np.dtype | 
     if a.ndim not in ndims:
         ranks = " or ".join(str(d) for d in ndims)
         raise ValueError(f"{name} must have {ranks} dimensions, got shape {a.shape}")
-    if a.dtype not in FLOAT_DTYPES:
+    if native(a.dtype) not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {a.dtype}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name} must have the input's dtype {dtype}, got {a.dtype}")
+    if dtype is not None and native(a.dtype) != native(dtype):
+        raise TypeError(f"{name} must have the input's dtype {native(dtype)}, got {native(a.dtype)}")
     return a
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """`dtype` in this machine's byte order: outputs and kernels always use it."""
+    return np.dtype(dtype).newbyteorder("=")
 
 
 def contiguous(a: np.ndarray) -> np.ndarray:
@@ -82,7 +87,7 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     if a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative:
         return a
     check_fits("a contiguous copy of the input", a.shape, a.dtype)
-    return np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    return np.ascontiguousarray(a, dtype=native(a.dtype))
 
 
 def batched(name: str, x: np.ndarray) -> tuple[np.ndarray, bool]:

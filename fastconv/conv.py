@@ -147,7 +147,7 @@ def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, group
         algo = choose_conv2d_algorithm(p, x.dtype.itemsize)
     elif algo.startswith("im2col"):
         _im2col_chunk(p, x.dtype.itemsize, p.k)
-    return xb, unbatched, p, algo
+    return contiguous(xb), unbatched, p, algo
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
@@ -164,14 +164,14 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     """
     xb, unbatched, p, algo = _prepare(x, weight, stride, padding, dilation, groups, algo)
     if bias is not None:
-        check_array("bias", bias, (1,), x.dtype)
+        check_array("bias", bias, (1,), xb.dtype)
         if bias.shape != (p.k,):
             raise ValueError(f"bias must have shape ({p.k},), got {bias.shape}")
         bias = contiguous(bias)
     if p.n == 0:
-        y = np.zeros(p.y_shape, x.dtype)
+        y = np.zeros(p.y_shape, xb.dtype)
     else:
-        y = CONV2D_ALGORITHMS[algo][0](contiguous(xb), contiguous(weight), bias, p)
+        y = CONV2D_ALGORITHMS[algo][0](xb, contiguous(weight), bias, p)
     return y[0] if unbatched else y
 
 
@@ -185,11 +185,11 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     Arguments and algorithms as in ``conv2d``.
     """
     xb, unbatched, p, algo = _prepare(x, weight, stride, padding, dilation, groups, algo)
-    gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, x.dtype)
+    gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype)
     gy = gy[None] if unbatched else gy
     if p.n == 0:
-        gx, gw = np.zeros(p.x_shape, x.dtype), np.zeros(weight.shape, x.dtype)
+        gx, gw = np.zeros(p.x_shape, xb.dtype), np.zeros(weight.shape, xb.dtype)
     else:
-        gx, gw = CONV2D_ALGORITHMS[algo][1](contiguous(gy), contiguous(xb), contiguous(weight), p)
-    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(x.dtype)
+        gx, gw = CONV2D_ALGORITHMS[algo][1](contiguous(gy), xb, contiguous(weight), p)
+    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(xb.dtype)
     return (gx[0] if unbatched else gx), gw, gb

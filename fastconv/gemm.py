@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import naive
-from ._checks import check_algo, check_array, check_fits, contiguous
+from ._checks import check_algo, check_array, check_fits, contiguous, native
 from .kernels import gemm as gemm_kernels
 
 GEMM_ALGORITHMS = {
@@ -36,11 +36,11 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     m, n = a.shape[0], b.shape[1]
     check_fits("gemm output", (m, n), a.dtype)
     if min(a.shape + b.shape) == 0:
-        return np.zeros((m, n), a.dtype)
+        return np.zeros((m, n), native(a.dtype))
     if algo == "naive":
-        return naive.gemm(a, b)
+        return naive.gemm(contiguous(a), contiguous(b))
     a_kernel, trans_a = _operand(a)
     b_kernel, trans_b = _operand(b)
-    c = np.empty((m, n), a.dtype)
+    c = np.empty((m, n), native(a.dtype))
     GEMM_ALGORITHMS["blas" if algo == "auto" else algo](a_kernel, b_kernel, c, trans_a, trans_b)
     return c

@@ -82,7 +82,7 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
     xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, dilation, ceil_mode, algo)
     if p.n == 0:
-        y, idx = np.zeros(p.y_shape, x.dtype), np.zeros(p.y_shape, np.int64)
+        y, idx = np.zeros(p.y_shape, xb.dtype), np.zeros(p.y_shape, np.int64)
     else:
         y, idx = MAX_POOL2D_ALGORITHMS[algo][0](xb, p)
     if unbatched:
@@ -96,8 +96,8 @@ def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
     position its maximum came from. grad_y is shaped like max_pool2d's output; returns x's shape."""
     xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, dilation, ceil_mode, algo)
-    gy = _grad(grad_y, p, unbatched, x.dtype)
-    gx = np.zeros(xb.shape, x.dtype) if p.n == 0 else MAX_POOL2D_ALGORITHMS[algo][1](gy, xb, p)
+    gy = _grad(grad_y, p, unbatched, xb.dtype)
+    gx = np.zeros(xb.shape, xb.dtype) if p.n == 0 else MAX_POOL2D_ALGORITHMS[algo][1](gy, xb, p)
     return gx[0] if unbatched else gx
 
 
@@ -125,7 +125,7 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
     xb, unbatched, p, algo = _prepare("avg_pool2d", AVG_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, 1, ceil_mode, algo)
     if p.n == 0:
-        y = np.zeros(p.y_shape, x.dtype)
+        y = np.zeros(p.y_shape, xb.dtype)
     else:
         y = AVG_POOL2D_ALGORITHMS[algo][0](xb, p, bool(count_include_pad),
                                            None if divisor_override is None else int(divisor_override))
@@ -140,9 +140,9 @@ def avg_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
     _check_avg_args(count_include_pad, divisor_override)
     xb, unbatched, p, algo = _prepare("avg_pool2d", AVG_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, 1, ceil_mode, algo)
-    gy = _grad(grad_y, p, unbatched, x.dtype)
+    gy = _grad(grad_y, p, unbatched, xb.dtype)
     if p.n == 0:
-        gx = np.zeros(xb.shape, x.dtype)
+        gx = np.zeros(xb.shape, xb.dtype)
     else:
         gx = AVG_POOL2D_ALGORITHMS[algo][1](gy, xb, p, bool(count_include_pad),
                                             None if divisor_override is None else int(divisor_override))

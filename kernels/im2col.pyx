@@ -43,7 +43,7 @@ cdef Py_ssize_t _check(Py_ssize_t N, Py_ssize_t C, Py_ssize_t rows, Py_ssize_t c
     return nb
 
 
-def im2col(floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
+def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
            Py_ssize_t R, Py_ssize_t S, Py_ssize_t OH, Py_ssize_t OW):
     """Unfold images n0 .. n0+nb-1 of x (N, C, H, W) into col (C*R*S, nb*OH*OW), overwriting col.
@@ -56,9 +56,9 @@ def im2col(floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
     cdef Py_ssize_t nb = _check(x.shape[0], C, col.shape[0], col.shape[1], n0, sh, sw, R, S, OH, OW)
     cdef Py_ssize_t P = OH * OW, rows = C * R * S, ncol = col.shape[1], HW = H * W
     cdef Py_ssize_t row, c, r, s, i, oh, ow, h0, w0, oh_lo, oh_hi, ow_lo, ow_hi
-    cdef floating *xb
+    cdef const floating *xb
     cdef floating *cb
-    cdef floating *src
+    cdef const floating *src
     cdef floating *dst
     if nb == 0 or rows == 0:
         return
@@ -101,7 +101,7 @@ def im2col(floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
                 dst[ow] = 0
 
 
-def col2im(floating[:, ::1] col, floating[:, :, :, ::1] gx, Py_ssize_t n0,
+def col2im(const floating[:, ::1] col, floating[:, :, :, ::1] gx, Py_ssize_t n0,
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
            Py_ssize_t R, Py_ssize_t S, Py_ssize_t OH, Py_ssize_t OW):
     """Fold col (C*R*S, nb*OH*OW) back into images n0 .. n0+nb-1 of gx (N, C, H, W), accumulating.
@@ -115,8 +115,8 @@ def col2im(floating[:, ::1] col, floating[:, :, :, ::1] gx, Py_ssize_t n0,
     cdef Py_ssize_t P = OH * OW, ncol = col.shape[1], HW = H * W
     cdef Py_ssize_t row, c, r, s, i, oh, ow, h0, w0, oh_lo, oh_hi, ow_lo, ow_hi
     cdef floating *gb
-    cdef floating *cb
-    cdef floating *src
+    cdef const floating *cb
+    cdef const floating *src
     cdef floating *dst
     if nb == 0 or C * R * S == 0:
         return

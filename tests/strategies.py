@@ -20,10 +20,20 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, terms: int = 1) -> No
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
+LAYOUTS = ["c", "f", "strided", "readonly", "bigendian"]
+
+
 def layout(a: np.ndarray, kind: str) -> np.ndarray:
-    """The same values in another memory layout: 'c', 'f' (Fortran order) or 'strided' (a step-2 view)."""
+    """The same values in another memory layout: 'c', 'f' (Fortran order), 'strided' (a step-2
+    view), 'readonly' (not writeable) or 'bigendian' (non-native byte order)."""
     if kind == "f":
         return np.asfortranarray(a)
+    if kind == "readonly":
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+    if kind == "bigendian":
+        return a.astype(a.dtype.newbyteorder(">"))
     if kind == "strided":
         big = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
         big[..., ::2] = a
@@ -80,7 +90,7 @@ def conv_cases(draw, max_batch: int = 2, dtypes=DTYPES) -> ConvCase:
         x = x[0]
     weight = rng.standard_normal((groups * kg, cg, r, s)).astype(dtype)
     bias = rng.standard_normal(groups * kg).astype(dtype) if draw(st.booleans()) else None
-    x = layout(x, draw(st.sampled_from(["c", "f", "strided"])))
+    x = layout(x, draw(st.sampled_from(LAYOUTS)))
     return ConvCase(x, weight, bias, stride, padding, dilation, groups)
 
 
@@ -119,5 +129,5 @@ def pool_cases(draw, dilation: bool = True, max_batch: int = 2, dtypes=DTYPES) -
         x = np.round(x)  # ties: the first maximum must win
     if n == 1 and draw(st.booleans()):
         x = x[0]
-    x = layout(x, draw(st.sampled_from(["c", "f", "strided"])))
+    x = layout(x, draw(st.sampled_from(LAYOUTS)))
     return PoolCase(x, kernel_size, stride, padding, dil, draw(st.booleans()))

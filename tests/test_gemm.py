@@ -35,6 +35,16 @@ def test_gemm_block_edges(algo, m, n, k, dtype):
     assert_close(fc.gemm(b.T, a.T, algo=algo), _reference(b.T, a.T), k)
 
 
+def test_gemm_reads_readonly_and_big_endian_operands():
+    a = np.arange(12.0, dtype=">f8").reshape(3, 4)
+    b = np.ones((4, 2))
+    b.flags.writeable = False
+    for algo in fc.algorithms("gemm"):
+        c = fc.gemm(a, b, algo=algo)
+        assert c.dtype == np.float64 and c.dtype.isnative
+        np.testing.assert_array_equal(c, a.astype(np.float64) @ b)
+
+
 def test_gemm_strided_and_zero_sized():
     a = np.arange(24.0).reshape(4, 6)[:, ::2]
     b = np.ones((3, 2))

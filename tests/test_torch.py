@@ -13,7 +13,7 @@ torch.set_num_threads(1)  # an oracle: its thread pool would only contend with o
 
 
 def _t(a, requires_grad=False):
-    return torch.from_numpy(np.ascontiguousarray(a)).requires_grad_(requires_grad)
+    return torch.from_numpy(np.array(a, dtype=a.dtype.newbyteorder("="))).requires_grad_(requires_grad)
 
 
 def _close(actual: np.ndarray, expected, terms: int) -> None:
