@@ -14,6 +14,7 @@ from numbers import Integral
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+MAX_SIZE_ARG = 2**31 - 1  # sizes, strides, paddings and dilations; kernels index in int64
 
 
 def memory_limit_bytes() -> int:
@@ -60,6 +61,8 @@ def pair(name: str, value: object, minimum: int) -> tuple[int, int]:
         v = (i, i)
     if min(v) < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
+    if max(v) > MAX_SIZE_ARG:
+        raise ValueError(f"{name} must be at most {MAX_SIZE_ARG}, got {value!r}")
     return v
 
 
@@ -165,7 +168,7 @@ def conv2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: obj
                  dilation: object, groups: object) -> Conv2dShape:
     """Validate conv2d arguments for a batched x (N, C, H, W) and return the shape rule."""
     check_array("weight", weight, (4,), x.dtype)
-    if isinstance(groups, bool) or not isinstance(groups, Integral) or groups < 1:
+    if isinstance(groups, bool) or not isinstance(groups, Integral) or not 1 <= groups <= MAX_SIZE_ARG:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     groups = int(groups)
     n, c, h, w = x.shape

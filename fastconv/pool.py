@@ -11,7 +11,7 @@ from numbers import Integral
 import numpy as np
 
 from . import naive
-from ._checks import Pool2dShape, batched, check_algo, check_grad, contiguous, pool2d_shape
+from ._checks import MAX_SIZE_ARG, Pool2dShape, batched, check_algo, check_grad, contiguous, pool2d_shape
 from .kernels import pool as pool_kernels
 
 
@@ -107,8 +107,9 @@ def _check_avg_args(count_include_pad: object, divisor_override: object) -> None
     if divisor_override is not None:
         if isinstance(divisor_override, bool) or not isinstance(divisor_override, Integral):
             raise TypeError(f"divisor_override must be None or an int, got {divisor_override!r}")
-        if divisor_override == 0:
-            raise ValueError("divisor_override must be None or a non-zero int, got 0")
+        if divisor_override == 0 or abs(divisor_override) > MAX_SIZE_ARG:
+            raise ValueError(f"divisor_override must be None or a non-zero int of magnitude at most "
+                             f"{MAX_SIZE_ARG}, got {divisor_override!r}")
 
 
 def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
