@@ -19,7 +19,7 @@ from .kernels import direct, gemm as gemm_kernels, im2col as im2col_kernels
 
 def _pad(x: np.ndarray, p: Conv2dShape) -> np.ndarray:
     """x (N, C, H, W) zero-padded to (N, C, H + top + bottom, W + left + right), C-contiguous."""
-    top, bottom, left, right = p.padding
+    top, _, left, _ = p.padding
     if not any(p.padding):
         return x
     xp = np.zeros(p.padded_shape, x.dtype)
@@ -45,10 +45,14 @@ def _backward_direct(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
     return gx, gw
 
 
-def _im2col_chunk(p: Conv2dShape, itemsize: int, extra_rows: int) -> int:
-    """Images per batch chunk so that the column matrix (C*R*S rows) plus `extra_rows`
-    rows of GEMM output, each OH*OW per image, fit in the workspace limit."""
-    per_image = (p.c * p.r * p.s + extra_rows) * p.oh * p.ow * itemsize
+def _im2col_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
+    """im2col's workspace per image: the column matrix (C*R*S rows) and the GEMM's K output rows, OH*OW wide."""
+    return (p.c * p.r * p.s + p.k) * p.oh * p.ow * itemsize
+
+
+def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
+    """Images per batch chunk whose workspace fits the workspace limit; ValueError if one image does not."""
+    per_image = _im2col_bytes_per_image(p, itemsize)
     limit = workspace_limit()
     if per_image > limit:
         raise ValueError(
@@ -67,7 +71,7 @@ def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
                     gemm) -> np.ndarray:
     """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group y_g (K/g, nb*OH*OW) = w_g @ col_g."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
-    nb = _im2col_chunk(p, x.dtype.itemsize, p.k)
+    nb = _im2col_chunk(p, x.dtype.itemsize)
     col_buf = np.empty(p.groups * crs_g * nb * plane, x.dtype)
     out_buf = np.empty(p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
@@ -89,7 +93,7 @@ def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: C
                      gemm) -> tuple[np.ndarray, np.ndarray]:
     """Per batch chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x += col2im(dcol)."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
-    nb = _im2col_chunk(p, x.dtype.itemsize, p.k)
+    nb = _im2col_chunk(p, x.dtype.itemsize)
     col_buf = np.empty(p.groups * crs_g * nb * plane, x.dtype)
     gy_buf = np.empty(p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
@@ -134,8 +138,8 @@ def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
     if cg == 1 and p.groups > 1:
         return "direct"
     deep_or_strided = p.stride != (1, 1) or p.r * p.s == 1 or cg * p.r * p.s >= 1024
-    per_image = (p.c * p.r * p.s + p.k) * p.oh * p.ow * itemsize
-    return "im2col_packed" if deep_or_strided and per_image <= workspace_limit() else "direct"
+    fits = _im2col_bytes_per_image(p, itemsize) <= workspace_limit()
+    return "im2col_packed" if deep_or_strided and fits else "direct"
 
 
 def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, groups, algo: str,
@@ -146,7 +150,7 @@ def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, group
     if algo == "auto":
         algo = choose_conv2d_algorithm(p, x.dtype.itemsize)
     elif algo.startswith("im2col"):
-        _im2col_chunk(p, x.dtype.itemsize, p.k)
+        _im2col_chunk(p, x.dtype.itemsize)
     return contiguous(xb), unbatched, p, algo
 
 

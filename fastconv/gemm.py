@@ -1,17 +1,13 @@
 """Matrix product c = a @ b with a choice of kernel."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from . import naive
 from ._checks import check_algo, check_array, check_fits, contiguous, native
 from .kernels import gemm as gemm_kernels
-
-GEMM_ALGORITHMS = {
-    "naive": None,
-    "blas": gemm_kernels.gemm_blas,
-    "packed": gemm_kernels.gemm_packed,
-}
 
 
 def _operand(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -19,6 +15,24 @@ def _operand(a: np.ndarray) -> tuple[np.ndarray, bool]:
     if not a.flags.c_contiguous and a.flags.f_contiguous and a.flags.aligned and a.dtype.isnative:
         return a.T, True
     return contiguous(a), False
+
+
+def _compiled(kernel) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """(a, b) -> a @ b through a kernel ``kernel(a, b, c, trans_a, trans_b)`` of kernels/gemm.py."""
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a_kernel, trans_a = _operand(a)
+        b_kernel, trans_b = _operand(b)
+        c = np.empty((a.shape[0], b.shape[1]), native(a.dtype))
+        kernel(a_kernel, b_kernel, c, trans_a, trans_b)
+        return c
+    return run
+
+
+GEMM_ALGORITHMS = {
+    "naive": lambda a, b: naive.gemm(contiguous(a), contiguous(b)),
+    "blas": _compiled(gemm_kernels.gemm_blas),
+    "packed": _compiled(gemm_kernels.gemm_packed),
+}
 
 
 def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
@@ -33,14 +47,7 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     check_array("b", b, (2,), a.dtype)
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions must agree: a is {a.shape}, b is {b.shape}")
-    m, n = a.shape[0], b.shape[1]
-    check_fits("gemm output", (m, n), a.dtype)
+    check_fits("gemm output", (a.shape[0], b.shape[1]), a.dtype)
     if min(a.shape + b.shape) == 0:
-        return np.zeros((m, n), native(a.dtype))
-    if algo == "naive":
-        return naive.gemm(contiguous(a), contiguous(b))
-    a_kernel, trans_a = _operand(a)
-    b_kernel, trans_b = _operand(b)
-    c = np.empty((m, n), native(a.dtype))
-    GEMM_ALGORITHMS["blas" if algo == "auto" else algo](a_kernel, b_kernel, c, trans_a, trans_b)
-    return c
+        return np.zeros((a.shape[0], b.shape[1]), native(a.dtype))
+    return GEMM_ALGORITHMS["blas" if algo == "auto" else algo](a, b)

@@ -107,7 +107,7 @@ def test_empty_batch(algo):
     assert gx.shape == x.shape and not gw.any() and not gb.any()
 
 
-def test_auto_picks_a_compiled_algorithm_and_matches_naive():
+def test_auto_matches_naive():
     rng = np.random.default_rng(5)
     for groups, c, k in ((1, 3, 4), (4, 4, 4)):
         x = rng.standard_normal((2, c, 7, 7))
