@@ -12,9 +12,11 @@ and is cached on disk for later processes.
 """
 from __future__ import annotations
 
+from . import models, nn, optim
 from .config import set_workspace_limit, workspace_limit
 from .conv import CONV2D_ALGORITHMS, conv2d, conv2d_backward
 from .gemm import GEMM_ALGORITHMS, gemm
+from .nn import manual_seed
 from .pool import AVG_POOL2D_ALGORITHMS, MAX_POOL2D_ALGORITHMS, avg_pool2d, avg_pool2d_backward, max_pool2d, \
     max_pool2d_backward
 
@@ -39,5 +41,6 @@ def algorithms(op: str, device: str = "cpu") -> list[str]:
 
 __all__ = [
     "algorithms", "avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
-    "max_pool2d", "max_pool2d_backward", "set_workspace_limit", "workspace_limit",
+    "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_workspace_limit",
+    "workspace_limit",
 ]

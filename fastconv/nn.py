@@ -1,0 +1,474 @@
+"""Layers and losses with the naming of ``torch.nn``, on NCHW NumPy arrays.
+
+Every layer is a ``Module`` with ``forward(x) -> y`` (``model(x)`` calls it) and, next to it,
+``backward(grad_y) -> grad_x``, which adds d loss / d parameter into each parameter's ``.grad``
+from what the last forward kept. ``parameters()`` and ``state_dict()`` follow PyTorch's order and
+names, so weights move between the two unchanged::
+
+    model = fc.nn.Sequential(fc.nn.Conv2d(1, 6, 5), fc.nn.ReLU(), fc.nn.Flatten(), fc.nn.Linear(6 * 24 * 24, 10))
+    loss, grad = fc.nn.cross_entropy(model(x), labels)
+    model.backward(grad)
+
+Parameters start as PyTorch initializes them (Kaiming-uniform: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+weights and biases of Conv2d and Linear), drawn from fastconv's generator: ``fc.manual_seed(seed)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from numbers import Integral, Real
+
+import numpy as np
+
+from ._checks import FLOAT_DTYPES, native, pair
+from .conv import conv2d, conv2d_backward
+from .gemm import gemm
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+
+_generator = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that initializes parameters and draws dropout masks."""
+    global _generator
+    _generator = np.random.default_rng(seed)
+
+
+def _positive_int(name: str, v: object) -> int:
+    if isinstance(v, bool) or not isinstance(v, Integral) or v < 1:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+def _float_dtype(dtype: object) -> np.dtype:
+    d = np.dtype(dtype)
+    if d not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {d}")
+    return d
+
+
+class Parameter:
+    """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype, zeros at first)."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self.data = np.ascontiguousarray(data, dtype=native(data.dtype))
+        self.grad = np.zeros_like(self.data)
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int, dtype: np.dtype) -> Parameter:
+    bound = 1.0 / np.sqrt(fan_in)
+    return Parameter(_generator.uniform(-bound, bound, shape).astype(dtype))
+
+
+class Module:
+    """Base layer: subclasses set parameters, buffers (non-trained state) and child modules as
+    attributes in PyTorch's order and define ``forward`` and ``backward``."""
+
+    training = True
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.forward(x)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _members(self, kind: type) -> Iterator[tuple[str, object]]:
+        for name, value in vars(self).items():
+            if isinstance(value, kind):
+                yield name, value
+
+    def children(self) -> Iterator[tuple[str, Module]]:
+        return self._members(Module)
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for name, p in self._members(Parameter):
+            yield prefix + name, p
+        for name, child in self.children():
+            yield from child.named_parameters(f"{prefix}{name}.")
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters, in the order of the equivalent PyTorch module."""
+        return [p for _, p in self.named_parameters()]
+
+    def _buffer_names(self) -> tuple[str, ...]:
+        return ()
+
+    def state_dict(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Every parameter and buffer by PyTorch's name ('0.weight', '1.running_mean', ...)."""
+        state = {prefix + name: p.data for name, p in self._members(Parameter)}
+        state.update({prefix + name: getattr(self, name) for name in self._buffer_names()})
+        for name, child in self.children():
+            state.update(child.state_dict(f"{prefix}{name}."))
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy arrays into the parameters and buffers; names, shapes must all match (dtype is converted)."""
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
+        for name, target in own.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
+            target[...] = value
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode: bool = True) -> Module:
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def to(self, dtype: object) -> Module:
+        """Convert parameters, gradients and floating buffers to float32 or float64, in place."""
+        d = _float_dtype(dtype)
+        for p in self.parameters():
+            p.data, p.grad = p.data.astype(d), p.grad.astype(d)
+        for module in self.modules():
+            for name in module._buffer_names():
+                if getattr(module, name).dtype.kind == "f":
+                    setattr(module, name, getattr(module, name).astype(d))
+        return self
+
+    def modules(self) -> Iterator[Module]:
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    def num_parameters(self) -> int:
+        return sum(p.data.size for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        kids = [f"  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in self.children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        return head + ("\n" + "\n".join(kids) + "\n)" if kids else ")")
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse. Children are named '0', '1', ..."""
+
+    def __init__(self, *modules: Module) -> None:
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {i}")
+            setattr(self, str(i), m)
+        self.layers = list(modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for m in self.layers:
+            x = m(x)
+        return x
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        for m in reversed(self.layers):
+            grad_y = m.backward(grad_y)
+        return grad_y
+
+
+class Conv2d(Module):
+    """``fc.conv2d`` with a weight (out, in/groups, kh, kw) and a bias (out,): x (N, in, H, W) -> (N, out, OH, OW)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, dtype: object = np.float32) -> None:
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        self.groups = _positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                             f"by groups ({groups})")
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride, self.dilation = pair("stride", stride, 1), pair("dilation", dilation, 1)
+        self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
+        fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        d = _float_dtype(dtype)
+        self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), fan_in, d)
+        self.bias = _uniform((out_channels,), fan_in, d) if bias else None
+
+    def _args(self) -> tuple:
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        return conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        gx, gw, gb = conv2d_backward(grad_y, self.x, self.weight.data, *self._args())
+        self.weight.grad += gw
+        if self.bias is not None:
+            self.bias.grad += gb
+        return gx
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}")
+
+
+class Linear(Module):
+    """y (N, out) = x (N, in) @ weight.T + bias, weight (out, in), bias (out,)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype: object = np.float32) -> None:
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        d = _float_dtype(dtype)
+        self.weight = _uniform((out_features, in_features), in_features, d)
+        self.bias = _uniform((out_features,), in_features, d) if bias else None
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}) needs x of shape "
+                             f"(N, {self.in_features}), got {x.shape}")
+        self.x = x
+        y = gemm(x, self.weight.data.T)
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        self.weight.grad += gemm(grad_y.T, self.x)
+        if self.bias is not None:
+            self.bias.grad += grad_y.sum(axis=0)
+        return gemm(grad_y, self.weight.data)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class ReLU(Module):
+    """max(x, 0) elementwise; NaN propagates. The gradient passes where the output is positive."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.y = np.maximum(x, 0)
+        return self.y
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return np.where(self.y > 0, grad_y, 0).astype(grad_y.dtype, copy=False)
+
+
+class MaxPool2d(Module):
+    """``fc.max_pool2d`` as a layer; stride defaults to kernel_size."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> None:
+        self.args = (kernel_size, stride, padding, dilation, ceil_mode)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        return max_pool2d(x, *self.args)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return max_pool2d_backward(grad_y, self.x, *self.args)
+
+    def extra_repr(self) -> str:
+        return "kernel_size={}, stride={}, padding={}, dilation={}, ceil_mode={}".format(*self.args)
+
+
+class AvgPool2d(Module):
+    """``fc.avg_pool2d`` as a layer; stride defaults to kernel_size."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: int | None = None) -> None:
+        self.args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        return avg_pool2d(x, *self.args)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return avg_pool2d_backward(grad_y, self.x, *self.args)
+
+    def extra_repr(self) -> str:
+        return "kernel_size={}, stride={}, padding={}".format(*self.args[:3])
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over each feature map: (N, C, H, W) -> (N, C, 1, 1), as ``nn.AdaptiveAvgPool2d(1)``."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4:
+            raise ValueError(f"GlobalAvgPool2d needs x of shape (N, C, H, W), got {x.shape}")
+        self.x_shape = x.shape
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        n, c, h, w = self.x_shape
+        return np.broadcast_to(grad_y / (h * w), self.x_shape).copy()
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...)), as ``nn.Flatten()``."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return grad_y.reshape(self.x_shape)
+
+
+class Dropout(Module):
+    """In training, zero each element with probability p and scale the rest by 1/(1-p); identity in eval."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        if isinstance(p, bool) or not isinstance(p, Real) or not 0 <= p <= 1:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p!r}")
+        self.p = float(p)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if not self.training or self.p == 0:
+            self.mask = None
+            return x
+        keep = _generator.random(x.shape) >= self.p
+        self.mask = (keep / (1 - self.p) if self.p < 1 else keep * 0.0).astype(x.dtype)
+        return x * self.mask
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return grad_y if self.mask is None else grad_y * self.mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class BatchNorm2d(Module):
+    """Per-channel normalization of (N, C, H, W): y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+    Training uses the batch's mean and biased variance and updates running_mean/running_var
+    (unbiased variance) with ``momentum``, as PyTorch; eval uses the running statistics.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype: object = np.float32) -> None:
+        self.num_features = _positive_int("num_features", num_features)
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps, self.momentum = float(eps), float(momentum)
+        d = _float_dtype(dtype)
+        self.weight = Parameter(np.ones(num_features, d))
+        self.bias = Parameter(np.zeros(num_features, d))
+        self.running_mean = np.zeros(num_features, d)
+        self.running_var = np.ones(num_features, d)
+        self.num_batches_tracked = np.zeros((), np.int64)
+
+    def _buffer_names(self) -> tuple[str, ...]:
+        return "running_mean", "running_var", "num_batches_tracked"
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d({self.num_features}) needs x of shape (N, {self.num_features}, H, W), "
+                             f"got {x.shape}")
+        shape = (1, -1, 1, 1)
+        if self.training:
+            count = x.size // x.shape[1]
+            if count < 2:
+                raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got {x.shape}")
+            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+            var = ((x - mean.reshape(shape).astype(x.dtype)) ** 2).mean(axis=(0, 2, 3), dtype=np.float64)
+            m = self.momentum
+            self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+            self.running_var[...] = (1 - m) * self.running_var + m * var * count / (count - 1)
+            self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        self.invstd = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
+        self.xhat = (x - mean.reshape(shape).astype(x.dtype)) * self.invstd.reshape(shape)
+        self.batch_stats = self.training
+        return self.xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        shape = (1, -1, 1, 1)
+        self.bias.grad += grad_y.sum(axis=(0, 2, 3))
+        self.weight.grad += (grad_y * self.xhat).sum(axis=(0, 2, 3))
+        g = grad_y * (self.weight.data * self.invstd).reshape(shape)
+        if not self.batch_stats:
+            return g
+        g_mean = g.mean(axis=(0, 2, 3), keepdims=True)
+        gx_mean = (g * self.xhat).mean(axis=(0, 2, 3), keepdims=True)
+        return g - g_mean - self.xhat * gx_mean
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class Residual(Module):
+    """body(x) + shortcut(x): the skip connection of ResNet. shortcut None is the identity."""
+
+    def __init__(self, body: Module, shortcut: Module | None = None) -> None:
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        gx = self.body.backward(grad_y)
+        return gx + (grad_y if self.shortcut is None else self.shortcut.backward(grad_y))
+
+
+def _check_logits(logits: np.ndarray) -> None:
+    if not isinstance(logits, np.ndarray) or logits.ndim != 2 or native(logits.dtype) not in FLOAT_DTYPES:
+        raise ValueError(f"logits must be a float32/float64 array of shape (N, classes), got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, classes) from logits (N, classes), computed stably (max subtracted)."""
+    _check_logits(logits)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean over the batch of -log softmax(logits)[label], and its gradient with respect to logits.
+
+    logits (N, classes) float, labels (N,) ints in [0, classes). Log-softmax and the loss are fused
+    and use log-sum-exp with the row maximum subtracted, so large logits do not overflow.
+    Returns (loss, grad) with grad = (softmax(logits) - onehot(labels)) / N, shaped like logits.
+    """
+    _check_logits(logits)
+    labels = np.asarray(labels)
+    n, classes = logits.shape
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
+    if n == 0:
+        raise ValueError("cross_entropy needs at least one example")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"labels must be in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    total = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, labels]))
+    grad = e / total
+    grad[rows, labels] -= 1
+    grad /= n
+    return loss, grad
+
+
+def mse_loss(prediction: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean of (prediction - target)**2 over all elements, and its gradient with respect to prediction."""
+    if not isinstance(prediction, np.ndarray) or not isinstance(target, np.ndarray) or prediction.shape != target.shape:
+        raise ValueError(f"prediction and target must be arrays of one shape, got {getattr(prediction, 'shape', None)} "
+                         f"and {getattr(target, 'shape', None)}")
+    if prediction.size == 0:
+        raise ValueError("mse_loss needs at least one element")
+    diff = prediction - target
+    return float(np.mean(diff * diff)), (2 / diff.size) * diff

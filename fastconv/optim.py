@@ -1,0 +1,179 @@
+"""Optimizers and learning-rate schedules with the update rules and names of ``torch.optim``.
+
+    opt = fc.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = fc.optim.CosineAnnealingLR(opt, T_max=epochs)
+    for epoch in range(epochs):
+        for x, y in loader:
+            opt.zero_grad(); loss, g = fc.nn.cross_entropy(model(x), y); model.backward(g); opt.step()
+        sched.step()
+
+Updates are in place on ``Parameter.data``; optimizer state has each parameter's dtype.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+
+from .nn import Parameter
+
+
+def _non_negative(name: str, v: object) -> float:
+    if isinstance(v, bool) or not isinstance(v, Real) or not v >= 0 or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+class Optimizer:
+    """Holds the parameters, the learning rate ``lr`` and per-parameter state arrays."""
+
+    def __init__(self, params, lr: float) -> None:
+        self.params = list(params)
+        if not self.params or not all(isinstance(p, Parameter) for p in self.params):
+            raise ValueError("params must be a non-empty sequence of fastconv.nn.Parameter (model.parameters())")
+        self.lr = _non_negative("lr", lr)
+        self.initial_lr = self.lr
+        self.steps = 0
+        self.state: list[dict[str, np.ndarray]] = [{} for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad.fill(0)
+
+    def step(self) -> None:
+        self.steps += 1
+        for p, state in zip(self.params, self.state):
+            self._update(p, state)
+
+    def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays by name ('lr', 'steps', '3.momentum_buffer', ...), for ``.npz`` checkpoints."""
+        out = {"lr": np.array(self.lr), "initial_lr": np.array(self.initial_lr), "steps": np.array(self.steps)}
+        for i, state in enumerate(self.state):
+            out.update({f"{i}.{k}": v for k, v in state.items()})
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.lr, self.initial_lr = float(state["lr"]), float(state["initial_lr"])
+        self.steps = int(state["steps"])
+        self.state = [{} for _ in self.params]
+        for key, value in state.items():
+            index, _, name = key.partition(".")
+            if name:
+                i = int(index)
+                if not 0 <= i < len(self.params) or np.shape(value) != self.params[i].data.shape:
+                    raise ValueError(f"optimizer state {key!r} does not match parameter {i} of the model")
+                self.state[i][name] = np.array(value, dtype=self.params[i].data.dtype)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent as ``torch.optim.SGD``: g = grad + weight_decay * p;
+    with momentum, buf = momentum * buf + (1 - dampening) * g (buf = g on the first step) and
+    g = g + momentum * buf (Nesterov) or g = buf; then p -= lr * g."""
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        super().__init__(params, lr)
+        self.momentum = _non_negative("momentum", momentum)
+        self.dampening = _non_negative("dampening", dampening)
+        self.weight_decay = _non_negative("weight_decay", weight_decay)
+        if nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov needs a momentum > 0 and zero dampening")
+        self.nesterov = bool(nesterov)
+
+    def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
+        g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p.data -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam as ``torch.optim.Adam`` (weight decay added to the gradient, bias-corrected moments):
+    m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr)
+        if len(betas) != 2 or not all(0 <= _non_negative("betas", b) < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = _non_negative("eps", eps)
+        self.weight_decay = _non_negative("weight_decay", weight_decay)
+
+    def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
+        b1, b2 = self.betas
+        g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
+        if not state:
+            state["exp_avg"], state["exp_avg_sq"] = np.zeros_like(p.data), np.zeros_like(p.data)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m += (1 - b1) * (g - m)
+        v *= b2
+        v += (1 - b2) * g * g
+        step_size = self.lr / (1 - b1 ** self.steps)
+        denom = np.sqrt(v) / math.sqrt(1 - b2 ** self.steps) + self.eps
+        p.data -= step_size * m / denom
+
+
+class LRScheduler:
+    """Sets ``optimizer.lr`` from the epoch count; call ``step()`` once per epoch, after training it."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastconv.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.last_epoch = 0
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+    def get_last_lr(self) -> float:
+        return self.optimizer.lr
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"last_epoch": np.array(self.last_epoch)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.last_epoch = int(state["last_epoch"])
+        self.optimizer.lr = self.lr_at(self.last_epoch)
+
+
+class StepLR(LRScheduler):
+    """lr = initial_lr * gamma ** (epoch // step_size), as ``torch.optim.lr_scheduler.StepLR``."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        super().__init__(optimizer)
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"step_size must be a positive int, got {step_size!r}")
+        self.step_size, self.gamma = step_size, _non_negative("gamma", gamma)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.optimizer.initial_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (initial_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2, as PyTorch's closed form."""
+
+    def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803 (PyTorch's name)
+        super().__init__(optimizer)
+        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
+            raise ValueError(f"T_max must be a positive int, got {T_max!r}")
+        self.T_max, self.eta_min = T_max, _non_negative("eta_min", eta_min)
+
+    def lr_at(self, epoch: int) -> float:
+        base = self.optimizer.initial_lr
+        return self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
