@@ -173,3 +173,48 @@ def torch_gemm(a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
     t = torch()
     at, bt = t.from_numpy(a), t.from_numpy(b)
     return lambda: t.mm(at, bt)
+
+
+def torch_model(model):
+    """The PyTorch twin of a fastconv model: the same structure (``torch.nn`` layers of the same names and
+    arguments) holding copies of its weights and buffers, in the model's dtype."""
+    import torch
+    from fastconv import nn
+
+    class Residual(torch.nn.Module):
+        def __init__(self, body: torch.nn.Module, shortcut: torch.nn.Module | None) -> None:
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    def twin(m: nn.Module) -> torch.nn.Module:
+        if isinstance(m, nn.Sequential):
+            return torch.nn.Sequential(*(twin(layer) for layer in m.layers))
+        if isinstance(m, nn.Residual):
+            return Residual(twin(m.body), None if m.shortcut is None else twin(m.shortcut))
+        if isinstance(m, nn.Conv2d):
+            return torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
+                                   m.groups, bias=m.bias is not None)
+        if isinstance(m, nn.Linear):
+            return torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+        if isinstance(m, nn.BatchNorm2d):
+            return torch.nn.BatchNorm2d(m.num_features, m.eps, m.momentum)
+        if isinstance(m, nn.MaxPool2d):
+            return torch.nn.MaxPool2d(*m.args)
+        if isinstance(m, nn.AvgPool2d):
+            return torch.nn.AvgPool2d(*m.args)
+        if isinstance(m, nn.Dropout):
+            return torch.nn.Dropout(m.p)
+        simple = {nn.ReLU: torch.nn.ReLU, nn.Flatten: torch.nn.Flatten,
+                  nn.GlobalAvgPool2d: lambda: torch.nn.AdaptiveAvgPool2d(1)}
+        if type(m) not in simple:
+            raise TypeError(f"no PyTorch twin for {type(m).__name__}")
+        return simple[type(m)]()
+
+    state = model.state_dict()
+    dtype = next(iter(state.values())).dtype
+    tm = twin(model).to(torch.float64 if dtype == np.float64 else torch.float32)
+    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    return tm

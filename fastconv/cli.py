@@ -1,4 +1,4 @@
-"""The ``fastconv`` command line: ``demo``, ``bench``, ``report``, ``compare``."""
+"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``bench``, ``report``, ``compare``."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,8 @@ import contextlib
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 BENCH_EXTRA = 'the benchmark tools are missing: pip install -e ".[bench]"'
 
@@ -62,12 +64,118 @@ def bench(size: str, dtype: str, out: Path | None) -> int:
     return 0
 
 
+def _plots():
+    try:
+        from . import plots
+    except ImportError:
+        raise SystemExit('fastconv: pictures need matplotlib: pip install -e ".[plot]"') from None
+    return plots
+
+
+def evaluate(checkpoint: Path, data_dir: Path | None, out: Path | None) -> int:
+    """Accuracy, loss and confusion matrix of a checkpoint on its run's test images."""
+    from . import train
+    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir))
+    result = train.evaluate(run.model, run.test_loader, len(run.dataset.classes))
+    confusion, classes = result["confusion"], list(run.dataset.classes)
+    print(f"{checkpoint}: {run.settings['model']} on {len(run.dataset.test_labels):,} {run.dataset.name} test "
+          f"images: accuracy {result['test_accuracy']:.2%}, loss {result['test_loss']:.4f}")
+    width = max(5, *(len(c) for c in classes))
+    print("confusion matrix (rows: true class, columns: predicted)")
+    print(" " * width + "".join(f"{c[:width]:>{width + 1}}" for c in classes))
+    for c, row in zip(classes, confusion):
+        print(f"{c:>{width}}" + "".join(f"{v:>{width + 1}}" for v in row))
+    out = out or checkpoint.parent
+    out.mkdir(parents=True, exist_ok=True)
+    np.savetxt(out / "confusion.csv", confusion, fmt="%d", delimiter=",", header=",".join(classes))
+    print(f"wrote {out / 'confusion.csv'} and {_plots().confusion_matrix(confusion, classes, out / 'confusion.png')}")
+    return 0
+
+
+def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | None) -> int:
+    """PNGs of the first convolution's filters and of its feature maps (after ReLU) for one test image."""
+    from . import nn, train
+    plots = _plots()
+    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir))
+    images = run.dataset.test_images
+    if not 0 <= index < len(images):
+        raise ValueError(f"--index must be in [0, {len(images)}), got {index}")
+    layers = run.model.layers
+    first = next(i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d))
+    x = next(iter(train.data.DataLoader(images[index:index + 1], run.dataset.test_labels[index:index + 1], 1,
+                                        mean=run.dataset.mean, std=run.dataset.std, dtype=run.settings["dtype"])))[0]
+    run.model.eval()
+    maps = nn.Sequential(*layers[:first + 2])(x)[0]
+    label = run.dataset.classes[run.dataset.test_labels[index]]
+    out = out or checkpoint.parent
+    written = [plots.filters(layers[first].weight.data, out / "filters.png",
+                             f"{run.settings['model']}: the {len(maps)} filters of the first convolution"),
+               plots.feature_maps(images[index] / 255, maps, out / f"feature_maps_{index}.png",
+                                  f"first-layer feature maps (after ReLU) of test image {index} ({label})")]
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _training_command(args: argparse.Namespace) -> int:
+    if args.command == "evaluate":
+        return evaluate(args.checkpoint, args.data_dir, args.out)
+    if args.command == "visualize":
+        return visualize(args.checkpoint, args.index, args.data_dir, args.out)
+    from . import train
+    names = [n for n in train.DEFAULT_SETTINGS if getattr(args, n, None) is not None]
+    settings = {n: getattr(args, n) for n in names}
+    if args.resume is not None:
+        out = args.out or args.resume.parent
+    else:
+        model, data = settings.get("model", "lenet5"), settings.get("data", "mnist")
+        out = args.out or Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    train.train(settings, out, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastconv", description="Convolution engine with compiled kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run every conv2d algorithm on a few layers: agreement and time")
     demo.add_argument("--repeat", type=int, default=5, help="timed runs per algorithm (median reported)")
+
+    tr = commands.add_parser("train", help="train a model; writes history, checkpoint and curves",
+                             description="Train a model on MNIST (bundled) or CIFAR-10. Unset options keep their "
+                                         "defaults, or the checkpoint's values with --resume.")
+    tr.add_argument("--model", choices=["lenet5", "cifar_cnn", "resnet20", "resnext_cifar"], help="default lenet5")
+    tr.add_argument("--data", choices=["mnist", "cifar10"], help="default mnist (the bundled 10,000 images)")
+    tr.add_argument("--data-dir", help="folder of the MNIST IDX files or of CIFAR-10's binary version")
+    tr.add_argument("--train-size", type=int, help="train images (MNIST bundled: first 8000 by default)")
+    tr.add_argument("--test-size", type=int, help="test images (default: all the rest / the whole test set)")
+    tr.add_argument("--epochs", type=int, help="total epochs, counting resumed ones (default 10)")
+    tr.add_argument("--batch-size", type=int, help="default 64")
+    tr.add_argument("--optimizer", choices=["adam", "sgd"], help="default adam")
+    tr.add_argument("--lr", type=float, help="learning rate (default 1e-3 for adam, 0.01 for sgd)")
+    tr.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    tr.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD")
+    tr.add_argument("--weight-decay", type=float, help="L2 penalty added to the gradient (default 0)")
+    tr.add_argument("--schedule", choices=["none", "step", "cosine"], help="learning-rate schedule per epoch")
+    tr.add_argument("--step-size", type=int, help="epochs between x0.1 steps of --schedule step (default 10)")
+    tr.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                    help="random crops (pad 4) and flips; default on for cifar10, off for mnist")
+    tr.add_argument("--seed", type=int, help="initialization, shuffling and augmentation seed (default 0)")
+    tr.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    tr.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATA-TIMESTAMP; "
+                                             "with --resume the checkpoint's folder)")
+    tr.add_argument("--resume", type=Path, help="continue the run of this checkpoint.npz")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ev = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint on its test images")
+    ev.add_argument("checkpoint", type=Path)
+    ev.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
+    ev.add_argument("--out", type=Path, help="where to write confusion.csv/png (default: the checkpoint's folder)")
+
+    vis = commands.add_parser("visualize", help="pictures of first-layer filters and feature maps of a checkpoint")
+    vis.add_argument("checkpoint", type=Path)
+    vis.add_argument("--index", type=int, default=0, help="which test image to show feature maps for (default 0)")
+    vis.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
+    vis.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
 
     run = commands.add_parser("bench", help="run the benchmark suite and write results and a report")
     run.add_argument("--quick", action="store_const", const="quick", dest="size",
@@ -102,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return bench(args.size, args.dtype, args.out)
+    if args.command in ("train", "evaluate", "visualize"):
+        try:
+            return _training_command(args)
+        except (ValueError, FileNotFoundError, FloatingPointError) as error:
+            print(f"fastconv {args.command}: {error}", file=sys.stderr)
+            return 2
 
     from .benchmarks import report
     for path in [args.results] if args.command == "report" else [args.old, args.new]:

@@ -7,46 +7,14 @@ import pytest
 
 import fastconv as fc
 from fastconv import nn
+from fastconv.benchmarks.peers import torch_model
 
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
 
-class TorchResidual(torch.nn.Module):
-    def __init__(self, body: torch.nn.Module, shortcut: torch.nn.Module | None) -> None:
-        super().__init__()
-        self.body, self.shortcut = body, shortcut
-
-    def forward(self, x):
-        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
-
-
-def to_torch(m: nn.Module) -> torch.nn.Module:
-    """The PyTorch module with the same structure (weights copied separately, by state_dict)."""
-    if isinstance(m, nn.Sequential):
-        return torch.nn.Sequential(*(to_torch(layer) for layer in m.layers))
-    if isinstance(m, nn.Residual):
-        return TorchResidual(to_torch(m.body), None if m.shortcut is None else to_torch(m.shortcut))
-    if isinstance(m, nn.Conv2d):
-        return torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                               m.groups, bias=m.bias is not None)
-    if isinstance(m, nn.Linear):
-        return torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-    if isinstance(m, nn.BatchNorm2d):
-        return torch.nn.BatchNorm2d(m.num_features, m.eps, m.momentum)
-    if isinstance(m, nn.MaxPool2d):
-        return torch.nn.MaxPool2d(*m.args)
-    if isinstance(m, nn.AvgPool2d):
-        return torch.nn.AvgPool2d(*m.args)
-    simple = {nn.ReLU: torch.nn.ReLU, nn.Flatten: torch.nn.Flatten, nn.GlobalAvgPool2d: lambda: torch.nn.AdaptiveAvgPool2d(1)}
-    return simple[type(m)]()
-
-
 def twin(model: nn.Module, dtype) -> torch.nn.Module:
-    model.to(dtype)
-    tm = to_torch(model).to(torch.float64 if dtype == np.float64 else torch.float32)
-    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
-    return tm
+    return torch_model(model.to(dtype))
 
 
 def optimizers(kind: str, model: nn.Module, tm: torch.nn.Module):
