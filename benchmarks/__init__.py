@@ -6,16 +6,20 @@ under ``machine_info["fastconv"]``) plus ``report.md``, ``report.html`` and PNG 
 
 Every benchmark records in ``extra_info`` (the contract between the suite and the report):
 
-- ``suite``: "conv2d", "max_pool2d", "avg_pool2d" or "gemm"
-- ``case``: short id of the case, e.g. "vgg", "pool-vgg-3x3s2", "gemm-1024", "gemm-im2col-vgg"
+- ``suite``: "conv2d", "max_pool2d", "avg_pool2d", "gemm" or "train_step"
+- ``case``: short id of the case, e.g. "vgg", "pool-vgg-3x3s2", "gemm-1024", "gemm-im2col-vgg",
+  "lenet5" (train_step: the model's name in ``fc.models.MODELS``, with "-bN" when the batch is not 64)
 - ``label``: the case as a reader should see it, e.g. "VGG 8x256x28x28 -> 256 3x3 pad 1"
-- ``pass``: "forward" or "backward" ("forward" for gemm)
+- ``pass``: "forward" or "backward" ("forward" for gemm, "step" for train_step: zero_grad, forward,
+  cross-entropy, backward and an Adam update, lr 1e-3, on a fixed batch)
 - ``impl``: the implementation: a fastconv algorithm name ("direct", "im2col", "im2col_packed",
-  "blas", "packed") or a peer: "naive" (plain Python loops), "numpy", "pytorch"
+  "blas", "packed"), "auto", or a peer: "naive" (plain Python loops), "numpy", "pytorch" (train_step:
+  "auto", the model with its layers' default algorithms, and "pytorch", its ``peers.torch_model`` twin)
 - ``peer``: true for naive, numpy and pytorch
 - ``flops``: floating-point operations of the whole case for this pass (conv forward
   2*N*K*OH*OW*C/g*R*S, backward twice that; gemm 2*M*N*K; pooling: one per window tap,
-  N*C*OH*OW*kh*kw, for both passes)
+  N*C*OH*OW*kh*kw, for both passes; train_step: 3x the forward FLOPs of the model's convolutions
+  and linear layers, 2 * outputs * weights per output)
 - ``scale``: the factor from the measured time to the whole case (1.0 unless the case was run
   on a reduced slice: naive loops on large cases); report time = stats median * scale
 - ``scaled_from``: None, or what was run instead, e.g. "batch 1, 16 of 256 channels"
@@ -29,7 +33,9 @@ Every benchmark records in ``extra_info`` (the contract between the suite and th
 - ``dtype``: "float32" (the suite's default) or "float64"
 - ``is_peak``: true on the one benchmark whose GFLOP/s is the machine's practical peak:
   NumPy's float32 matmul at the largest square GEMM size run
+- ``images`` (train_step only): the batch size, so that images/s = images / time
 
 The report derives: time, GFLOP/s, % of peak, speed-up over naive and over NumPy, ratio to
-PyTorch (PyTorch time / ours: > 1 means fastconv is faster), peak memory, compile time.
+PyTorch (PyTorch time / ours: > 1 means fastconv is faster), images/s of training steps, peak
+memory, compile time.
 """

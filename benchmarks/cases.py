@@ -3,7 +3,8 @@ their FLOP counts, the subsets run by ``--fc-size``, seeded inputs, and the redu
 which the naive Python loops run.
 
 FLOPs (the contract of ``benchmarks/__init__.py``): conv forward 2*N*K*OH*OW*C/g*R*S, backward
-twice that; GEMM 2*M*N*K; pooling one per window tap, N*C*OH*OW*kh*kw, for both passes.
+twice that; GEMM 2*M*N*K; pooling one per window tap, N*C*OH*OW*kh*kw, for both passes; a training
+step three times the forward FLOPs of the model's convolutions and linear layers.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import fastconv as fc
 PASSES = ("forward", "backward")
 PEERS = ("naive", "numpy", "pytorch")
 SIZES = ("tiny", "quick", "full")
+TRAIN_IMPLS = ("auto", "pytorch")  # the model's default algorithms, its PyTorch twin
+TRAIN_LR = 1e-3
 
 # Rough speed of fastconv's naive loops on this machine (scratch/naive_rates.py): conv 9-25 MFLOP/s,
 # pooling 1.5-3.7 M taps/s, GEMM 40 MFLOP/s. The naive case is cut to what runs in about this long.
@@ -154,6 +157,42 @@ class Gemm:
         return replace(self, m=m, n=n), f"a {m}x{n} block of the {self.m}x{self.n} output"
 
 
+@dataclass(frozen=True)
+class Train:
+    """One training step (forward, cross-entropy, backward, Adam) of the model ``fc.models.MODELS[model]``
+    on a fixed (n, c, h, w) batch with labels in [0, classes)."""
+    name: str
+    title: str
+    model: str
+    n: int
+    c: int
+    h: int
+    w: int
+    classes: int = 10
+
+    @property
+    def label(self) -> str:
+        return f"{self.title} training step, batch {self.n}x{self.c}x{self.h}x{self.w}, Adam lr {TRAIN_LR:g}"
+
+    def build(self) -> fc.nn.Module:
+        """The model, its parameters drawn from ``fc.manual_seed(0)``."""
+        fc.manual_seed(0)
+        return fc.models.MODELS[self.model](num_classes=self.classes, in_channels=self.c)
+
+    def flops(self, pass_: str = "step") -> int:
+        """3x the forward FLOPs of the convolutions and linear layers (forward, grad_x, grad_w):
+        2 * outputs * weights per output, counted by one forward on one image."""
+        return self.n * _train_flops_per_image(self)
+
+
+@lru_cache(maxsize=None)
+def _train_flops_per_image(case: Train) -> int:
+    model = case.build()
+    model(np.zeros((1, case.c, case.h, case.w), np.float32))
+    layers = [m for m in model.modules() if isinstance(m, (fc.nn.Conv2d, fc.nn.Linear))]
+    return 3 * sum(2 * m(m.x).size * m.weight.data[0].size for m in layers)
+
+
 # The conv layer suite: one row per layer.
 CONV = [
     Conv("lenet1", "LeNet-5 conv1", 64, 1, 28, 28, 6, 5, padding=2),
@@ -177,6 +216,11 @@ QUICK_CONV = ("lenet1", "cifar2", "resnet", "depthwise")
 QUICK_POOL = ("cifar2", "resnet")
 QUICK_GEMM = (256, 1024)
 QUICK_IM2COL = ("cifar2",)
+
+# Training steps (--fc-size quick and full; tiny runs a batch-8 LeNet-5).
+TRAIN = [Train("lenet5", "LeNet-5", "lenet5", 64, 1, 28, 28),
+         Train("cifar_cnn", "CIFAR CNN", "cifar_cnn", 64, 3, 32, 32)]
+TINY_TRAIN = Train("lenet5-b8", "LeNet-5", "lenet5", 8, 1, 28, 28)
 
 
 def pool_case(layer: Conv, kernel: int, stride: int) -> Pool:
@@ -222,7 +266,11 @@ def gemm_cases(size: str) -> list[Gemm]:
     return [square_gemm(s) for s in sizes] + [im2col_gemm(layer) for layer in layers]
 
 
-Case = Conv | Pool | Gemm
+def train_cases(size: str) -> list[Train]:
+    return [TINY_TRAIN] if size == "tiny" else TRAIN
+
+
+Case = Conv | Pool | Gemm | Train
 
 
 def naive_slice(op: str, case: Case, pass_: str) -> tuple[Case, float, str | None]:
@@ -264,3 +312,11 @@ def gemm_inputs(case: Gemm, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     a = rng.standard_normal((case.m, case.k)).astype(dtype)
     b = (rng.standard_normal((case.k, case.n)) / math.sqrt(case.k)).astype(dtype)
     return a, b
+
+
+@lru_cache(maxsize=4)
+def train_inputs(case: Train, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed batch: images already normalized (zero mean, unit variance) and int64 labels."""
+    rng = _rng(case)
+    x = rng.standard_normal((case.n, case.c, case.h, case.w)).astype(dtype)
+    return x, rng.integers(0, case.classes, case.n)

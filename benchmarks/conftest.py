@@ -91,7 +91,7 @@ def _threads(suite: str, impl: str) -> int:
 
 @pytest.fixture
 def fc_bench(benchmark, fc_dtype: str, pytestconfig: pytest.Config):
-    """``run(make, suite=, case=, pass_=, impl=, is_peak=False)`` benchmarks ``make(case)()``:
+    """``run(make, suite=, case=, pass_=, impl=, is_peak=False, extra=None)`` benchmarks ``make(case)()``:
     `make` builds, outside the timing, a no-argument callable whose one call is the whole measured
     operation. The naive loops get a reduced case where the whole one would be too slow
     (``cases.naive_slice``); the record then carries the scale back to the whole case.
@@ -99,12 +99,12 @@ def fc_bench(benchmark, fc_dtype: str, pytestconfig: pytest.Config):
     Calls, after ``SETTLE_SECONDS`` idle: one timed first call (``first_call_s``), one call
     measuring the peak memory whose time sets the rounds (``TARGET_SECONDS`` in all, within
     ``MIN_ROUNDS``..``MAX_ROUNDS``), then ``benchmark.pedantic`` with one warm-up round.
-    ``extra_info`` as ``benchmarks/__init__.py`` states.
+    ``extra_info`` as ``benchmarks/__init__.py`` states, updated with ``extra`` (a suite's own fields).
     """
     settle = 0.0 if pytestconfig.getoption("fc_size") == "tiny" else SETTLE_SECONDS
 
     def run(make: Callable[[Case], Callable[[], object]], *, suite: str, case: Case, pass_: str, impl: str,
-            is_peak: bool = False) -> None:
+            is_peak: bool = False, extra: dict | None = None) -> None:
         run_case, scale, scaled_from = naive_slice(suite, case, pass_) if impl == "naive" else (case, 1.0, None)
         fn = make(run_case)
         benchmark.group = f"{suite}-{case.name}-{pass_}"
@@ -118,7 +118,7 @@ def fc_bench(benchmark, fc_dtype: str, pytestconfig: pytest.Config):
             "suite": suite, "case": case.name, "label": case.label, "pass": pass_, "impl": impl,
             "peer": impl in PEERS, "flops": case.flops(pass_), "scale": scale, "scaled_from": scaled_from,
             "first_call_s": first, "compile_s": None, "peak_memory_bytes": peak,
-            "threads": _threads(suite, impl), "dtype": fc_dtype, "is_peak": is_peak,
+            "threads": _threads(suite, impl), "dtype": fc_dtype, "is_peak": is_peak, **(extra or {}),
         })
         benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
         if impl not in PEERS:  # compile (or Numba cache load) and first-call overheads; noise can make it < 0

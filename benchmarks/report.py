@@ -4,7 +4,7 @@ Reads the pytest-benchmark JSON that ``fastconv bench`` writes (our figures unde
 ``extra_info``, contract in this package's docstring) and turns it into:
 
 - :func:`rows`: one flat row per benchmark with the derived figures (time, GFLOP/s, % of peak,
-  speed-up over naive and NumPy, ratio to PyTorch, memory, compile time);
+  speed-up over naive and NumPy, ratio to PyTorch, images/s of training steps, memory, compile time);
 - :func:`headline`: the few numbers that summarise a run;
 - :func:`render`: ``report.md``, ``report.html`` (standalone: inline CSS, no JS) and PNG plots;
 - :func:`compare`: two runs side by side, with the regressions of fastconv's own implementations.
@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 PEERS = ("naive", "numpy", "pytorch")
-SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm")
+SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
 PASSES = ("forward", "backward")
+MODELS = ("lenet5", "cifar_cnn", "resnet20", "resnext_cifar")  # train_step cases: a model, "-bN" for batch N
 CONV_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg",
                "alexnet", "depthwise")
 IMPLS = ("direct", "im2col", "im2col_packed", "blas", "packed", "auto", "naive", "numpy", "pytorch")
 IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch"}
-SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM"}
+SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM",
+                "train_step": "training step"}
 REQUIRED_KEYS = ("suite", "case", "pass", "impl", "flops")
 DEFAULT_DTYPE = "float32"
 PLOT_DPI = 110
@@ -105,7 +107,7 @@ def _order(values: Iterable[str], canonical: Iterable[str]) -> list[str]:
 
 def _case_key(case: str) -> tuple:
     """Sort key of a case id: conv layers in the suite's order, pooling by layer then window,
-    square GEMMs by size then the im2col GEMMs by layer."""
+    square GEMMs by size then the im2col GEMMs by layer, training steps by model."""
     def layer(name: str) -> int:
         return CONV_LAYERS.index(name) if name in CONV_LAYERS else len(CONV_LAYERS)
 
@@ -120,7 +122,9 @@ def _case_key(case: str) -> tuple:
     m = re.fullmatch(r"gemm-im2col-(.+)", case)
     if m:
         return (3, layer(m.group(1)), m.group(1))
-    return (4, case)
+    if case.split("-")[0] in MODELS:
+        return (4, MODELS.index(case.split("-")[0]), case)
+    return (5, case)
 
 
 def _row_key(row: Row) -> tuple:
@@ -137,9 +141,9 @@ def rows(results: dict) -> list[Row]:
     Keys: suite, case, label, pass, impl, peer, dtype, time_s (stats median * scale), scaled,
     scaled_from, flops, gflops, pct_peak (percent of the ``is_peak`` record's fastest-round GFLOP/s),
     speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch (PyTorch time / this
-    time: > 1 means faster than PyTorch), peak_memory_bytes, compile_s, first_call_s, threads,
-    rounds, is_peak, name. Peers are matched on (suite, case, pass, dtype); a missing peer or
-    figure is None.
+    time: > 1 means faster than PyTorch), images and images_per_s (training steps; None elsewhere),
+    peak_memory_bytes, compile_s, first_call_s, threads, rounds, is_peak, name. Peers are matched
+    on (suite, case, pass, dtype); a missing peer or figure is None.
     """
     _validate(results, "results")
     out: list[Row] = []
@@ -149,6 +153,7 @@ def rows(results: dict) -> list[Row]:
         time_s = float(stats["median"]) * scale
         best_s = float(stats.get("min") or stats["median"]) * scale
         flops = info.get("flops")
+        images = info.get("images")
         impl = str(info["impl"])
         out.append({
             "suite": str(info["suite"]),
@@ -167,6 +172,8 @@ def rows(results: dict) -> list[Row]:
             "speedup_naive": None,
             "speedup_numpy": None,
             "ratio_pytorch": None,
+            "images": images,
+            "images_per_s": images / time_s if images and time_s > 0 else None,
             "peak_memory_bytes": info.get("peak_memory_bytes"),
             "compile_s": info.get("compile_s"),
             "first_call_s": info.get("first_call_s"),
@@ -236,6 +243,9 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
             "speedup_naive_min": pick(low, "speedup_naive"),
             "speedup_naive_max": pick(high, "speedup_naive"),
         }
+    out["train_step"] = [{k: r[k] for k in ("case", "label", "images", "time_s", "images_per_s", "ratio_pytorch")}
+                         for r in all_rows if r["suite"] == "train_step" and r["impl"] == "auto"
+                         and r["dtype"] == dtype]
     peak = next((r for r in all_rows if r["peak_gflops"]), None)
     out["peak_gflops"] = peak["peak_gflops"] if peak else None
     out["peak_record"] = ({k: peak[k] for k in ("suite", "case", "impl", "dtype", "label")}
@@ -257,14 +267,17 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
 
 
 def headline(results: dict) -> dict:
-    """The run in a few numbers, over the conv layer suite in the main dtype (float32).
+    """The run in a few numbers, over the conv layer suite and the training steps in the main dtype
+    (float32).
 
     For "forward" and "backward": ``layers``, ``ratio_pytorch_geomean`` (geometric mean over the
     layers of fastconv auto's ratio to PyTorch, > 1: faster), ``best`` / ``worst`` layer by that
     ratio (``{case, label, ratio_pytorch}``), ``speedup_naive_geomean`` and its range
     ``speedup_naive_min`` / ``speedup_naive_max`` (``{case, label, speedup_naive}``). Then
-    ``peak_gflops`` (the ``is_peak`` record's) with ``peak_record``, and ``counts``. Figures that
-    cannot be computed (no PyTorch, no auto records) are None.
+    ``train_step``: fastconv auto's training steps, each ``{case, label, images, time_s,
+    images_per_s, ratio_pytorch}`` (an empty list when none were run). Then ``peak_gflops`` (the
+    ``is_peak`` record's) with ``peak_record``, and ``counts``. Figures that cannot be computed (no
+    PyTorch, no auto records) are None.
     """
     return _headline_from_rows(rows(results))
 
@@ -600,14 +613,49 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
         table = ("table", [f"fastconv auto, conv2d, {head['dtype']}", "forward", "backward"], body, notes)
     else:
         table = ("p", f"No conv2d records of fastconv auto in {head['dtype']} in this run.")
+    steps = head["train_step"]
+    train = [[("b", "training step"), ("text", " " + _train_headline(steps))]] if steps else []
     return [
         table,
-        ("ul", [[("b", "measured peak:"), ("text", f" {peak_text}")],
-                [("b", "benchmarks:"), ("text", f" {counts['benchmarks']} ({by_suite}) over "
-                                                 f"{counts['cases']} cases; {counts['scaled']} scaled naive "
-                                                 f"records; {counts['groups_without_pytorch']} of "
-                                                 f"{counts['groups']} case/pass groups without PyTorch")]]),
+        ("ul", train + [[("b", "measured peak:"), ("text", f" {peak_text}")],
+                        [("b", "benchmarks:"), ("text", f" {counts['benchmarks']} ({by_suite}) over "
+                                                         f"{counts['cases']} cases; {counts['scaled']} scaled naive "
+                                                         f"records; {counts['groups_without_pytorch']} of "
+                                                         f"{counts['groups']} case/pass groups without PyTorch")]]),
     ]
+
+
+def _train_headline(steps: list[dict]) -> str:
+    """The headline's text, one clause per batch size: "at batch 64: lenet5 1234 img/s (0.52x PyTorch), ..."."""
+    by_batch: dict[Any, list[str]] = {}
+    for step in steps:
+        vs = "" if step["ratio_pytorch"] is None else f" ({fmt_ratio(step['ratio_pytorch'])} PyTorch)"
+        model = re.sub(r"-b\d+$", "", step["case"])
+        by_batch.setdefault(step["images"], []).append(f"{model} {fmt_num(step['images_per_s'])} img/s{vs}")
+    return "; ".join(f"at batch {n}: " + ", ".join(parts) for n, parts in by_batch.items())
+
+
+TRAIN_HEADERS = ["impl", "time per step", "images/s", "x PyTorch", "GFLOP/s", "peak mem (MiB)", "first call (s)",
+                 "compile (s)"]
+
+
+def _train_blocks(sel: list[Row], tag: str) -> list[tuple]:
+    """A note on what is measured, then one table per model: fastconv auto and PyTorch per step."""
+    blocks: list[tuple] = [("p", "One step: zero_grad, forward, cross-entropy loss, backward and an Adam update on a "
+                                 "fixed batch, by fastconv auto (the layers' default algorithms) and by the PyTorch "
+                                 "twin of the same model and weights with the same threads. x PyTorch: PyTorch's "
+                                 "time per step over ours (> 1: fastconv is faster). No naive or NumPy peer in this "
+                                 "suite. GFLOP/s counts 3x the forward FLOPs of the convolutions and linear layers; "
+                                 "PyTorch skips the input gradient of the first convolution, fastconv computes it.")]
+    for case in dict.fromkeys(r["case"] for r in sel):
+        case_rows = [r for r in sel if r["case"] == case]
+        blocks.append(("h", 3, [("code", case), ("text", f": {case_rows[0]['label']}{tag}")]))
+        body = [["fastconv auto" if r["impl"] == "auto" else impl_name(r["impl"]), fmt_time(r["time_s"]),
+                 fmt_num(r["images_per_s"]), fmt_ratio(r["ratio_pytorch"]), fmt_num(r["gflops"]),
+                 fmt_mib(r["peak_memory_bytes"]), fmt_s(r["first_call_s"]), fmt_s(r["compile_s"])]
+                for r in case_rows]
+        blocks.append(("table", TRAIN_HEADERS, body, []))
+    return blocks
 
 
 def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -> list[tuple]:
@@ -639,6 +687,8 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                 blocks.append(_case_labels(sel))
                 if not tag and "gemm_gflops" in plots:
                     blocks.append(("img", plots["gemm_gflops"].name, "GEMM GFLOP/s per size"))
+            elif suite == "train_step":
+                blocks += _train_blocks(sel, tag)
             else:
                 if tag:
                     blocks.append(("h", 3, f"{title}{tag}"))

@@ -1,5 +1,6 @@
 """The benchmark harness on its tiny case, end to end: suite -> results.json -> report -> compare."""
 import json
+import re
 import subprocess
 import sys
 
@@ -37,9 +38,24 @@ def test_tiny_run_measures_every_implementation(tiny_run):
     for p in ("forward", "backward"):
         expected = {a for a in fc.algorithms("conv2d") if a != "naive"} | {"auto", "naive", "numpy"}
         assert {impl for pass_, impl in conv if pass_ == p} >= expected
-    assert {i["suite"] for i in infos} == {"conv2d", "max_pool2d", "avg_pool2d", "gemm"}
+    assert {i["suite"] for i in infos} == {"conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"}
     assert sum(bool(i["is_peak"]) for i in infos) == 1
     assert all(r["stats"]["median"] > 0 for r in records)
+
+
+def test_tiny_run_times_a_training_step(tiny_run):
+    infos = [r["extra_info"] for r in json.loads((tiny_run / "results.json").read_text())["benchmarks"]]
+    steps = [i for i in infos if i["suite"] == "train_step"]
+    assert {i["impl"] for i in steps} >= {"auto"} and {i["impl"] for i in steps} <= {"auto", "pytorch"}
+    lenet_flops_per_image = 3 * 2 * (6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10)
+    for info in steps:
+        assert (info["case"], info["pass"], info["images"]) == ("lenet5-b8", "step", 8)
+        assert info["flops"] == 8 * lenet_flops_per_image
+        assert info["peer"] == (info["impl"] == "pytorch")
+        assert (info["compile_s"] is None) == info["peer"] and info["first_call_s"] > 0
+    markdown = (tiny_run / "report.md").read_text()
+    assert "**training step** at batch 8: lenet5 " in markdown and "img/s" in markdown
+    assert "`lenet5-b8`" in markdown and "| fastconv auto |" in markdown
 
 
 def test_tiny_run_writes_a_report_with_plots(tiny_run):
@@ -63,6 +79,19 @@ def test_report_rerenders_and_compare_flags_a_regression(tiny_run, tmp_path):
     slower.write_text(json.dumps(data))
     done = _fastconv("compare", str(results), str(slower))
     assert done.returncode == 1, done.stdout + done.stderr
+    assert re.search(r"train_step lenet5-b8 step auto float32 +REGRESSION", done.stdout), done.stdout
+
+
+def test_report_renders_a_run_without_training_steps(tiny_run, tmp_path):
+    from fastconv.benchmarks import report
+    data = json.loads((tiny_run / "results.json").read_text())
+    data["benchmarks"] = [r for r in data["benchmarks"] if r["extra_info"]["suite"] != "train_step"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert report.headline(data)["train_step"] == []
+    report.render(old, tmp_path / "old")
+    markdown = (tmp_path / "old" / "report.md").read_text()
+    assert "conv2d" in markdown and "training step" not in markdown
 
 
 def test_bench_cli_rejects_bad_input(tmp_path):
