@@ -235,9 +235,9 @@ def _pool_out(size: int, k: int, p: int, s: int, d: int, ceil_mode: bool) -> int
     return out
 
 
-def pool2d_shape(x: np.ndarray, kernel_size: object, stride: object, padding: object,
-                 dilation: object, ceil_mode: object) -> Pool2dShape:
-    """Validate pooling arguments for a batched x (N, C, H, W) and return the shape rule."""
+def pool2d_args(kernel_size: object, stride: object, padding: object, dilation: object,
+                ceil_mode: object) -> tuple[tuple[int, int], ...]:
+    """Validate pooling arguments that do not depend on x: (kernel, stride, padding, dilation) pairs."""
     kernel = pair("kernel_size", kernel_size, 1)
     stride_hw = kernel if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
         else pair("stride", stride, 1)
@@ -247,6 +247,13 @@ def pool2d_shape(x: np.ndarray, kernel_size: object, stride: object, padding: ob
         raise TypeError(f"ceil_mode must be a bool, got {ceil_mode!r}")
     if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
         raise ValueError(f"padding must be at most half of kernel_size {kernel}, got padding={padding!r}")
+    return kernel, stride_hw, pad, dil
+
+
+def pool2d_shape(x: np.ndarray, kernel_size: object, stride: object, padding: object,
+                 dilation: object, ceil_mode: object) -> Pool2dShape:
+    """Validate pooling arguments for a batched x (N, C, H, W) and return the shape rule."""
+    kernel, stride_hw, pad, dil = pool2d_args(kernel_size, stride, padding, dilation, ceil_mode)
     n, c, h, w = x.shape
     if min(c, h, w) < 1:
         raise ValueError(f"x must have non-zero channels, height and width, got shape {x.shape}")

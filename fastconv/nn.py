@@ -19,7 +19,7 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, native, pair
+from ._checks import FLOAT_DTYPES, conv_padding, native, pair, pool2d_args
 from .conv import conv2d, conv2d_backward
 from .gemm import gemm
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
@@ -90,6 +90,15 @@ class Module:
             yield prefix + name, p
         for name, child in self.children():
             yield from child.named_parameters(f"{prefix}{name}.")
+
+    def _check_unique(self) -> None:
+        """A layer keeps its last forward's inputs for backward, so one instance may appear only once in a model."""
+        seen: set[int] = set()
+        for m in self.modules():
+            if id(m) in seen:
+                raise ValueError(f"{type(m).__name__} appears twice in one model: a layer keeps what its last forward "
+                                 "saw for backward, so use a new instance at each place")
+            seen.add(id(m))
 
     def parameters(self) -> list[Parameter]:
         """The trainable parameters, in the order of the equivalent PyTorch module."""
@@ -168,6 +177,7 @@ class Sequential(Module):
                 raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {i}")
             setattr(self, str(i), m)
         self.layers = list(modules)
+        self._check_unique()
 
     def __getitem__(self, i: int) -> Module:
         return self.layers[i]
@@ -200,6 +210,7 @@ class Conv2d(Module):
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride, self.dilation = pair("stride", stride, 1), pair("dilation", dilation, 1)
         self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
+        conv_padding(padding, self.kernel_size, self.dilation, self.stride)
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
         d = _float_dtype(dtype)
         self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), fan_in, d)
@@ -269,6 +280,7 @@ class MaxPool2d(Module):
     """``fc.max_pool2d`` as a layer; stride defaults to kernel_size."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> None:
+        pool2d_args(kernel_size, stride, padding, dilation, ceil_mode)
         self.args = (kernel_size, stride, padding, dilation, ceil_mode)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -287,6 +299,7 @@ class AvgPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
                  divisor_override: int | None = None) -> None:
+        pool2d_args(kernel_size, stride, padding, 1, ceil_mode)
         self.args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -414,6 +427,7 @@ class Residual(Module):
 
     def __init__(self, body: Module, shortcut: Module | None = None) -> None:
         self.body, self.shortcut = body, shortcut
+        self._check_unique()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
