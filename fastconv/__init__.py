@@ -12,7 +12,8 @@ and is cached on disk for later processes.
 """
 from __future__ import annotations
 
-from . import models, nn, optim
+from . import autotune, models, nn, optim
+from .autotune import set_autotune
 from .config import set_workspace_limit, workspace_limit
 from .conv import CONV2D_ALGORITHMS, conv2d, conv2d_backward
 from .gemm import GEMM_ALGORITHMS, gemm
@@ -41,6 +42,6 @@ def algorithms(op: str, device: str = "cpu") -> list[str]:
 
 __all__ = [
     "algorithms", "avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
-    "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_workspace_limit",
+    "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
     "workspace_limit",
 ]

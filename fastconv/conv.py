@@ -6,11 +6,12 @@ where arrays are batched, C-contiguous and validated, and ``p`` is the ``Conv2dS
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 
-from . import naive
+from . import autotune, naive
 from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
                       conv2d_shape)
 from .config import workspace_limit
@@ -143,15 +144,34 @@ def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
 
 
 def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, groups, algo: str,
-             ) -> tuple[np.ndarray, bool, Conv2dShape, str]:
+             ) -> tuple[np.ndarray, bool, Conv2dShape]:
     check_algo("conv2d", algo, list(CONV2D_ALGORITHMS))
     xb, unbatched = batched("x", x)
     p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
-    if algo == "auto":
-        algo = choose_conv2d_algorithm(p, x.dtype.itemsize)
-    elif algo.startswith("im2col"):
+    if algo.startswith("im2col"):
         _im2col_chunk(p, x.dtype.itemsize)
-    return contiguous(xb), unbatched, p, algo
+    return contiguous(xb), unbatched, p
+
+
+def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
+    """What ``auto`` times: every compiled algorithm that handles the shape within the workspace limit.
+    BLAS-backed im2col is left out: its thread pool keeps spinning after each call and slows the
+    kernels that follow (timing it alone would flatter it)."""
+    names = ["direct"]
+    if _im2col_bytes_per_image(p, itemsize) <= workspace_limit():
+        names.append("im2col_packed")
+    return names
+
+
+def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, run: Callable[[str], object]) -> str:
+    """The algorithm ``algo="auto"`` runs for this problem: measured once per process (``fastconv.autotune``),
+    with ``choose_conv2d_algorithm`` as the rule for small problems or when timing is off."""
+    key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
+           f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}")
+    flops = p.flops * (2 if pass_ == "backward" else 1)
+    names = _candidates(p, dtype.itemsize)
+    return autotune.choose(key, flops, choose_conv2d_algorithm(p, dtype.itemsize),
+                           {name: (lambda name=name: run(name)) for name in names})
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
@@ -166,16 +186,18 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     float32 or float64; x, weight and bias must share the dtype. ``algo`` is 'auto' or one
     of ``fastconv.algorithms('conv2d')``.
     """
-    xb, unbatched, p, algo = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    xb, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     if bias is not None:
         check_array("bias", bias, (1,), xb.dtype)
         if bias.shape != (p.k,):
             raise ValueError(f"bias must have shape ({p.k},), got {bias.shape}")
         bias = contiguous(bias)
     if p.n == 0:
-        y = np.zeros(p.y_shape, xb.dtype)
-    else:
-        y = CONV2D_ALGORITHMS[algo][0](xb, contiguous(weight), bias, p)
+        return np.zeros(p.y_shape[1:] if unbatched else p.y_shape, xb.dtype)
+    w = contiguous(weight)
+    if algo == "auto":
+        algo = _auto("forward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][0](xb, w, bias, p))
+    y = CONV2D_ALGORITHMS[algo][0](xb, w, bias, p)
     return y[0] if unbatched else y
 
 
@@ -188,12 +210,15 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     grad_x like x, grad_weight like weight, grad_bias (K,) = grad_y summed over N, OH, OW.
     Arguments and algorithms as in ``conv2d``.
     """
-    xb, unbatched, p, algo = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    xb, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype)
-    gy = gy[None] if unbatched else gy
+    gy = contiguous(gy[None] if unbatched else gy)
     if p.n == 0:
         gx, gw = np.zeros(p.x_shape, xb.dtype), np.zeros(weight.shape, xb.dtype)
     else:
-        gx, gw = CONV2D_ALGORITHMS[algo][1](contiguous(gy), xb, contiguous(weight), p)
+        w = contiguous(weight)
+        if algo == "auto":
+            algo = _auto("backward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
+        gx, gw = CONV2D_ALGORITHMS[algo][1](gy, xb, w, p)
     gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(xb.dtype)
     return (gx[0] if unbatched else gx), gw, gb

@@ -19,9 +19,10 @@ from numbers import Integral, Real
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, conv_padding, native, pair, pool2d_args
+from ._checks import FLOAT_DTYPES, check_array, check_grad, contiguous, conv_padding, native, pair, pool2d_args
 from .conv import conv2d, conv2d_backward
 from .gemm import gemm
+from .kernels import elementwise
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 _generator = np.random.default_rng()
@@ -270,14 +271,20 @@ class Linear(Module):
 
 
 class ReLU(Module):
-    """max(x, 0) elementwise; NaN propagates. The gradient passes where the output is positive."""
+    """max(x, 0) elementwise on float32/float64 arrays of any shape; NaN propagates.
+    The gradient passes where the output is positive."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.y = np.maximum(x, 0)
+        x = contiguous(check_array("x", x, tuple(range(1, 33))))
+        self.y = np.empty_like(x)
+        elementwise.relu_forward(x, self.y)
         return self.y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        return np.where(self.y > 0, grad_y, 0).astype(grad_y.dtype, copy=False)
+        grad_y = contiguous(check_grad("grad_y", grad_y, self.y.shape, self.y.dtype))
+        grad_x = np.empty_like(grad_y)
+        elementwise.relu_backward(grad_y, self.y, grad_x)
+        return grad_x
 
 
 class MaxPool2d(Module):

@@ -9,3 +9,9 @@ settings.register_profile("ci", max_examples=40, deadline=None,
 settings.register_profile("fuzz", max_examples=2000, deadline=None,
                           suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+import fastconv  # noqa: E402
+
+# The tests never write the user's autotuning cache: choices stay in memory (tests/test_autotune.py
+# covers the file).
+fastconv.set_autotune(True, cache=None)

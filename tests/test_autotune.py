@@ -1,0 +1,92 @@
+"""algo="auto": measured choices, remembered per process, persisted per machine."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import autotune
+
+
+@pytest.fixture(autouse=True)
+def fresh_tuner():
+    fc.set_autotune(True, cache=None)
+    yield
+    fc.set_autotune(True, cache=None)
+
+
+def sleeper(seconds: float, calls: list[str], name: str):
+    def run():
+        calls.append(name)
+        time.sleep(seconds)
+    return run
+
+
+def test_the_fastest_candidate_wins_and_is_remembered():
+    calls: list[str] = []
+    candidates = {"slow": sleeper(0.004, calls, "slow"), "fast": sleeper(0.001, calls, "fast")}
+    assert autotune.choose("k1", 1e9, "slow", candidates) == "fast"
+    assert calls[0] == "slow" and calls.count("fast") == 1 + autotune.ROUNDS
+    calls.clear()
+    assert autotune.choose("k1", 1e9, "slow", candidates) == "fast"
+    assert calls == []
+    assert autotune.choices()["k1"] == "fast"
+
+
+def test_a_much_slower_candidate_is_timed_once():
+    calls: list[str] = []
+    candidates = {"fast": sleeper(0.001, calls, "fast"), "slow": sleeper(0.01, calls, "slow")}
+    assert autotune.choose("k2", 1e9, "fast", candidates) == "fast"
+    assert calls.count("slow") == 2  # warm-up and one timed call
+
+
+def test_small_problems_and_disabled_timing_take_the_default():
+    def never():
+        raise AssertionError("a candidate ran")
+    assert autotune.choose("k3", autotune.MIN_FLOPS / 2, "a", {"a": never, "b": never}) == "a"
+    fc.set_autotune(False, cache=None)
+    assert autotune.choose("k4", 1e12, "b", {"a": never, "b": never}) == "b"
+    assert "k4" not in autotune.choices()
+
+
+def test_choices_persist_per_machine(tmp_path):
+    path = tmp_path / "autotune.json"
+    fc.set_autotune(True, cache=path)
+    calls: list[str] = []
+    assert autotune.choose("k5", 1e9, "a", {"a": sleeper(0.003, calls, "a"), "b": sleeper(0, calls, "b")}) == "b"
+    stored = json.loads(path.read_text())
+    assert list(stored.values()) == [{"k5": "b"}]
+    fc.set_autotune(True, cache=path)  # a new process: memory cleared, file read back
+    assert autotune.choose("k5", 1e9, "a", {"a": lambda: 1 / 0, "b": lambda: 1 / 0}) == "b"
+
+
+def test_an_unreadable_cache_is_ignored(tmp_path):
+    path = tmp_path / "autotune.json"
+    path.write_text("{not json")
+    fc.set_autotune(True, cache=path)
+    assert autotune.choose("k6", 1e9, "a", {"a": sleeper(0, [], "a"), "b": sleeper(0.003, [], "b")}) == "a"
+    assert json.loads(path.read_text())  # rewritten whole
+
+
+def test_conv2d_auto_records_its_choice_and_matches_the_reference():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 32, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    y = fc.conv2d(x, w, padding=1)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx, gw, _ = fc.conv2d_backward(gy, x, w, padding=1)
+    made = autotune.choices()
+    assert {k.split(".")[1] for k in made} == {"forward", "backward"}
+    assert set(made.values()) <= {"direct", "im2col_packed"}
+    np.testing.assert_allclose(y, fc.conv2d(x, w, padding=1, algo="direct"), rtol=1e-4, atol=1e-4)
+    ref_gx, ref_gw, _ = fc.conv2d_backward(gy, x, w, padding=1, algo="direct")
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, ref_gw, rtol=1e-3, atol=1e-3)
+
+
+def test_set_autotune_validates():
+    with pytest.raises(TypeError):
+        fc.set_autotune("yes")
