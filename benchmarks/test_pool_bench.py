@@ -1,5 +1,7 @@
 """max_pool2d and avg_pool2d, forward and backward (grad_x), on the output maps of the conv layers:
-every fastconv algorithm, "auto", and the peers naive, NumPy and PyTorch."""
+every fastconv algorithm, "auto", and the peers naive, NumPy and PyTorch. Max pooling's backward
+is handed the forward's indices (computed outside the timing) by fastconv and PyTorch alike;
+NumPy's recomputes the argmax."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -33,6 +35,9 @@ def pool_call(op: str, case: Pool, pass_: str, impl: str, dtype: str) -> Callabl
         return lambda: getattr(peers, op + "_backward")(gy, x, k, s)
     if pass_ == "forward":
         return lambda: getattr(fc, op)(x, k, s, algo=impl)
+    if op == "max_pool2d":  # handed the forward's indices, as PyTorch's backward op is
+        _, idx = fc.max_pool2d(x, k, s, return_indices=True)
+        return lambda: fc.max_pool2d_backward(gy, x, k, s, indices=idx, algo=impl)
     return lambda: getattr(fc, op + "_backward")(gy, x, k, s, algo=impl)
 
 

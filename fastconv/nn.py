@@ -296,10 +296,11 @@ class MaxPool2d(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         self.x = x
-        return max_pool2d(x, *self.args)
+        y, self.indices = max_pool2d(x, *self.args, return_indices=True)
+        return y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        return max_pool2d_backward(grad_y, self.x, *self.args)
+        return max_pool2d_backward(grad_y, self.x, *self.args, indices=self.indices)
 
     def extra_repr(self) -> str:
         return "kernel_size={}, stride={}, padding={}, dilation={}, ceil_mode={}".format(*self.args)

@@ -91,14 +91,46 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
 
 
 def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,
-                        dilation=1, ceil_mode: bool = False, *, algo: str = "auto") -> np.ndarray:
+                        dilation=1, ceil_mode: bool = False, *, indices: np.ndarray | None = None,
+                        algo: str = "auto") -> np.ndarray:
     """Gradient of ``max_pool2d`` with respect to x: each grad_y element is added at the input
-    position its maximum came from. grad_y is shaped like max_pool2d's output; returns x's shape."""
+    position its maximum came from. grad_y is shaped like max_pool2d's output; returns x's shape.
+    ``indices``: the ones ``max_pool2d(..., return_indices=True)`` returned for this x, which
+    spares recomputing the maxima (as PyTorch's backward takes them); each must lie in [0, H*W)."""
     xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, dilation, ceil_mode, algo)
     gy = _grad(grad_y, p, unbatched, xb.dtype)
-    gx = np.zeros(xb.shape, xb.dtype) if p.n == 0 else MAX_POOL2D_ALGORITHMS[algo][1](gy, xb, p)
+    if p.n == 0:
+        gx = np.zeros(xb.shape, xb.dtype)
+    elif indices is not None:
+        gx = _scatter(gy, _indices(indices, p, unbatched), p, algo)
+    else:
+        gx = MAX_POOL2D_ALGORITHMS[algo][1](gy, xb, p)
     return gx[0] if unbatched else gx
+
+
+def _indices(indices: object, p: Pool2dShape, unbatched: bool) -> np.ndarray:
+    """Validated int64 C-contiguous (N, C, OH, OW) indices into each input plane."""
+    shape = p.y_shape[1:] if unbatched else p.y_shape
+    if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu" or indices.shape != shape:
+        raise ValueError(f"indices must be an integer array of the output's shape {shape}, got "
+                         f"{getattr(indices, 'dtype', type(indices).__name__)} {getattr(indices, 'shape', '')}")
+    idx = np.ascontiguousarray(indices.reshape(p.y_shape), dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= p.h * p.w):
+        raise ValueError(f"indices must lie in [0, {p.h * p.w}) (positions in an input plane of {p.h}x{p.w}), "
+                         f"got values in [{idx.min()}, {idx.max()}]")
+    return idx
+
+
+def _scatter(gy: np.ndarray, idx: np.ndarray, p: Pool2dShape, algo: str) -> np.ndarray:
+    """gx with each gy element added at its index (NumPy's add.at for 'naive', the compiled loop otherwise)."""
+    gx = np.zeros((p.n, p.c, p.h, p.w), gy.dtype)
+    if algo == "naive":
+        planes = np.arange(p.n * p.c)[:, None]
+        np.add.at(gx.reshape(p.n * p.c, -1), (planes, idx.reshape(p.n * p.c, -1)), gy.reshape(p.n * p.c, -1))
+    else:
+        pool_kernels.max_pool2d_backward(gy, idx, gx)
+    return gx
 
 
 def _check_avg_args(count_include_pad: object, divisor_override: object) -> None:

@@ -23,6 +23,17 @@ def test_max_pool_matches_naive(case):
     grad_y = np.random.default_rng(0).standard_normal(y.shape).astype(y.dtype)
     gx0 = fc.max_pool2d_backward(grad_y, case.x, **kw, algo="naive")
     assert_close(fc.max_pool2d_backward(grad_y, case.x, **kw, algo="direct"), gx0, 9)
+    for algo in ("naive", "direct"):  # with the forward's indices: the same gradient, no recomputation
+        assert_close(fc.max_pool2d_backward(grad_y, case.x, **kw, indices=i, algo=algo), gx0, 9)
+
+
+def test_max_pool_backward_refuses_bad_indices():
+    x = np.arange(32, dtype=np.float32).reshape(2, 1, 4, 4)
+    y, idx = fc.max_pool2d(x, 2, return_indices=True)
+    gy = np.ones_like(y)
+    for bad in (idx + 16, idx - 20, idx[:1], idx.astype(np.float64), idx.tolist()):
+        with pytest.raises(ValueError, match="indices"):
+            fc.max_pool2d_backward(gy, x, 2, indices=bad)
 
 
 @given(case=pool_cases(dilation=False), count_include_pad=st.booleans(),
