@@ -6,6 +6,7 @@ where arrays are batched, C-contiguous and validated, and ``p`` is the ``Conv2dS
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import partial
 
@@ -52,7 +53,8 @@ def _im2col_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
 
 
 def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
-    """Images per batch chunk whose workspace fits the workspace limit; ValueError if one image does not."""
+    """Images per batch chunk: as many as fit CHUNK_BYTES of workspace (at least one), within the
+    workspace limit; ValueError if one image does not fit the limit."""
     per_image = _im2col_bytes_per_image(p, itemsize)
     limit = workspace_limit()
     if per_image > limit:
@@ -60,7 +62,21 @@ def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
             f"im2col needs {per_image / 2**20:.1f} MiB of workspace for one image, above the workspace "
             f"limit of {limit / 2**20:.1f} MiB: raise it with fastconv.set_workspace_limit() or use algo='direct'"
         )
-    return max(1, min(p.n, limit // per_image))
+    return max(1, min(p.n, min(limit, CHUNK_BYTES) // per_image))
+
+
+CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, memory stays near the output's
+_scratch = threading.local()
+
+
+def _buffer(name: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A flat scratch array of `size` elements, kept per thread and reused by later calls (no page faults,
+    no allocator churn); its contents are undefined."""
+    buf = getattr(_scratch, name, None)
+    if buf is None or buf.dtype != dtype or buf.size < size:
+        buf = np.empty(size, dtype)
+        setattr(_scratch, name, buf)
+    return buf[:size]
 
 
 def _im2col_args(p: Conv2dShape) -> tuple[int, ...]:
@@ -73,8 +89,8 @@ def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group y_g (K/g, nb*OH*OW) = w_g @ col_g."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _im2col_chunk(p, x.dtype.itemsize)
-    col_buf = np.empty(p.groups * crs_g * nb * plane, x.dtype)
-    out_buf = np.empty(p.k * nb * plane, x.dtype)
+    col_buf = _buffer("col", p.groups * crs_g * nb * plane, x.dtype)
+    out_buf = _buffer("out", p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
     y = np.empty((p.n, p.k, plane), x.dtype)
     for n0 in range(0, p.n, nb):
@@ -95,8 +111,8 @@ def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: C
     """Per batch chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x += col2im(dcol)."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _im2col_chunk(p, x.dtype.itemsize)
-    col_buf = np.empty(p.groups * crs_g * nb * plane, x.dtype)
-    gy_buf = np.empty(p.k * nb * plane, x.dtype)
+    col_buf = _buffer("col", p.groups * crs_g * nb * plane, x.dtype)
+    gy_buf = _buffer("out", p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
     gw = np.zeros((p.k, crs_g), x.dtype)
     gw_chunk = np.empty((kg, crs_g), x.dtype)
