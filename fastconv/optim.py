@@ -7,7 +7,8 @@
             opt.zero_grad(); loss, g = fc.nn.cross_entropy(model(x), y); model.backward(g); opt.step()
         sched.step()
 
-Updates are in place on ``Parameter.data``; optimizer state has each parameter's dtype.
+Updates are in place on ``Parameter.data``, one compiled loop per parameter (``kernels/elementwise.py``),
+in the parameter's dtype; optimizer state has each parameter's dtype.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from numbers import Real
 
 import numpy as np
 
+from .kernels import elementwise
 from .nn import Parameter
 
 
@@ -42,6 +44,12 @@ class Optimizer:
             p.grad.fill(0)
 
     def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if not (p.data.flags.c_contiguous and p.data.flags.writeable and p.grad.shape == p.data.shape
+                    and p.grad.dtype == p.data.dtype and p.data.dtype in (np.float32, np.float64)):
+                raise ValueError(f"parameter {i} must hold a writeable C-contiguous float32/float64 .data and a "
+                                 f".grad of its shape and dtype, got {p.data.dtype} {p.data.shape} and "
+                                 f"{p.grad.dtype} {p.grad.shape}")
         self.steps += 1
         for p, state in zip(self.params, self.state):
             self._update(p, state)
@@ -85,16 +93,13 @@ class SGD(Optimizer):
         self.nesterov = bool(nesterov)
 
     def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
-        g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
-        if self.momentum:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.copy()
-            else:
-                buf *= self.momentum
-                buf += (1 - self.dampening) * g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+        first = "momentum_buffer" not in state
+        if self.momentum and first:
+            state["momentum_buffer"] = np.empty_like(p.data)
+        buf = state.get("momentum_buffer", p.data)  # unused without momentum
+        t = p.data.dtype.type
+        elementwise.sgd_update(p.data.reshape(-1), p.grad.reshape(-1), buf.reshape(-1), t(self.lr), t(self.momentum),
+                               t(self.dampening), t(self.weight_decay), self.nesterov, first)
 
 
 class Adam(Optimizer):
@@ -113,16 +118,12 @@ class Adam(Optimizer):
 
     def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
         b1, b2 = self.betas
-        g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
         if not state:
             state["exp_avg"], state["exp_avg_sq"] = np.zeros_like(p.data), np.zeros_like(p.data)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += (1 - b1) * (g - m)
-        v *= b2
-        v += (1 - b2) * g * g
-        step_size = self.lr / (1 - b1 ** self.steps)
-        denom = np.sqrt(v) / math.sqrt(1 - b2 ** self.steps) + self.eps
-        p.data -= step_size * m / denom
+        t = p.data.dtype.type
+        elementwise.adam_update(p.data.reshape(-1), p.grad.reshape(-1), state["exp_avg"].reshape(-1),
+                                state["exp_avg_sq"].reshape(-1), t(self.lr), t(b1), t(b2), t(self.eps),
+                                t(self.weight_decay), t(1 - b1 ** self.steps), t(math.sqrt(1 - b2 ** self.steps)))
 
 
 class LRScheduler:

@@ -29,3 +29,30 @@ def relu_backward(grad_y, y, grad_x):
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
         for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
             xf[i] = gf[i] if yf[i] > zero else zero
+
+
+@nb.njit(cache=True)
+def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """torch.optim.SGD on flat arrays: g' = g + wd*p; buf = g' (first step) or momentum*buf + (1-dampening)*g';
+    step = g' + momentum*buf (Nesterov) or buf (or g' without momentum); p -= lr * step."""
+    for i in range(p.size):
+        gi = g[i] + weight_decay * p[i]
+        if momentum != 0:
+            b = gi if first else momentum * buf[i] + (1 - dampening) * gi
+            buf[i] = b
+            gi = gi + momentum * b if nesterov else b
+        p[i] -= lr * gi
+
+
+@nb.njit(cache=True)
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt):
+    """torch.optim.Adam on flat arrays: g' = g + wd*p; m += (1-b1)(g' - m); v = b2 v + (1-b2) g'^2;
+    p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
+    step_size = lr / bias_correction1
+    for i in range(p.size):
+        gi = g[i] + weight_decay * p[i]
+        mi = m[i] + (1 - beta1) * (gi - m[i])
+        vi = beta2 * v[i] + (1 - beta2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (np.sqrt(vi) / bias_correction2_sqrt + eps)

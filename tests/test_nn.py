@@ -984,3 +984,14 @@ def test_parameter_gradient_starts_at_zero_with_data_shape_and_dtype():
     p = nn.Parameter(np.arange(6, dtype=">f8").reshape(2, 3))
     assert p.data.dtype == np.float64 and p.data.dtype.isnative
     assert p.grad.shape == (2, 3) and p.grad.dtype == np.float64 and not p.grad.any()
+
+
+def test_optimizer_step_refuses_parameters_it_could_not_update_in_place():
+    p = nn.Parameter(np.zeros((4, 4)))
+    opt = fc.optim.SGD([p], lr=0.1)
+    p.data = np.zeros((4, 4)).T[::2]
+    with pytest.raises(ValueError, match="C-contiguous"):
+        opt.step()
+    p.data, p.grad = np.zeros(3), np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        opt.step()
