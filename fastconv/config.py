@@ -1,7 +1,10 @@
-"""Process-wide settings of fastconv."""
+"""Process-wide settings of fastconv, and the scratch buffers kernels reuse across calls."""
 from __future__ import annotations
 
+import threading
 from numbers import Integral
+
+import numpy as np
 
 _workspace_limit = 256 * 2**20
 
@@ -17,3 +20,21 @@ def set_workspace_limit(nbytes: int) -> None:
     if isinstance(nbytes, bool) or not isinstance(nbytes, Integral) or nbytes < 1:
         raise ValueError(f"nbytes must be a positive int, got {nbytes!r}")
     _workspace_limit = int(nbytes)
+
+
+_scratch = threading.local()
+
+
+def scratch(name: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A flat scratch array of `size` elements named `name`, kept per thread and reused by later calls
+    (no page faults, no allocator churn); its contents are undefined."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buf = buffers.get((name, np.dtype(dtype)))
+    if buf is None or buf.size < size:
+        buf = buffers[(name, np.dtype(dtype))] = np.empty(size, dtype)
+    return buf[:size]
+
+
+def release_scratch() -> None:
+    """Free this thread's scratch buffers (they are allocated again when needed)."""
+    _scratch.__dict__.pop("buffers", None)

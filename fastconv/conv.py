@@ -6,16 +6,15 @@ where arrays are batched, C-contiguous and validated, and ``p`` is the ``Conv2dS
 """
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 
-from . import autotune, naive
+from . import autotune, direct_simd, naive
 from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
                       conv2d_shape)
-from .config import workspace_limit
+from .config import scratch, workspace_limit
 from .kernels import direct, gemm as gemm_kernels, im2col as im2col_kernels
 
 
@@ -66,18 +65,6 @@ def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
 
 
 CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, memory stays near the output's
-_scratch = threading.local()
-
-
-def _buffer(name: str, size: int, dtype: np.dtype) -> np.ndarray:
-    """A flat scratch array of `size` elements, kept per thread and reused by later calls (no page faults,
-    no allocator churn); its contents are undefined."""
-    buf = getattr(_scratch, name, None)
-    if buf is None or buf.dtype != dtype or buf.size < size:
-        buf = np.empty(size, dtype)
-        setattr(_scratch, name, buf)
-    return buf[:size]
-
 
 def _im2col_args(p: Conv2dShape) -> tuple[int, ...]:
     top, _, left, _ = p.padding
@@ -89,8 +76,8 @@ def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group y_g (K/g, nb*OH*OW) = w_g @ col_g."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _im2col_chunk(p, x.dtype.itemsize)
-    col_buf = _buffer("col", p.groups * crs_g * nb * plane, x.dtype)
-    out_buf = _buffer("out", p.k * nb * plane, x.dtype)
+    col_buf = scratch("im2col.col", p.groups * crs_g * nb * plane, x.dtype)
+    out_buf = scratch("im2col.out", p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
     y = np.empty((p.n, p.k, plane), x.dtype)
     for n0 in range(0, p.n, nb):
@@ -111,8 +98,8 @@ def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: C
     """Per batch chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x += col2im(dcol)."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _im2col_chunk(p, x.dtype.itemsize)
-    col_buf = _buffer("col", p.groups * crs_g * nb * plane, x.dtype)
-    gy_buf = _buffer("out", p.k * nb * plane, x.dtype)
+    col_buf = scratch("im2col.col", p.groups * crs_g * nb * plane, x.dtype)
+    gy_buf = scratch("im2col.out", p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
     gw = np.zeros((p.k, crs_g), x.dtype)
     gw_chunk = np.empty((kg, crs_g), x.dtype)
@@ -135,6 +122,7 @@ def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: C
 CONV2D_ALGORITHMS = {
     "naive": (naive.conv2d, naive.conv2d_backward),
     "direct": (_forward_direct, _backward_direct),
+    "direct_simd": (direct_simd.forward, _backward_direct),
     "im2col": (partial(_forward_im2col, gemm=gemm_kernels.gemm_blas),
                partial(_backward_im2col, gemm=gemm_kernels.gemm_blas)),
     "im2col_packed": (partial(_forward_im2col, gemm=gemm_kernels.gemm_packed),
@@ -173,7 +161,7 @@ def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
     """What ``auto`` times: every compiled algorithm that handles the shape within the workspace limit.
     BLAS-backed im2col is left out: its thread pool keeps spinning after each call and slows the
     kernels that follow (timing it alone would flatter it)."""
-    names = ["direct"]
+    names = ["direct", "direct_simd"]
     if _im2col_bytes_per_image(p, itemsize) <= workspace_limit():
         names.append("im2col_packed")
     return names

@@ -1,0 +1,140 @@
+"""Direct conv2d forward with explicit SIMD vectors (``fastconv.kernels.direct_simd``).
+
+``forward(x, weight, bias, p) -> y`` has the signature of conv.py's algorithms: x (N, C, H, W)
+batched, C-contiguous, validated; weight (K, C/groups, R, S) C-contiguous; bias (K,) or None;
+p the ``Conv2dShape``. ``applies(p)`` says whether it runs a shape: every valid shape (any
+stride, dilation, padding, groups and kernel size), float32 and float64. It is fast when
+K/groups is large (blocks of MR = 6 output channels; a last partial block computes zero
+channels) and C/groups*R*S is not tiny; depthwise layers waste 5/6 of the work.
+
+``forward`` runs one of two kernels (``choose_kernel``): "rows" (vectors along output
+positions; ``forward_rows``) or, for small output planes with a batch of at least a vector
+block of images, "batch" (vectors along images; ``forward_batch``). Steps: (1) pack the weights
+into blocks of MR output channels, tap-major; (2) copy the input, zero-padded, into a
+per-thread workspace reused by later calls (rows: split into its SH*SW stride phases; batch:
+images interleaved innermost); (3) one parallel Numba kernel computes y, bias included.
+Workspace: about the padded input's size (batch: N rounded up to the image block), kept per
+thread and dtype (``fastconv.config.scratch``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._checks import Conv2dShape
+from .config import scratch
+from .kernels import direct_simd as kernels
+
+BATCH_PREFERENCE = 0.85     # the batch kernel runs when its lane use * this beats the row kernel's
+
+
+def applies(p: Conv2dShape) -> bool:
+    """True for every valid Conv2dShape (any stride, dilation, padding, groups, R, S)."""
+    return True
+
+
+def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+    """(K, Cg, R, S) -> flat (groups*KBg, T, MR): wp[(kb*T + t)*MR + m] (see the kernel doc)."""
+    k, cg, r, s = weight.shape
+    kbg = -(-(k // groups) // kernels.MR)
+    wp = np.empty(groups * kbg * cg * r * s * kernels.MR, weight.dtype)
+    kernels.pack_weights(weight, groups, wp)
+    return wp
+
+
+def tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
+    """offs[t] for t = (c, r, s) of a group (see the kernel doc)."""
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    plane = hq * wq
+    cg = p.c // p.groups
+    a = np.arange(p.r) * dh
+    e = np.arange(p.s) * dw
+    rs = ((a[:, None] % sh) * sw + e[None, :] % sw) * plane + (a[:, None] // sh) * wq + e[None, :] // sw
+    offs = np.arange(cg)[:, None] * (sh * sw * plane) + rs.reshape(1, -1)
+    return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
+
+
+def forward_batch(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
+    """The batch-vector kernel (vectors along blocks of images, weights broadcast)."""
+    top, bottom, left, right = p.padding
+    hp, wp = p.h + top + bottom, p.w + left + right
+    dtype = x.dtype
+    nb = kernels.NV * kernels.lanes_for(dtype.itemsize)
+    blocks = -(-p.n // nb)
+    xi = scratch("direct_simd.input", blocks * p.c * hp * wp * nb, dtype)
+    kernels.interleave_batch(x, xi, top, left, hp, wp, nb)
+    wpk = pack_weights(weight, p.groups)
+    (dh, dw) = p.dilation
+    cg = p.c // p.groups
+    offs = ((np.arange(cg)[:, None, None] * (hp * wp) + np.arange(p.r)[None, :, None] * (dh * wp)
+             + np.arange(p.s)[None, None, :] * dw) * nb).reshape(-1).astype(np.int64)
+    b = bias if bias is not None else np.zeros(p.k, dtype)
+    block_taps = max(1, kernels.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
+    y = np.empty(p.y_shape, dtype)
+    kernels.conv2d_forward_batch(xi, wpk, offs, b, y, p.c, hp, wp, *p.stride, p.groups,
+                                 kernels.SEGMENT_POSITIONS, block_taps)
+    return y
+
+
+def forward_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
+    """The row kernel (vectors along output positions, weights broadcast)."""
+    top, bottom, left, right = p.padding
+    sh, sw = p.stride
+    hp, wp = p.h + top + bottom, p.w + left + right
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    dtype = x.dtype
+    body = p.n * p.c * sh * sw * hq * wq
+    xq = scratch("direct_simd.input", body + kernels.tail_elements(wq, dtype.itemsize), dtype)
+    if (sh, sw) == (1, 1) and not any(p.padding):
+        xq[:body] = x.reshape(-1)                  # nothing to pad or split: one copy
+    else:
+        kernels.phase_split(x, xq, top, left, sh, sw, hq, wq)
+    xq[body:] = 0
+    wpk = pack_weights(weight, p.groups)
+    offs = tap_offsets(p, hq, wq)
+    b = bias if bias is not None else np.zeros(p.k, dtype)
+    seg_rows = _segment_rows(p.oh, wq)
+    y = np.empty(p.y_shape, dtype)
+    block_taps = max(1, kernels.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
+    kernels.conv2d_forward(xq, wpk, offs, b, y, p.c, sh * sw, hq, wq, p.groups, seg_rows, block_taps)
+    return y
+
+
+def _segment_rows(oh: int, wq: int) -> int:
+    """Output rows per work item of the row kernel: about SEGMENT positions, equal segments."""
+    rows = max(1, min(oh, -(-kernels.SEGMENT // wq)))
+    segments = -(-oh // rows)
+    return -(-oh // segments)
+
+
+def rows_efficiency(p: Conv2dShape, itemsize: int) -> float:
+    """Fraction of the row kernel's computed positions that are real outputs."""
+    sw = p.stride[1]
+    wq = -(-(p.w + p.padding[2] + p.padding[3]) // sw)
+    vw = kernels.NV * kernels.lanes_for(itemsize)
+    seg_rows = _segment_rows(p.oh, wq)
+    computed = 0
+    for oh0 in range(0, p.oh, seg_rows):
+        rows = min(seg_rows, p.oh - oh0)
+        computed += -(-((rows - 1) * wq + p.ow) // vw) * vw
+    return p.oh * p.ow / computed
+
+
+def batch_efficiency(p: Conv2dShape, itemsize: int) -> float:
+    """Fraction of the batch kernel's vector lanes that hold real images."""
+    nb = kernels.NV * kernels.lanes_for(itemsize)
+    return p.n / (-(-p.n // nb) * nb)
+
+
+def choose_kernel(p: Conv2dShape, itemsize: int) -> str:
+    """'batch' when blocks of images fill the vector lanes clearly better than output rows do
+    (small output planes, large batches: measured faster on 64x32x15x15 and 64x64x6x6 3x3,
+    slower on 64x3x32x32 and LeNet 28x28), else 'rows'."""
+    better = batch_efficiency(p, itemsize) * BATCH_PREFERENCE > rows_efficiency(p, itemsize)
+    return "batch" if better else "rows"
+
+
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
+    """conv2d forward (conv.py's algorithm signature): the row or batch kernel, see choose_kernel."""
+    if choose_kernel(p, x.dtype.itemsize) == "batch":
+        return forward_batch(x, weight, bias, p)
+    return forward_rows(x, weight, bias, p)

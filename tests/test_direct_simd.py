@@ -1,0 +1,114 @@
+"""fastconv.direct_simd (forward and both of its kernels) against direct and naive."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import fastconv as fc
+from fastconv import direct_simd
+from fastconv._checks import contiguous, conv2d_shape
+from strategies import DTYPES, assert_close, conv_cases
+
+
+KERNELS = {"auto": direct_simd.forward, "rows": direct_simd.forward_rows,
+           "batch": direct_simd.forward_batch}
+
+
+def _run(x, weight, bias, stride=1, padding=0, dilation=1, groups=1, kernel="auto"):
+    """direct_simd.forward called as conv.py calls an algorithm: batched, contiguous, validated."""
+    xb = x[None] if x.ndim == 3 else x
+    p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
+    assert direct_simd.applies(p)
+    xb = contiguous(xb)
+    y = KERNELS[kernel](xb, contiguous(weight),
+                        None if bias is None else contiguous(bias), p)
+    assert y.shape == p.y_shape and y.dtype == xb.dtype and y.flags.c_contiguous
+    return y[0] if x.ndim == 3 else y
+
+
+@st.composite
+def simd_cases(draw):
+    """N 1-3 (and 17, 33: partial blocks of images), C 1-9, K 1-13, H/W 1-20, R/S 1-5,
+    stride 1-2, padding 0-2, groups 1, dilation 1."""
+    r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    h = draw(st.integers(max(1, r - 2 * ph), 20))
+    w = draw(st.integers(max(1, s - 2 * pw), 20))
+    n, c, k = draw(st.sampled_from([1, 2, 3, 17, 33])), draw(st.integers(1, 9)), draw(st.integers(1, 13))
+    dtype = draw(st.sampled_from(DTYPES))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((k, c, r, s)).astype(dtype)
+    bias = rng.standard_normal(k).astype(dtype) if draw(st.booleans()) else None
+    return x, weight, bias, stride, (ph, pw)
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+@settings(max_examples=40)
+@given(case=simd_cases())
+def test_matches_direct_and_naive(kernel, case):
+    x, weight, bias, stride, padding = case
+    actual = _run(x, weight, bias, stride, padding, kernel=kernel)
+    terms = int(np.prod(weight.shape[1:]))
+    for algo in ("direct", "naive"):
+        expected = fc.conv2d(x, weight, bias, stride=stride, padding=padding, algo=algo)
+        assert_close(actual, expected, terms)
+
+
+@pytest.mark.parametrize("kernel", ["rows", "batch"])
+@settings(max_examples=25)
+@given(case=conv_cases(max_batch=3))
+def test_general_shapes_match_naive(kernel, case):
+    """Shapes of the shared strategy: groups, dilation, strides up to 3, 'same'/'valid', layouts."""
+    expected = fc.conv2d(case.x, case.weight, case.bias, **case.kwargs, algo="naive")
+    actual = _run(case.x, case.weight, case.bias, **case.kwargs, kernel=kernel)
+    assert_close(actual, expected, int(np.prod(case.weight.shape[1:])))
+
+
+REAL_LAYERS = [  # (x shape, K, R, stride, padding)
+    ((64, 3, 32, 32), 32, 3, 1, 0),
+    ((64, 32, 15, 15), 64, 3, 1, 0),
+    ((64, 64, 6, 6), 64, 3, 1, 0),
+    ((64, 1, 28, 28), 6, 5, 1, 2),
+    ((8, 64, 56, 56), 64, 3, 1, 1),
+    ((8, 64, 56, 56), 128, 3, 2, 1),
+]
+
+
+@pytest.mark.parametrize("shape,k,r,stride,padding", REAL_LAYERS)
+def test_real_layers_match_direct(shape, k, r, stride, padding):
+    """Through forward, which picks the batch kernel for the two small CIFAR planes."""
+    rng = np.random.default_rng(sum(shape) + k)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal((k, shape[1], r, r)).astype(np.float32)
+    bias = rng.standard_normal(k).astype(np.float32)
+    actual = _run(x, weight, bias, stride, padding)
+    expected = fc.conv2d(x, weight, bias, stride=stride, padding=padding, algo="direct")
+    assert_close(actual, expected, shape[1] * r * r)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repeated_calls_reuse_the_workspace(dtype):
+    """A smaller call after a bigger one reuses (part of) the cached workspace: no stale data."""
+    rng = np.random.default_rng(5)
+    for shape in ((2, 5, 17, 19), (1, 3, 4, 5), (3, 2, 9, 4)):
+        x = rng.standard_normal(shape).astype(dtype)
+        weight = rng.standard_normal((7, shape[1], 3, 2)).astype(dtype)
+        for stride, padding in ((1, 1), (2, 0), (2, 2), (1, 0)):
+            expected = fc.conv2d(x, weight, None, stride=stride, padding=padding, algo="naive")
+            for kernel in ("rows", "batch"):
+                actual = _run(x, weight, None, stride, padding, kernel=kernel)
+                assert_close(actual, expected, shape[1] * 6)
+    fc.config.release_scratch()
+
+
+def test_choose_kernel():
+    """Batch kernel for small output planes with a large batch, row kernel otherwise."""
+    def shape(n, c, hw, k, r, stride=1, padding=0):
+        x, w = np.empty((n, c, hw, hw), np.float32), np.empty((k, c, r, r), np.float32)
+        return conv2d_shape(x, w, stride, padding, 1, 1)
+    assert direct_simd.choose_kernel(shape(64, 64, 6, 64, 3), 4) == "batch"
+    assert direct_simd.choose_kernel(shape(64, 32, 15, 64, 3), 4) == "batch"
+    assert direct_simd.choose_kernel(shape(64, 3, 32, 32, 3), 4) == "rows"
+    assert direct_simd.choose_kernel(shape(8, 64, 56, 64, 3, 1, 1), 4) == "rows"
+    assert direct_simd.choose_kernel(shape(2, 64, 6, 64, 3), 4) == "rows"
