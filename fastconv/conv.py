@@ -46,6 +46,25 @@ def _backward_direct(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
     return gx, gw
 
 
+def _backward_direct_simd(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                          p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
+    """grad_x as direct_simd's forward of grad_y with the weights flipped and transposed per group (the
+    full correlation), for stride 1 when no padding exceeds the kernel's reach; grad_weight by direct."""
+    reach_h, reach_w = p.dilation[0] * (p.r - 1), p.dilation[1] * (p.s - 1)
+    top, bottom, left, right = p.padding
+    pads = (reach_h - top, reach_h - bottom, reach_w - left, reach_w - right)
+    if p.stride != (1, 1) or min(pads) < 0:
+        return _backward_direct(grad_y, x, weight, p)
+    kg, cg = p.k // p.groups, p.c // p.groups
+    flipped = weight.reshape(p.groups, kg, cg, p.r, p.s)[:, :, :, ::-1, ::-1]
+    wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(p.c, kg, p.r, p.s)
+    q = Conv2dShape(p.n, p.k, p.oh, p.ow, p.c, p.r, p.s, p.groups, (1, 1), p.dilation, pads, p.h, p.w)
+    gx = direct_simd.forward(grad_y, wt, None, q)
+    gw = np.empty(weight.shape, x.dtype)
+    direct.conv2d_backward_weight(grad_y, _pad(x, p), gw, *p.stride, *p.dilation, p.groups)
+    return gx, gw
+
+
 def _im2col_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
     """im2col's workspace per image: the column matrix (C*R*S rows) and the GEMM's K output rows, OH*OW wide."""
     return (p.c * p.r * p.s + p.k) * p.oh * p.ow * itemsize
@@ -122,7 +141,7 @@ def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: C
 CONV2D_ALGORITHMS = {
     "naive": (naive.conv2d, naive.conv2d_backward),
     "direct": (_forward_direct, _backward_direct),
-    "direct_simd": (direct_simd.forward, _backward_direct),
+    "direct_simd": (direct_simd.forward, _backward_direct_simd),
     "im2col": (partial(_forward_im2col, gemm=gemm_kernels.gemm_blas),
                partial(_backward_im2col, gemm=gemm_kernels.gemm_blas)),
     "im2col_packed": (partial(_forward_im2col, gemm=gemm_kernels.gemm_packed),
