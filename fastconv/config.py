@@ -31,6 +31,7 @@ def scratch(name: str, size: int, dtype: np.dtype) -> np.ndarray:
     buffers = _scratch.__dict__.setdefault("buffers", {})
     buf = buffers.get((name, np.dtype(dtype)))
     if buf is None or buf.size < size:
+        buffers.pop((name, np.dtype(dtype)), None)  # free the old one before allocating the bigger one
         buf = buffers[(name, np.dtype(dtype))] = np.empty(size, dtype)
     return buf[:size]
 

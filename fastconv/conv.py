@@ -11,7 +11,7 @@ from functools import partial
 
 import numpy as np
 
-from . import autotune, direct_simd, naive
+from . import autotune, direct_simd, naive, winograd
 from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
                       conv2d_shape)
 from .config import scratch, workspace_limit
@@ -146,6 +146,7 @@ CONV2D_ALGORITHMS = {
                partial(_backward_im2col, gemm=gemm_kernels.gemm_blas)),
     "im2col_packed": (partial(_forward_im2col, gemm=gemm_kernels.gemm_packed),
                       partial(_backward_im2col, gemm=gemm_kernels.gemm_packed)),
+    "winograd": (winograd.forward, _backward_direct_simd),
 }
 
 
@@ -173,6 +174,12 @@ def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, group
     p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
     if algo.startswith("im2col"):
         _im2col_chunk(p, x.dtype.itemsize)
+    if algo == "winograd":
+        if not winograd.winograd_applies(p):
+            raise ValueError(f"algo='winograd' needs a 3x3 kernel, stride 1 and dilation 1, got kernel "
+                             f"{(p.r, p.s)}, stride {p.stride}, dilation {p.dilation}")
+        if p.n:
+            winograd.chunk_images(p, x.dtype.itemsize)
     return contiguous(xb), unbatched, p
 
 
@@ -183,6 +190,9 @@ def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
     names = ["direct", "direct_simd"]
     if _im2col_bytes_per_image(p, itemsize) <= workspace_limit():
         names.append("im2col_packed")
+    if (winograd.winograd_applies(p) and p.c // p.groups >= winograd.GROUPED_GEMM_MIN
+            and winograd.workspace_bytes_per_image(p, itemsize) <= workspace_limit()):
+        names.append("winograd")  # (with fewer channels per group its products are plain loops: measured slow)
     return names
 
 

@@ -6,8 +6,10 @@ trusts its inputs. Numba kernels are compiled lazily on first call and cached on
 disk (``cache=True``); importing this package compiles nothing.
 
 - ``direct``: direct convolution, forward and backward (Numba).
+- ``direct_simd``: direct convolution forward with explicit SIMD register tiles (Numba).
 - ``elementwise``: ReLU forward and backward (Numba).
 - ``gemm``: matrix products, BLAS through Numba and our own packed GEMM (Numba).
 - ``im2col``: im2col / col2im (Cython, releases the GIL, OpenMP when built with it).
 - ``pool``: max and average pooling, forward and backward (Numba).
+- ``winograd``: Winograd F(2x2, 3x3) transforms and their batched products (Numba).
 """

@@ -4,7 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pytest
 from hypothesis import assume, strategies as st
+
+import fastconv as fc
 
 DTYPES = [np.float32, np.float64]
 
@@ -131,3 +134,15 @@ def pool_cases(draw, dilation: bool = True, max_batch: int = 2, dtypes=DTYPES) -
         x = x[0]
     x = layout(x, draw(st.sampled_from(LAYOUTS)))
     return PoolCase(x, kernel_size, stride, padding, dil, draw(st.booleans()))
+
+
+def conv_algo_takes(algo: str, case: ConvCase) -> bool:
+    """Whether conv2d's `algo` takes the case. winograd takes only 3x3 kernels at stride 1 and dilation 1;
+    for any other case this checks that it refuses with a ValueError."""
+    weight, kw = case.weight, case.kwargs
+    if algo != "winograd" or (weight.shape[2:] == (3, 3) and kw.get("stride", 1) in (1, (1, 1))
+                              and kw.get("dilation", 1) in (1, (1, 1))):
+        return True
+    with pytest.raises(ValueError, match="winograd"):
+        fc.conv2d(case.x, weight, **kw, algo=algo)
+    return False

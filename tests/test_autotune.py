@@ -80,7 +80,7 @@ def test_conv2d_auto_records_its_choice_and_matches_the_reference():
     gx, gw, _ = fc.conv2d_backward(gy, x, w, padding=1)
     made = autotune.choices()
     assert {k.split(".")[1] for k in made} == {"forward", "backward"}
-    assert set(made.values()) <= {"direct", "direct_simd", "im2col_packed"}
+    assert set(made.values()) <= {"direct", "direct_simd", "im2col_packed", "winograd"}
     np.testing.assert_allclose(y, fc.conv2d(x, w, padding=1, algo="direct"), rtol=1e-4, atol=1e-4)
     ref_gx, ref_gw, _ = fc.conv2d_backward(gy, x, w, padding=1, algo="direct")
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)

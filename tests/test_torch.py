@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import fastconv as fc
-from strategies import assert_close, conv_cases, pool_cases
+from strategies import assert_close, conv_algo_takes, conv_cases, pool_cases
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0")
 F = torch.nn.functional
@@ -27,6 +27,8 @@ def _close(actual: np.ndarray, expected, terms: int) -> None:
 @pytest.mark.parametrize("algo", [a for a in fc.algorithms("conv2d") if a != "naive"])
 @given(case=conv_cases(max_batch=3))
 def test_conv2d_matches_torch(algo, case):
+    if not conv_algo_takes(algo, case):
+        return
     x, w = _t(case.x, True), _t(case.weight, True)
     b = _t(case.bias, True) if case.bias is not None else None
     y_ref = F.conv2d(x, w, b, **case.kwargs)
@@ -127,7 +129,12 @@ def test_opinfo_samples(op_db, name, dtype):
         for algo in fc.algorithms(short):
             if algo == "naive" and i % 8:  # Python loops: a sample of the samples is enough
                 continue
-            out, backward = _run_sample(short, sample, algo)
+            try:
+                out, backward = _run_sample(short, sample, algo)
+            except ValueError as error:
+                if algo == "winograd" and "algo='winograd' needs" in str(error):
+                    continue  # it takes 3x3 kernels at stride 1 and dilation 1 only
+                raise
             y = out[0] if isinstance(out, tuple) else out
             terms = 64
             _close(y, y_ref, terms)

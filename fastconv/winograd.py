@@ -1,0 +1,150 @@
+"""Winograd F(2x2, 3x3) conv2d forward (Lavin & Gray), float32 and float64.
+
+``forward(x, weight, bias, p) -> y`` has the signature of conv.py's algorithms: x (N, C, H, W)
+batched, C-contiguous, validated; weight (K, C/groups, 3, 3); bias (K,) or None; p the
+``Conv2dShape``. ``winograd_applies(p)`` says whether it can run a shape: 3x3 kernels, stride 1,
+dilation 1, any padding (int, pair, 'same', 'valid') and any groups. (It says nothing about
+speed: see "When it pays" below.)
+
+Steps (kernels and layouts in ``fastconv.kernels.winograd``):
+  1. U = G g G^T for every (k, c): (16, K, C/groups), once per call, then packed as the B
+     operand of fastconv's GEMM micro-kernel.
+  2. per batch chunk of nb images: V = B^T d B for every 4x4 input tile (stride 2; zero padding
+     and ragged last tiles read zeros): (16, C, T), T = nb * ceil(OH/2) * ceil(OW/2).
+  3. for the 16 points xi (and each group): M[xi] (T x K/groups) = V[xi]^T @ U[xi]^T, the
+     FLOPs, by our own packed SIMD GEMM (Numba's thread pool; never BLAS). With PRODUCTS =
+     "batched" (the default) all 16 x groups products run in one parallel loop built from
+     fastconv.kernels.gemm's packing routines and micro-kernel; "gemm_packed" makes 16 x groups
+     calls of gemm_packed instead (same arithmetic; 2-14% slower when the machine is quiet, and
+     far slower when it is not: each call is two thread-pool barriers). Grouped layers with
+     fewer than GROUPED_GEMM_MIN channels per group use one plain fused loop (grouped_products).
+  4. Y = A^T M A + bias, clipped to (OH, OW).
+
+Workspace: V and M, 16 * (C + K) * ceil(OH/2) * ceil(OW/2) elements per image, checked against
+``fastconv.workspace_limit()``: the batch is cut into chunks that fit it (ValueError when one
+image does not) and, where possible, CHUNK_TARGET_BYTES (24 MiB: chunks that stay in L3 ran 5-10%
+faster than whole-batch ones), in equal chunks. U and packed U (16 * K * C/groups elements each)
+come on top. One buffer per thread and dtype is kept and reused by the next call (no page
+faults on every call); ``fastconv.config.release_scratch()`` frees it.
+
+Accuracy: float64 agrees with direct convolution to ~1e-15 relative. float32 (tests/test_winograd.py):
+on typical data max |y - exact| <= 1e-5 * W, W = |bias| + sum |x|*|w| over the output's window;
+measured 0.9-2.4e-7 on the real layers, below float32 direct's 3.5-6e-7 (whose channel sums are
+9x longer). That is not a worst-case bound: the weight transform mixes the weights, so an input
+met by zero weights still brings rounding. The worst case is |y - exact| <= (C/groups + 16) *
+2^-24 * S, S the same computation on |x|, |w| with the absolute values of the transform matrices
+(S is about 7 W on random data; measured errors are 0.2-0.6 * 2^-24 * S).
+
+When it pays (2-core AVX2 machine, float32, forward): on wide 3x3 layers with many channels
+(VGG 256->256 at 28x28: 1.6x PyTorch, 3.2x direct; ResNet 64->64 at 56x56: PyTorch's speed, 2x
+direct); it loses to direct on few input channels (C=3) and on grouped/depthwise layers, where
+the transforms' memory traffic outweighs the saved multiplications.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from ._checks import Conv2dShape
+from .config import scratch, workspace_limit
+from .kernels import gemm as gemm_kernels, winograd as kernels
+
+POINTS = 16               # transform points of F(2x2, 3x3): 4x4 tiles
+GROUPED_GEMM_MIN = 16     # channels per group below which grouped layers use grouped_products
+PRODUCTS = "batched"      # "batched": one parallel loop over gemm's kernels; "gemm_packed": 16 calls
+CHUNK_TARGET_BYTES = 24 * 2**20  # preferred workspace per batch chunk: V and M stay in L3 (32 MiB)
+
+
+
+def winograd_applies(p: Conv2dShape) -> bool:
+    """True when Winograd F(2x2, 3x3) can run the shape: 3x3 kernel, stride 1, dilation 1
+    (any padding, any groups)."""
+    return (p.r, p.s) == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
+
+
+def _tiles(p: Conv2dShape) -> tuple[int, int]:
+    """Tile rows and columns per image: ceil(OH/2), ceil(OW/2)."""
+    return (p.oh + 1) // 2, (p.ow + 1) // 2
+
+
+def workspace_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
+    """Winograd's workspace per image: V (16 x C x tiles) and M (16 x K x tiles)."""
+    th, tw = _tiles(p)
+    return POINTS * (p.c + p.k) * th * tw * itemsize
+
+
+def chunk_images(p: Conv2dShape, itemsize: int) -> int:
+    """Images per batch chunk: ValueError if one image's workspace is above the workspace limit;
+    otherwise as many as fit both the limit and CHUNK_TARGET_BYTES (measured: V and M kept
+    within L3 run 5-10% faster than whole-batch chunks), balanced over the chunks."""
+    per_image = workspace_bytes_per_image(p, itemsize)
+    limit = workspace_limit()
+    if per_image > limit:
+        th, tw = _tiles(p)
+        raise ValueError(
+            f"winograd needs {per_image / 2**20:.1f} MiB of workspace for one image (16 x (C={p.c} + "
+            f"K={p.k}) x {th * tw} tiles x {itemsize} bytes), above the workspace limit of "
+            f"{limit / 2**20:.1f} MiB: raise it with fastconv.set_workspace_limit() or use algo='direct'"
+        )
+    most = max(1, min(p.n, limit // per_image, CHUNK_TARGET_BYTES // per_image))
+    chunks = -(-p.n // most)
+    return -(-p.n // chunks)
+
+
+def use_grouped_products(p: Conv2dShape) -> bool:
+    """Whether the 16 per-point products run as one fused Numba loop over all groups instead
+    of 16 x groups GEMM calls: grouped layers with few channels per group."""
+    return p.groups > 1 and min(p.c, p.k) // p.groups < GROUPED_GEMM_MIN
+
+
+def transform_weight(weight: np.ndarray) -> np.ndarray:
+    """U (16, K, C/groups) = G g G^T of (K, C/groups, 3, 3) weights, in the weights' dtype."""
+    u = np.empty((POINTS, weight.shape[0], weight.shape[1]), weight.dtype)
+    kernels.filter_transform(weight, u)
+    return u
+
+
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
+    """y (N, K, OH, OW) = conv2d(x, weight, bias) by Winograd F(2x2, 3x3)."""
+    if not winograd_applies(p):
+        raise ValueError(
+            f"winograd needs a 3x3 kernel, stride 1 and dilation 1, got kernel ({p.r}, {p.s}), "
+            f"stride {p.stride}, dilation {p.dilation}"
+        )
+    dtype = x.dtype
+    y = np.empty(p.y_shape, dtype)
+    if p.n == 0:
+        return y
+    nb = chunk_images(p, dtype.itemsize)
+    th, tw = _tiles(p)
+    tiles = th * tw
+    top, _, left, _ = p.padding
+    groups, cg, kg = p.groups, p.c // p.groups, p.k // p.groups
+    mode = "grouped" if use_grouped_products(p) else PRODUCTS
+    nr = 2 * (gemm_kernels.VECTOR_BYTES // dtype.itemsize)  # columns of a packed B sliver
+    u_size = POINTS * p.k * cg
+    pack_size = POINTS * groups * cg * (-(-kg // nr) * nr) if mode == "batched" else 0
+    buf = scratch("winograd", u_size + pack_size + POINTS * (p.c + p.k) * nb * tiles, dtype)
+    u = buf[:u_size].reshape(POINTS, p.k, cg)
+    kernels.filter_transform(weight, u)
+    if mode == "batched":
+        b_pack = buf[u_size:u_size + pack_size].reshape(POINTS, groups, -1)
+        kernels.pack_weights(u, b_pack)
+    b = bias if bias is not None else np.zeros(p.k, dtype)
+    work = buf[u_size + pack_size:]
+    for n0 in range(0, p.n, nb):
+        t = min(nb, p.n - n0) * tiles
+        v = work[:POINTS * p.c * t].reshape(POINTS, p.c, t)
+        m = work[POINTS * p.c * t:POINTS * (p.c + p.k) * t].reshape(POINTS, groups, t, kg)
+        kernels.input_transform(x, v, n0, top, left, th, tw)
+        if mode == "grouped":
+            kernels.grouped_products(u, v, m)
+        elif mode == "batched":
+            kernels.products(v, b_pack, m)
+        else:
+            for g in range(groups):
+                for xi in range(POINTS):  # m[xi, g] (T x Kg) = v[xi, group g].T @ u[xi, group g].T
+                    gemm_kernels.gemm_packed(v[xi, g * cg:(g + 1) * cg], u[xi, g * kg:(g + 1) * kg],
+                                             m[xi, g], True, True)
+        kernels.output_transform(m, b, y, n0, th, tw)
+    return y
