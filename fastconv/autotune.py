@@ -52,7 +52,8 @@ def _machine() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}|threads={numba.get_num_threads()}"
+    from . import __version__
+    return f"{cpu}|threads={numba.get_num_threads()}|fastconv={__version__}"
 
 
 def _load() -> None:

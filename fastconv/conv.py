@@ -199,10 +199,10 @@ def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
 def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, run: Callable[[str], object]) -> str:
     """The algorithm ``algo="auto"`` runs for this problem: measured once per process (``fastconv.autotune``),
     with ``choose_conv2d_algorithm`` as the rule for small problems or when timing is off."""
-    key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
-           f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}")
-    flops = p.flops * (2 if pass_ == "backward" else 1)
     names = _candidates(p, dtype.itemsize)
+    key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
+           f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}.{'|'.join(names)}")  # new candidates: re-time
+    flops = p.flops * (2 if pass_ == "backward" else 1)
     return autotune.choose(key, flops, choose_conv2d_algorithm(p, dtype.itemsize),
                            {name: (lambda name=name: run(name)) for name in names})
 
