@@ -26,14 +26,15 @@ PASSES = ("forward", "backward")
 MODELS = ("lenet5", "cifar_cnn", "resnet20", "resnext_cifar")  # train_step cases: a model, "-bN" for batch N
 CONV_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg",
                "alexnet", "depthwise")
-IMPLS = ("direct", "im2col", "im2col_packed", "blas", "packed", "auto", "naive", "numpy", "pytorch")
+IMPLS = ("direct", "direct_simd", "im2col", "im2col_packed", "winograd", "blas", "packed", "auto", "naive", "numpy",
+         "pytorch")
 IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch"}
 SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM",
                 "train_step": "training step"}
 REQUIRED_KEYS = ("suite", "case", "pass", "impl", "flops")
 DEFAULT_DTYPE = "float32"
 PLOT_DPI = 110
-COLORS = {"direct": "#1f77b4", "im2col": "#ff7f0e", "im2col_packed": "#2ca02c", "blas": "#ff7f0e",
+COLORS = {"direct": "#1f77b4", "direct_simd": "#bcbd22", "winograd": "#e377c2", "im2col": "#ff7f0e", "im2col_packed": "#2ca02c", "blas": "#ff7f0e",
           "packed": "#2ca02c", "auto": "#17becf", "naive": "#7f7f7f", "numpy": "#9467bd",
           "pytorch": "#d62728"}
 
