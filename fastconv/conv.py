@@ -151,7 +151,7 @@ CONV2D_ALGORITHMS = {
 
 
 def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
-    """The algorithm ``algo="auto"`` runs for a shape.
+    """The algorithm ``algo="auto"`` runs for a problem too small to time (or with timing off).
 
     Measured on the benchmark layers (2-core AVX2 machine, float32, see the README): direct wins
     on depthwise and on small stride-1 layers (LeNet, the CIFAR CNN, ResNet 3x3 at 64 channels);
