@@ -51,6 +51,9 @@ def run(repeat: int = 5) -> None:
             if algo == "naive":
                 seconds = median_seconds(lambda: conv2d(x[:1], w, padding=pad, algo="naive"), 1) * n
                 first, err, label = 0.0, 0.0, "naive*"
+            elif algo == "winograd" and r != 3:
+                print(f"{name:<15}{algo:<15}{'(3x3 kernels only)':>30}")
+                continue
             else:
                 t0 = time.perf_counter()
                 y = conv2d(x, w, padding=pad, algo=algo)

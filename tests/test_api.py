@@ -53,3 +53,13 @@ def test_unbatched_input_gives_unbatched_results():
     y, idx = fc.max_pool2d(x, 2, return_indices=True)
     assert y.shape == idx.shape == (2, 3, 3)
     assert fc.max_pool2d_backward(np.ones_like(y), x, 2).shape == x.shape
+
+
+def test_demo_runs_every_algorithm(monkeypatch, capsys):
+    from fastconv import demo
+    monkeypatch.setattr(demo, "LAYERS", [("tiny 5x5", (2, 2, 8, 8), 3, 5, 2), ("tiny 3x3", (2, 2, 8, 8), 3, 3, 1)])
+    demo.run(repeat=1)
+    out = capsys.readouterr().out
+    for algo in fc.algorithms("conv2d"):
+        assert out.count(f" {algo} ") + out.count(f" {algo}*") >= 2 or algo in out
+    assert "(3x3 kernels only)" in out
