@@ -14,7 +14,7 @@ import numpy as np
 from . import autotune, direct_simd, naive, winograd
 from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
                       conv2d_shape)
-from .config import scratch, workspace_limit
+from .config import batch_chunk, scratch, workspace_limit
 from .kernels import direct, gemm as gemm_kernels, im2col as im2col_kernels
 
 
@@ -71,16 +71,8 @@ def _im2col_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
 
 
 def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
-    """Images per batch chunk: as many as fit CHUNK_BYTES of workspace (at least one), within the
-    workspace limit; ValueError if one image does not fit the limit."""
-    per_image = _im2col_bytes_per_image(p, itemsize)
-    limit = workspace_limit()
-    if per_image > limit:
-        raise ValueError(
-            f"im2col needs {per_image / 2**20:.1f} MiB of workspace for one image, above the workspace "
-            f"limit of {limit / 2**20:.1f} MiB: raise it with fastconv.set_workspace_limit() or use algo='direct'"
-        )
-    return max(1, min(p.n, min(limit, CHUNK_BYTES) // per_image))
+    """Images per batch chunk: about CHUNK_BYTES of workspace each, within the workspace limit."""
+    return batch_chunk("im2col", _im2col_bytes_per_image(p, itemsize), p.n, CHUNK_BYTES)
 
 
 CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, memory stays near the output's
@@ -172,7 +164,7 @@ def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, group
     check_algo("conv2d", algo, list(CONV2D_ALGORITHMS))
     xb, unbatched = batched("x", x)
     p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
-    if algo.startswith("im2col"):
+    if algo.startswith("im2col") and p.n:
         _im2col_chunk(p, x.dtype.itemsize)
     if algo == "winograd":
         if not winograd.winograd_applies(p):

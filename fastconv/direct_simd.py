@@ -2,9 +2,8 @@
 
 ``forward(x, weight, bias, p) -> y`` has the signature of conv.py's algorithms: x (N, C, H, W)
 batched, C-contiguous, validated; weight (K, C/groups, R, S) C-contiguous; bias (K,) or None;
-p the ``Conv2dShape``. ``applies(p)`` says whether it runs a shape: every valid shape (any
-stride, dilation, padding, groups and kernel size), float32 and float64. It is fast when
-K/groups is large (blocks of MR = 6 output channels; a last partial block computes zero
+p the ``Conv2dShape``. It runs every valid shape (any stride, dilation, padding, groups and
+kernel size), float32 and float64. It is fast when K/groups is large (blocks of MR = 6 output channels; a last partial block computes zero
 channels) and C/groups*R*S is not tiny; depthwise layers waste 5/6 of the work.
 
 ``forward`` runs one of two kernels (``choose_kernel``): "rows" (vectors along output
@@ -25,11 +24,6 @@ from .config import scratch
 from .kernels import direct_simd as kernels
 
 BATCH_PREFERENCE = 0.85     # the batch kernel runs when its lane use * this beats the row kernel's
-
-
-def applies(p: Conv2dShape) -> bool:
-    """True for every valid Conv2dShape (any stride, dilation, padding, groups, R, S)."""
-    return True
 
 
 def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:

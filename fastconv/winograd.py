@@ -12,12 +12,11 @@ Steps (kernels and layouts in ``fastconv.kernels.winograd``):
   2. per batch chunk of nb images: V = B^T d B for every 4x4 input tile (stride 2; zero padding
      and ragged last tiles read zeros): (16, C, T), T = nb * ceil(OH/2) * ceil(OW/2).
   3. for the 16 points xi (and each group): M[xi] (T x K/groups) = V[xi]^T @ U[xi]^T, the
-     FLOPs, by our own packed SIMD GEMM (Numba's thread pool; never BLAS). With PRODUCTS =
-     "batched" (the default) all 16 x groups products run in one parallel loop built from
-     fastconv.kernels.gemm's packing routines and micro-kernel; "gemm_packed" makes 16 x groups
-     calls of gemm_packed instead (same arithmetic; 2-14% slower when the machine is quiet, and
-     far slower when it is not: each call is two thread-pool barriers). Grouped layers with
-     fewer than GROUPED_GEMM_MIN channels per group use one plain fused loop (grouped_products).
+     FLOPs, by our own packed SIMD GEMM (Numba's thread pool; never BLAS): all 16 x groups
+     products run in one parallel loop built from fastconv.kernels.gemm's packing routines and
+     micro-kernel (16 x groups calls of gemm_packed measured 2-14% slower on a quiet machine, far
+     slower on a busy one: each call is two thread-pool barriers). Grouped layers with fewer than
+     GROUPED_GEMM_MIN channels per group use one plain fused loop (grouped_products).
   4. Y = A^T M A + bias, clipped to (OH, OW).
 
 Workspace: V and M, 16 * (C + K) * ceil(OH/2) * ceil(OW/2) elements per image, checked against
@@ -46,12 +45,11 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import Conv2dShape
-from .config import scratch, workspace_limit
+from .config import batch_chunk, scratch
 from .kernels import gemm as gemm_kernels, winograd as kernels
 
 POINTS = 16               # transform points of F(2x2, 3x3): 4x4 tiles
 GROUPED_GEMM_MIN = 16     # channels per group below which grouped layers use grouped_products
-PRODUCTS = "batched"      # "batched": one parallel loop over gemm's kernels; "gemm_packed": 16 calls
 CHUNK_TARGET_BYTES = 24 * 2**20  # preferred workspace per batch chunk: V and M stay in L3 (32 MiB)
 
 
@@ -74,21 +72,9 @@ def workspace_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
 
 
 def chunk_images(p: Conv2dShape, itemsize: int) -> int:
-    """Images per batch chunk: ValueError if one image's workspace is above the workspace limit;
-    otherwise as many as fit both the limit and CHUNK_TARGET_BYTES (measured: V and M kept
-    within L3 run 5-10% faster than whole-batch chunks), balanced over the chunks."""
-    per_image = workspace_bytes_per_image(p, itemsize)
-    limit = workspace_limit()
-    if per_image > limit:
-        th, tw = _tiles(p)
-        raise ValueError(
-            f"winograd needs {per_image / 2**20:.1f} MiB of workspace for one image (16 x (C={p.c} + "
-            f"K={p.k}) x {th * tw} tiles x {itemsize} bytes), above the workspace limit of "
-            f"{limit / 2**20:.1f} MiB: raise it with fastconv.set_workspace_limit() or use algo='direct'"
-        )
-    most = max(1, min(p.n, limit // per_image, CHUNK_TARGET_BYTES // per_image))
-    chunks = -(-p.n // most)
-    return -(-p.n // chunks)
+    """Images per batch chunk: within the workspace limit and CHUNK_TARGET_BYTES (measured: V and M
+    kept within L3 run 5-10% faster than whole-batch chunks)."""
+    return batch_chunk("winograd", workspace_bytes_per_image(p, itemsize), p.n, CHUNK_TARGET_BYTES)
 
 
 def use_grouped_products(p: Conv2dShape) -> bool:
@@ -97,20 +83,9 @@ def use_grouped_products(p: Conv2dShape) -> bool:
     return p.groups > 1 and min(p.c, p.k) // p.groups < GROUPED_GEMM_MIN
 
 
-def transform_weight(weight: np.ndarray) -> np.ndarray:
-    """U (16, K, C/groups) = G g G^T of (K, C/groups, 3, 3) weights, in the weights' dtype."""
-    u = np.empty((POINTS, weight.shape[0], weight.shape[1]), weight.dtype)
-    kernels.filter_transform(weight, u)
-    return u
-
-
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
-    """y (N, K, OH, OW) = conv2d(x, weight, bias) by Winograd F(2x2, 3x3)."""
-    if not winograd_applies(p):
-        raise ValueError(
-            f"winograd needs a 3x3 kernel, stride 1 and dilation 1, got kernel ({p.r}, {p.s}), "
-            f"stride {p.stride}, dilation {p.dilation}"
-        )
+    """y (N, K, OH, OW) = conv2d(x, weight, bias) by Winograd F(2x2, 3x3), for a shape where
+    ``winograd_applies`` (conv2d checks it)."""
     dtype = x.dtype
     y = np.empty(p.y_shape, dtype)
     if p.n == 0:
@@ -120,14 +95,14 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
     tiles = th * tw
     top, _, left, _ = p.padding
     groups, cg, kg = p.groups, p.c // p.groups, p.k // p.groups
-    mode = "grouped" if use_grouped_products(p) else PRODUCTS
+    grouped = use_grouped_products(p)
     nr = 2 * (gemm_kernels.VECTOR_BYTES // dtype.itemsize)  # columns of a packed B sliver
     u_size = POINTS * p.k * cg
-    pack_size = POINTS * groups * cg * (-(-kg // nr) * nr) if mode == "batched" else 0
+    pack_size = 0 if grouped else POINTS * groups * cg * (-(-kg // nr) * nr)
     buf = scratch("winograd", u_size + pack_size + POINTS * (p.c + p.k) * nb * tiles, dtype)
     u = buf[:u_size].reshape(POINTS, p.k, cg)
     kernels.filter_transform(weight, u)
-    if mode == "batched":
+    if not grouped:
         b_pack = buf[u_size:u_size + pack_size].reshape(POINTS, groups, -1)
         kernels.pack_weights(u, b_pack)
     b = bias if bias is not None else np.zeros(p.k, dtype)
@@ -137,14 +112,9 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
         v = work[:POINTS * p.c * t].reshape(POINTS, p.c, t)
         m = work[POINTS * p.c * t:POINTS * (p.c + p.k) * t].reshape(POINTS, groups, t, kg)
         kernels.input_transform(x, v, n0, top, left, th, tw)
-        if mode == "grouped":
+        if grouped:
             kernels.grouped_products(u, v, m)
-        elif mode == "batched":
-            kernels.products(v, b_pack, m)
         else:
-            for g in range(groups):
-                for xi in range(POINTS):  # m[xi, g] (T x Kg) = v[xi, group g].T @ u[xi, group g].T
-                    gemm_kernels.gemm_packed(v[xi, g * cg:(g + 1) * cg], u[xi, g * kg:(g + 1) * kg],
-                                             m[xi, g], True, True)
+            kernels.products(v, b_pack, m)
         kernels.output_transform(m, b, y, n0, th, tw)
     return y
