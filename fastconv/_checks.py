@@ -44,6 +44,23 @@ def check_algo(op: str, algo: object, names: list[str]) -> str:
     return algo
 
 
+def check_int(name: str, value: object, minimum: int) -> int:
+    """`value` as an int: TypeError unless it is an integer (bool is not), ValueError below `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
+def float_dtype(dtype: object) -> np.dtype:
+    """`dtype` as a NumPy dtype: TypeError unless it is float32 or float64."""
+    d = np.dtype(dtype)
+    if d not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {d}")
+    return d
+
+
 def _as_int(name: str, v: object) -> int:
     if isinstance(v, bool) or not isinstance(v, Integral):
         raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")

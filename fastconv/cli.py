@@ -94,7 +94,7 @@ def evaluate(checkpoint: Path, data_dir: Path | None, out: Path | None) -> int:
 
 def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | None) -> int:
     """PNGs of the first convolution's filters and of its feature maps (after ReLU) for one test image."""
-    from . import nn, train
+    from . import data, nn, train
     plots = _plots()
     run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir))
     images = run.dataset.test_images
@@ -102,7 +102,7 @@ def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | N
         raise ValueError(f"--index must be in [0, {len(images)}), got {index}")
     layers = run.model.layers
     first = next(i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d))
-    x = next(iter(train.data.DataLoader(images[index:index + 1], run.dataset.test_labels[index:index + 1], 1,
+    x = next(iter(data.DataLoader(images[index:index + 1], run.dataset.test_labels[index:index + 1], 1,
                                         mean=run.dataset.mean, std=run.dataset.std, dtype=run.settings["dtype"])))[0]
     run.model.eval()
     maps = nn.Sequential(*layers[:first + 2])(x)[0]

@@ -17,10 +17,11 @@ import math
 import struct
 import zlib
 from collections.abc import Iterator
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
+
+from ._checks import check_int, float_dtype
 
 MNIST_DIR = Path(__file__).parent / "datasets" / "mnist"
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -44,14 +45,6 @@ _CHUNK = 1 << 20
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
 def _check_images(name: str, images: object, shape: tuple[int, ...] | None = None) -> None:
     """`images` must be a 4-D uint8 array, of `shape` (per example, None for any) when given."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
@@ -65,12 +58,6 @@ def _check_mean_std(channels: int, mean: tuple[float, ...], std: tuple[float, ..
         raise ValueError(f"mean and std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
     if min(std) <= 0:
         raise ValueError(f"std must be positive, got {std}")
-
-
-def _check_float_dtype(dtype: object) -> np.dtype:
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
-    return np.dtype(dtype)
 
 
 def _read_at_most(stream: io.IOBase, limit: int) -> bytearray:
@@ -243,8 +230,8 @@ def split(images: np.ndarray, labels: np.ndarray, n_train: int,
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"images and labels must have the same length, got {n} and {len(labels)}")
-    n_train = _check_int("n_train", n_train, 1)
-    n_test = _check_int("n_test", n - n_train if n_test is None else n_test, 1)
+    n_train = check_int("n_train", n_train, 1)
+    n_test = check_int("n_test", n - n_train if n_test is None else n_test, 1)
     if n_train + n_test > n:
         raise ValueError(f"n_train + n_test = {n_train + n_test} is more than the {n} examples")
     return images[:n_train], labels[:n_train], images[n - n_test:], labels[n - n_test:]
@@ -256,7 +243,7 @@ def random_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> n
     Offsets are uniform in 0..2*padding on each axis. Returns a new array, same dtype and shape.
     """
     _check_images("images", images)
-    padding = _check_int("padding", padding, 0)
+    padding = check_int("padding", padding, 0)
     n, _, h, w = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     offsets = rng.integers(0, 2 * padding + 1, size=(n, 2))
@@ -280,7 +267,7 @@ def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
     """uint8 images (N, C, H, W) -> C-contiguous `dtype` array of (images / 255 - mean[c]) / std[c]."""
     _check_images("images", images)
     _check_mean_std(images.shape[1], mean, std)
-    dtype = _check_float_dtype(dtype)
+    dtype = float_dtype(dtype)
     out = np.array(images, dtype=dtype, order="C")
     out /= 255
     out -= np.asarray(mean, dtype).reshape(-1, 1, 1)
@@ -308,11 +295,11 @@ class DataLoader:
             raise ValueError(f"labels must have shape ({len(images)},) to match images, got {labels.shape}")
         _check_mean_std(images.shape[1], mean, std)
         self.images, self.labels = images, labels.astype(np.int64)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
-        self.crop_padding = _check_int("crop_padding", crop_padding, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.seed = check_int("seed", seed, 0)
+        self.crop_padding = check_int("crop_padding", crop_padding, 0)
         self.shuffle, self.flip, self.drop_last = bool(shuffle), bool(flip), bool(drop_last)
-        self.mean, self.std, self.dtype = tuple(mean), tuple(std), _check_float_dtype(dtype)
+        self.mean, self.std, self.dtype = tuple(mean), tuple(std), float_dtype(dtype)
         self.num_examples = len(images)
         self.epoch = 0
 

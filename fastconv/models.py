@@ -10,8 +10,9 @@ converts. ``MODELS`` maps the names the CLI accepts to these constructors.
 """
 from __future__ import annotations
 
+from ._checks import check_int
 from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Module, ReLU, Residual,
-                 Sequential, _positive_int)
+                 Sequential)
 
 
 def _feature_size(size: int, what: str) -> int:
@@ -25,7 +26,7 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) ->
 
     With 1x28x28 inputs and 10 classes it has 61,706 parameters.
     """
-    side = _feature_size((_positive_int("image_size", image_size) // 2 - 4) // 2, "lenet5 (at least 12x12)")
+    side = _feature_size((check_int("image_size", image_size, 1) // 2 - 4) // 2, "lenet5 (at least 12x12)")
     return Sequential(
         Conv2d(in_channels, 6, 5, padding=2), ReLU(), MaxPool2d(2),
         Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
@@ -39,7 +40,7 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) ->
 def cifar_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> Sequential:
     """The classic small CIFAR-10 CNN: conv32 3x3, pool, conv64 3x3, pool, conv64 3x3, dense 64, dense classes,
     ReLU after every convolution and the first dense layer. 3x32x32 inputs, 10 classes: 122,570 parameters."""
-    side = _feature_size(((_positive_int("image_size", image_size) - 2) // 2 - 2) // 2 - 2,
+    side = _feature_size(((check_int("image_size", image_size, 1) - 2) // 2 - 2) // 2 - 2,
                          "cifar_cnn (at least 18x18)")
     return Sequential(
         Conv2d(in_channels, 32, 3), ReLU(), MaxPool2d(2),

@@ -17,6 +17,7 @@ from numbers import Real
 
 import numpy as np
 
+from ._checks import check_int
 from .kernels import elementwise
 from .nn import Parameter
 
@@ -158,9 +159,7 @@ class StepLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
-        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
-            raise ValueError(f"step_size must be a positive int, got {step_size!r}")
-        self.step_size, self.gamma = step_size, _non_negative("gamma", gamma)
+        self.step_size, self.gamma = check_int("step_size", step_size, 1), _non_negative("gamma", gamma)
 
     def lr_at(self, epoch: int) -> float:
         return self.optimizer.initial_lr * self.gamma ** (epoch // self.step_size)
@@ -171,9 +170,7 @@ class CosineAnnealingLR(LRScheduler):
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803 (PyTorch's name)
         super().__init__(optimizer)
-        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
-            raise ValueError(f"T_max must be a positive int, got {T_max!r}")
-        self.T_max, self.eta_min = T_max, _non_negative("eta_min", eta_min)
+        self.T_max, self.eta_min = check_int("T_max", T_max, 1), _non_negative("eta_min", eta_min)
 
     def lr_at(self, epoch: int) -> float:
         base = self.optimizer.initial_lr

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import data, models, nn, optim
+from ._checks import check_int
 
 CHECKPOINT_VERSION = 1
 
@@ -250,8 +251,7 @@ def build_run(settings: dict) -> Run:
         raise ValueError(f"optimizer must be one of {sorted(DEFAULT_LR)}, got {s['optimizer']!r}")
     if s["schedule"] not in ("none", "step", "cosine"):
         raise ValueError(f"schedule must be 'none', 'step' or 'cosine', got {s['schedule']!r}")
-    if not isinstance(s["epochs"], int) or s["epochs"] < 1:
-        raise ValueError(f"epochs must be a positive int, got {s['epochs']!r}")
+    check_int("epochs", s["epochs"], 1)
     s["lr"] = DEFAULT_LR[s["optimizer"]] if s["lr"] is None else s["lr"]
     s["augment"] = (s["data"] == "cifar10") if s["augment"] is None else s["augment"]
     ds = load_dataset(s["data"], s["data_dir"], s["train_size"], s["test_size"])

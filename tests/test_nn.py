@@ -870,7 +870,7 @@ def test_scheduler_load_state_dict_sets_the_lr():
 
 @pytest.mark.parametrize("build,error", [
     (lambda o: optim.StepLR(o, step_size=0), ValueError),
-    (lambda o: optim.StepLR(o, step_size=1.5), ValueError),
+    (lambda o: optim.StepLR(o, step_size=1.5), TypeError),
     (lambda o: optim.StepLR(o, step_size=2, gamma=-0.1), ValueError),
     (lambda o: optim.CosineAnnealingLR(o, T_max=0), ValueError),
     (lambda o: optim.CosineAnnealingLR(o, T_max=5, eta_min=-1.0), ValueError),
@@ -888,8 +888,8 @@ def test_scheduler_rejects_bad_arguments(build, error):
     (dict(in_channels=4, out_channels=3, kernel_size=3, groups=2), ValueError),
     (dict(in_channels=0, out_channels=4, kernel_size=3), ValueError),
     (dict(in_channels=3, out_channels=-1, kernel_size=3), ValueError),
-    (dict(in_channels=3.0, out_channels=4, kernel_size=3), ValueError),
-    (dict(in_channels=True, out_channels=4, kernel_size=3), ValueError),
+    (dict(in_channels=3.0, out_channels=4, kernel_size=3), TypeError),
+    (dict(in_channels=True, out_channels=4, kernel_size=3), TypeError),
     (dict(in_channels=3, out_channels=4, kernel_size=0), ValueError),
     (dict(in_channels=3, out_channels=4, kernel_size=(3, -1)), ValueError),
     (dict(in_channels=3, out_channels=4, kernel_size=2.5), TypeError),
@@ -934,9 +934,10 @@ def test_a_layer_instance_cannot_appear_twice_in_a_model():
         nn.Residual(nn.Sequential(lin), nn.Sequential(lin))
 
 
-@pytest.mark.parametrize("args", [(0, 3), (3, -1), (2.0, 3), (3, True)])
-def test_linear_rejects_bad_sizes(args):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("args,error", [((0, 3), ValueError), ((3, -1), ValueError), ((2.0, 3), TypeError),
+                                        ((3, True), TypeError)])
+def test_linear_rejects_bad_sizes(args, error):
+    with pytest.raises(error):
         nn.Linear(*args)
 
 

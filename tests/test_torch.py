@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import fastconv as fc
-from strategies import assert_close, conv_algo_takes, conv_cases, pool_cases
+from strategies import conv_algo_takes, conv_cases, pool_cases
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0")
 F = torch.nn.functional
