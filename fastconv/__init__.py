@@ -12,8 +12,9 @@ and is cached on disk for later processes.
 """
 from __future__ import annotations
 
-from . import autotune, models, nn, optim
+from . import autotune, cuda, device, models, nn, optim  # noqa: F401
 from .autotune import set_autotune
+from . import device as _device
 from .config import set_workspace_limit, workspace_limit
 from .conv import CONV2D_ALGORITHMS, conv2d, conv2d_backward
 from .gemm import GEMM_ALGORITHMS, gemm
@@ -32,16 +33,17 @@ _ALGORITHMS = {
 
 
 def algorithms(op: str, device: str = "cpu") -> list[str]:
-    """Names accepted by ``algo=`` for `op` ('conv2d', 'max_pool2d', 'avg_pool2d' or 'gemm')."""
+    """Names accepted by ``algo=`` for `op` ('conv2d', 'max_pool2d', 'avg_pool2d' or 'gemm') on
+    `device` ('cpu', or 'cuda' for device arrays; listing them needs no GPU)."""
     if op not in _ALGORITHMS:
         raise ValueError(f"op must be one of {sorted(_ALGORITHMS)}, got {op!r}")
-    if device != "cpu":
-        raise ValueError(f"device must be 'cpu', got {device!r}")
+    if _device.check_device(device) == "cuda":
+        return list(cuda.ALGORITHMS[op])
     return list(_ALGORITHMS[op])
 
 
 __all__ = [
-    "algorithms", "avg_pool2d", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
+    "algorithms", "avg_pool2d", "cuda", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
     "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
     "workspace_limit",
 ]

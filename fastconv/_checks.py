@@ -83,9 +83,13 @@ def pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     return v
 
 
-def check_array(name: str, a: object, ndims: tuple[int, ...], dtype: np.dtype | None = None) -> np.ndarray:
-    """`a` must be a float32/float64 ndarray of one of the ranks `ndims` (and of `dtype`, if given)."""
-    if not isinstance(a, np.ndarray):
+def check_array(name: str, a: object, ndims: tuple[int, ...], dtype: np.dtype | None = None,
+                device: bool = False) -> np.ndarray:
+    """`a` must be a float32/float64 ndarray (a Numba device array if `device`) of one of the ranks
+    `ndims` (and of `dtype`, if given)."""
+    if device and not getattr(a, "__cuda_ndarray__", False):
+        raise TypeError(f"{name} must be a CUDA device array like x, got {type(a).__name__}")
+    if not device and not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.ndim not in ndims:
         ranks = " or ".join(str(d) for d in ndims)
@@ -110,14 +114,20 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=native(a.dtype))
 
 
+def is_device(a: object) -> bool:
+    """Whether `a` is a Numba device array (what the GPU path works on)."""
+    return bool(getattr(a, "__cuda_ndarray__", False))
+
+
 def batched(name: str, x: np.ndarray) -> tuple[np.ndarray, bool]:
     """(N, C, H, W) view of a batched or unbatched (C, H, W) input, and whether it was unbatched."""
-    check_array(name, x, (3, 4))
-    return (x[None], True) if x.ndim == 3 else (x, False)
+    check_array(name, x, (3, 4), device=is_device(x))
+    return (x.reshape((1, *x.shape)), True) if x.ndim == 3 else (x, False)
 
 
-def check_grad(name: str, grad: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    check_array(name, grad, (len(shape),), dtype)
+def check_grad(name: str, grad: np.ndarray, shape: tuple[int, ...], dtype: np.dtype,
+               device: bool = False) -> np.ndarray:
+    check_array(name, grad, (len(shape),), dtype, device)
     if grad.shape != shape:
         raise ValueError(f"{name} must have the output's shape {shape}, got {grad.shape}")
     return grad
@@ -184,7 +194,7 @@ def conv_padding(padding: object, kernel: tuple[int, int], dilation: tuple[int, 
 def conv2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: object,
                  dilation: object, groups: object) -> Conv2dShape:
     """Validate conv2d arguments for a batched x (N, C, H, W) and return the shape rule."""
-    check_array("weight", weight, (4,), x.dtype)
+    check_array("weight", weight, (4,), x.dtype, is_device(x))
     if isinstance(groups, bool) or not isinstance(groups, Integral) or not 1 <= groups <= MAX_SIZE_ARG:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     groups = int(groups)

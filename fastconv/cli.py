@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .device import CudaUnavailableError
+
 BENCH_EXTRA = 'the benchmark tools are missing: pip install -e ".[bench]"'
 
 
@@ -72,10 +74,10 @@ def _plots():
     return plots
 
 
-def evaluate(checkpoint: Path, data_dir: Path | None, out: Path | None) -> int:
+def evaluate(checkpoint: Path, data_dir: Path | None, out: Path | None, device: str | None = None) -> int:
     """Accuracy, loss and confusion matrix of a checkpoint on its run's test images."""
     from . import train
-    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir))
+    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir), device=device)
     result = train.evaluate(run.model, run.test_loader, len(run.dataset.classes))
     confusion, classes = result["confusion"], list(run.dataset.classes)
     print(f"{checkpoint}: {run.settings['model']} on {len(run.dataset.test_labels):,} {run.dataset.name} test "
@@ -96,7 +98,7 @@ def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | N
     """PNGs of the first convolution's filters and of its feature maps (after ReLU) for one test image."""
     from . import data, nn, train
     plots = _plots()
-    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir))
+    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir), device="cpu")
     images = run.dataset.test_images
     if not 0 <= index < len(images):
         raise ValueError(f"--index must be in [0, {len(images)}), got {index}")
@@ -118,7 +120,7 @@ def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | N
 
 def _training_command(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
-        return evaluate(args.checkpoint, args.data_dir, args.out)
+        return evaluate(args.checkpoint, args.data_dir, args.out, args.device)
     if args.command == "visualize":
         return visualize(args.checkpoint, args.index, args.data_dir, args.out)
     from . import train
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="random crops (pad 4) and flips; default on for cifar10, off for mnist")
     tr.add_argument("--seed", type=int, help="initialization, shuffling and augmentation seed (default 0)")
     tr.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    tr.add_argument("--device", choices=["cpu", "cuda"], help="where to train: cpu (default) or cuda (an NVIDIA "
+                    "GPU through numba.cuda: pip install -e '.[cuda]')")
     tr.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATA-TIMESTAMP; "
                                              "with --resume the checkpoint's folder)")
     tr.add_argument("--resume", type=Path, help="continue the run of this checkpoint.npz")
@@ -170,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", type=Path)
     ev.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
     ev.add_argument("--out", type=Path, help="where to write confusion.csv/png (default: the checkpoint's folder)")
+    ev.add_argument("--device", choices=["cpu", "cuda"], help="where to evaluate (default: where the run trained)")
 
     vis = commands.add_parser("visualize", help="pictures of first-layer filters and feature maps of a checkpoint")
     vis.add_argument("checkpoint", type=Path)
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "evaluate", "visualize"):
         try:
             return _training_command(args)
-        except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        except (ValueError, FileNotFoundError, FloatingPointError, CudaUnavailableError) as error:
             print(f"fastconv {args.command}: {error}", file=sys.stderr)
             return 2
 

@@ -11,10 +11,11 @@ from functools import partial
 
 import numpy as np
 
-from . import autotune, direct_simd, naive, winograd
+from . import autotune, cuda, direct_simd, naive, winograd
 from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
                       conv2d_shape)
 from .config import batch_chunk, scratch, workspace_limit
+from .device import is_device_array
 from .kernels import direct, gemm as gemm_kernels, im2col as im2col_kernels
 
 
@@ -209,8 +210,11 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     Returns y: (N, K, OH, OW) (unbatched (K, OH, OW) for an unbatched x) in x's dtype,
     OH = (H + pad_top + pad_bottom - dilation_h*(R-1) - 1) // stride_h + 1, OW likewise.
     float32 or float64; x, weight and bias must share the dtype. ``algo`` is 'auto' or one
-    of ``fastconv.algorithms('conv2d')``.
+    of ``fastconv.algorithms('conv2d')``. On device arrays (``fastconv.device``) it runs on the GPU,
+    with ``fastconv.algorithms('conv2d', device='cuda')``, and returns a device array.
     """
+    if is_device_array(x):
+        return cuda.conv2d(x, weight, bias, stride, padding, dilation, groups, algo=algo)
     xb, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     if bias is not None:
         check_array("bias", bias, (1,), xb.dtype)
@@ -233,8 +237,10 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
 
     grad_y: d loss / d y, shaped like conv2d's output (unbatched when x is);
     grad_x like x, grad_weight like weight, grad_bias (K,) = grad_y summed over N, OH, OW.
-    Arguments and algorithms as in ``conv2d``.
+    Arguments and algorithms as in ``conv2d`` (device arrays in, device arrays out).
     """
+    if is_device_array(x):
+        return cuda.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, algo=algo)
     xb, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype)
     gy = contiguous(gy[None] if unbatched else gy)

@@ -5,8 +5,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from . import naive
+from . import cuda, naive
 from ._checks import check_algo, check_array, check_fits, contiguous, native
+from .device import is_device_array
 from .kernels import gemm as gemm_kernels
 
 
@@ -41,7 +42,10 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     ``algo``: 'auto' (BLAS), 'blas' (NumPy's BLAS called from Numba), 'packed' (our own
     cache-blocked GEMM with packed panels, no BLAS) or 'naive' (Python loops).
     Transposed views (Fortran-ordered operands) are read in place, without a copy.
+    On device arrays: 'auto' or 'tiled' (shared-memory tiled GEMM on the GPU), C-contiguous operands.
     """
+    if is_device_array(a):
+        return cuda.gemm(a, b, algo=algo)
     check_algo("gemm", algo, list(GEMM_ALGORITHMS))
     check_array("a", a, (2,))
     check_array("b", b, (2,), a.dtype)

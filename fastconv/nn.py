@@ -9,6 +9,9 @@ names, so weights move between the two unchanged::
     loss, grad = fc.nn.cross_entropy(model(x), labels)
     model.backward(grad)
 
+``model.to("cuda")`` moves parameters, gradients and buffers to the GPU (``fastconv.device``): the
+model then takes and returns device arrays, and every layer runs its numba.cuda kernels there.
+
 Parameters start as PyTorch initializes them (Kaiming-uniform: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
 weights and biases of Conv2d and Linear), drawn from fastconv's generator: ``fc.manual_seed(seed)``.
 """
@@ -21,7 +24,9 @@ import numpy as np
 
 from ._checks import (FLOAT_DTYPES, check_array, check_grad, check_int, contiguous, conv_padding, float_dtype,
                       native, pair, pool2d_args)
+from . import cuda
 from .conv import conv2d, conv2d_backward
+from .device import as_device, check_device, is_device_array, to
 from .gemm import gemm
 from .kernels import elementwise
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
@@ -39,8 +44,11 @@ class Parameter:
     """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype, zeros at first)."""
 
     def __init__(self, data: np.ndarray) -> None:
-        self.data = np.ascontiguousarray(data, dtype=native(data.dtype))
-        self.grad = np.zeros_like(self.data)
+        if is_device_array(data):
+            self.data, self.grad = as_device("data", data), cuda.zeros(data.shape, data.dtype)
+        else:
+            self.data = np.ascontiguousarray(data, dtype=native(data.dtype))
+            self.grad = np.zeros_like(self.data)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -111,14 +119,17 @@ class Module:
         if missing or unexpected:
             raise ValueError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
         for name, target in own.items():
-            value = np.asarray(state[name])
+            value = to(state[name], "cpu") if is_device_array(state[name]) else np.asarray(state[name])
             if value.shape != target.shape:
                 raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
-            target[...] = value
+            if is_device_array(target):
+                target.copy_to_device(np.ascontiguousarray(value, dtype=target.dtype))
+            else:
+                target[...] = value
 
     def zero_grad(self) -> None:
         for p in self.parameters():
-            p.grad.fill(0)
+            fill(p.grad, 0)
 
     def train(self, mode: bool = True) -> Module:
         self.training = mode
@@ -129,16 +140,33 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
-    def to(self, dtype: object) -> Module:
-        """Convert parameters, gradients and floating buffers to float32 or float64, in place."""
-        d = float_dtype(dtype)
+    def to(self, target: object) -> Module:
+        """Move parameters, gradients and buffers, in place: `target` is a device ('cpu' or 'cuda') or a
+        dtype (float32 or float64; floating arrays are converted where they are)."""
+        if isinstance(target, str) and target.split(":")[0] in ("cpu", "cuda"):
+            device = check_device(target)
+
+            def convert(a):  # integer buffers (counters) stay on the host
+                return to(a, device) if np.dtype(a.dtype).kind == "f" else a
+        else:
+            d = float_dtype(target)
+
+            def convert(a):
+                if np.dtype(a.dtype).kind != "f":
+                    return a
+                return to(to(a, "cpu").astype(d), "cuda") if is_device_array(a) else a.astype(d)
         for p in self.parameters():
-            p.data, p.grad = p.data.astype(d), p.grad.astype(d)
+            p.data, p.grad = convert(p.data), convert(p.grad)
         for module in self.modules():
             for name in module._buffer_names():
-                if getattr(module, name).dtype.kind == "f":
-                    setattr(module, name, getattr(module, name).astype(d))
+                setattr(module, name, convert(getattr(module, name)))
         return self
+
+    @property
+    def device(self) -> str:
+        """'cuda' when the parameters live on the GPU, else 'cpu'."""
+        params = self.parameters()
+        return "cuda" if params and is_device_array(params[0].data) else "cpu"
 
     def modules(self) -> Iterator[Module]:
         yield self
@@ -214,9 +242,9 @@ class Conv2d(Module):
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         gx, gw, gb = conv2d_backward(grad_y, self.x, self.weight.data, *self._args())
-        self.weight.grad += gw
+        accumulate(self.weight.grad, gw)
         if self.bias is not None:
-            self.bias.grad += gb
+            accumulate(self.bias.grad, gb)
         return gx
 
     def extra_repr(self) -> str:
@@ -242,6 +270,12 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}) needs x of shape "
                              f"(N, {self.in_features}), got {x.shape}")
+        if is_device_array(x):
+            self.x = as_device("x", x)
+            y = cuda.matmul(self.x, self.weight.data, trans_b=True)
+            if self.bias is not None:
+                cuda.add_channel_bias(y, self.bias.data)
+            return y
         self.x = x
         y = gemm(x, self.weight.data.T, algo="packed")
         if self.bias is not None:
@@ -249,6 +283,12 @@ class Linear(Module):
         return y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        if is_device_array(grad_y):
+            grad_y = as_device("grad_y", grad_y)
+            cuda.matmul(grad_y, self.x, trans_a=True, out=self.weight.grad)
+            if self.bias is not None:
+                cuda.channel_sum(grad_y, out=self.bias.grad)
+            return cuda.matmul(grad_y, self.weight.data)
         self.weight.grad += gemm(grad_y.T, self.x, algo="packed")
         if self.bias is not None:
             self.bias.grad += grad_y.sum(axis=0)
@@ -263,12 +303,18 @@ class ReLU(Module):
     The gradient passes where the output is positive."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if is_device_array(x):
+            self.y = cuda.relu(as_device("x", x))
+            return self.y
         x = contiguous(check_array("x", x, tuple(range(1, 33))))
         self.y = np.empty_like(x)
         elementwise.relu_forward(x, self.y)
         return self.y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        if is_device_array(self.y):
+            grad_y = check_grad("grad_y", as_device("grad_y", grad_y), self.y.shape, self.y.dtype, device=True)
+            return cuda.relu_backward(grad_y, self.y)
         grad_y = contiguous(check_grad("grad_y", grad_y, self.y.shape, self.y.dtype))
         grad_x = np.empty_like(grad_y)
         elementwise.relu_backward(grad_y, self.y, grad_x)
@@ -320,10 +366,15 @@ class GlobalAvgPool2d(Module):
         if x.ndim != 4:
             raise ValueError(f"GlobalAvgPool2d needs x of shape (N, C, H, W), got {x.shape}")
         self.x_shape = x.shape
+        if is_device_array(x):
+            self.x = x
+            return avg_pool2d(x, x.shape[2:])
         return x.mean(axis=(2, 3), keepdims=True)
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         n, c, h, w = self.x_shape
+        if is_device_array(grad_y):
+            return avg_pool2d_backward(grad_y, self.x, (h, w))
         return np.broadcast_to(grad_y / (h * w), self.x_shape).copy()
 
 
@@ -350,12 +401,17 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self.mask = None
             return x
-        keep = _generator.random(x.shape) >= self.p
+        keep = _generator.random(x.shape) >= self.p  # drawn on the host: the same masks on every device
         self.mask = (keep / (1 - self.p) if self.p < 1 else keep * 0.0).astype(x.dtype)
+        if is_device_array(x):
+            self.mask = to(self.mask, "cuda")
+            return cuda.mul(as_device("x", x), self.mask)
         return x * self.mask
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        return grad_y if self.mask is None else grad_y * self.mask
+        if self.mask is None:
+            return grad_y
+        return cuda.mul(as_device("grad_y", grad_y), self.mask) if is_device_array(grad_y) else grad_y * self.mask
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -389,17 +445,16 @@ class BatchNorm2d(Module):
         if x.ndim != 4 or x.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) needs x of shape (N, {self.num_features}, H, W), "
                              f"got {x.shape}")
+        count = x.size // x.shape[1]
+        if self.training and count < 2:
+            raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got {x.shape}")
+        if is_device_array(x):
+            return self._forward_cuda(as_device("x", x), count)
         shape = (1, -1, 1, 1)
         if self.training:
-            count = x.size // x.shape[1]
-            if count < 2:
-                raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got {x.shape}")
             mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
             var = ((x - mean.reshape(shape).astype(x.dtype)) ** 2).mean(axis=(0, 2, 3), dtype=np.float64)
-            m = self.momentum
-            self.running_mean[...] = (1 - m) * self.running_mean + m * mean
-            self.running_var[...] = (1 - m) * self.running_var + m * var * count / (count - 1)
-            self.num_batches_tracked += 1
+            self._update_running(mean, var, count)
         else:
             mean, var = self.running_mean, self.running_var
         self.invstd = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
@@ -407,7 +462,45 @@ class BatchNorm2d(Module):
         self.batch_stats = self.training
         return self.xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
 
+    def _update_running(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
+        m = self.momentum
+        for name, new in (("running_mean", mean), ("running_var", var * count / (count - 1))):
+            old = getattr(self, name)
+            value = ((1 - m) * to(old, "cpu") + m * new).astype(old.dtype)
+            if is_device_array(old):
+                old.copy_to_device(value)
+            else:
+                old[...] = value
+        self.num_batches_tracked += 1
+
+    def _forward_cuda(self, x, count: int):
+        """The forward on the GPU: per-channel sums on the device, the C statistics on the host."""
+        if self.training:
+            mean = to(cuda.channel_sum(x), "cpu").astype(np.float64) / count
+            centered = cuda.channel_affine(x, to(np.ones(x.shape[1], x.dtype), "cuda"), to(-mean.astype(x.dtype), "cuda"))
+            var = to(cuda.channel_sum(cuda.mul(centered, centered)), "cpu").astype(np.float64) / count
+            self._update_running(mean, var, count)
+        else:
+            mean, var = to(self.running_mean, "cpu").astype(np.float64), to(self.running_var, "cpu").astype(np.float64)
+        invstd = 1 / np.sqrt(var + self.eps)
+        self.invstd, self.count, self.batch_stats = invstd.astype(x.dtype), count, self.training
+        self.xhat = cuda.channel_affine(x, to(self.invstd, "cuda"), to((-mean * invstd).astype(x.dtype), "cuda"))
+        return cuda.channel_affine(self.xhat, self.weight.data, self.bias.data)
+
+    def _backward_cuda(self, grad_y):
+        cuda.channel_sum(grad_y, out=self.bias.grad)
+        cuda.channel_sum(cuda.mul(grad_y, self.xhat), out=self.weight.grad)
+        scale = (to(self.weight.data, "cpu") * self.invstd).astype(self.invstd.dtype)
+        g = cuda.channel_affine(grad_y, to(scale, "cuda"), to(np.zeros_like(scale), "cuda"))
+        if not self.batch_stats:
+            return g
+        mean_g = to(cuda.channel_sum(g), "cpu") / self.count
+        mean_gxhat = to(cuda.channel_sum(cuda.mul(g, self.xhat)), "cpu") / self.count
+        return cuda.batch_norm_backward_input(g, self.xhat, to(mean_g, "cuda"), to(mean_gxhat, "cuda"))
+
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        if is_device_array(grad_y):
+            return self._backward_cuda(as_device("grad_y", grad_y))
         shape = (1, -1, 1, 1)
         self.bias.grad += grad_y.sum(axis=(0, 2, 3))
         self.weight.grad += (grad_y * self.xhat).sum(axis=(0, 2, 3))
@@ -430,22 +523,49 @@ class Residual(Module):
         self._check_unique()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+        return _add(self.body(x), x if self.shortcut is None else self.shortcut(x))
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         gx = self.body.backward(grad_y)
-        return gx + (grad_y if self.shortcut is None else self.shortcut.backward(grad_y))
+        return _add(gx, grad_y if self.shortcut is None else self.shortcut.backward(grad_y))
 
 
-def _check_logits(logits: np.ndarray) -> None:
-    if not isinstance(logits, np.ndarray) or logits.ndim != 2 or native(logits.dtype) not in FLOAT_DTYPES:
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return cuda.add(as_device("a", a), as_device("b", b)) if is_device_array(a) else a + b
+
+
+def accumulate(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst += src in place, on the CPU or the GPU (where dst lives)."""
+    if is_device_array(dst):
+        cuda.add(dst, as_device("src", src), dst)
+    else:
+        dst += src
+
+
+def fill(a: np.ndarray, value: float) -> None:
+    """a[...] = value in place, on the CPU or the GPU."""
+    if is_device_array(a):
+        cuda.fill(a, value)
+    else:
+        a.fill(value)
+
+
+def _check_logits(logits: np.ndarray) -> np.ndarray:
+    if is_device_array(logits):
+        logits = as_device("logits", logits)
+    elif not isinstance(logits, np.ndarray) or native(logits.dtype) not in FLOAT_DTYPES:
+        logits = None
+    if logits is None or logits.ndim != 2:
         raise ValueError(f"logits must be a float32/float64 array of shape (N, classes), got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
+    return logits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Class probabilities (N, classes) from logits (N, classes), computed stably (max subtracted)."""
-    _check_logits(logits)
+    logits = _check_logits(logits)
+    if is_device_array(logits):
+        return cuda.softmax(logits)
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -456,16 +576,24 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     logits (N, classes) float, labels (N,) ints in [0, classes). Log-softmax and the loss are fused
     and use log-sum-exp with the row maximum subtracted, so large logits do not overflow.
     Returns (loss, grad) with grad = (softmax(logits) - onehot(labels)) / N, shaped like logits.
+    On device logits the grad is a device array; labels may then be an int64 device array (trusted
+    to lie in range) or a host array (checked).
     """
-    _check_logits(logits)
-    labels = np.asarray(labels)
+    logits = _check_logits(logits)
     n, classes = logits.shape
+    if is_device_array(logits) and is_device_array(labels):
+        if n == 0:
+            raise ValueError("cross_entropy needs at least one example")
+        return cuda.cross_entropy(logits, labels)
+    labels = np.asarray(labels)
     if labels.shape != (n,) or labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
     if n == 0:
         raise ValueError("cross_entropy needs at least one example")
     if labels.min() < 0 or labels.max() >= classes:
         raise ValueError(f"labels must be in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
+    if is_device_array(logits):
+        return cuda.cross_entropy(logits, labels)
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     total = e.sum(axis=1, keepdims=True)
@@ -479,10 +607,19 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
 
 def mse_loss(prediction: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean of (prediction - target)**2 over all elements, and its gradient with respect to prediction."""
-    if not isinstance(prediction, np.ndarray) or not isinstance(target, np.ndarray) or prediction.shape != target.shape:
+    if is_device_array(prediction):
+        prediction = check_array("prediction", as_device("prediction", prediction), tuple(range(33)), device=True)
+    elif not isinstance(prediction, np.ndarray) or not isinstance(target, np.ndarray):
+        prediction = None
+    if prediction is None or getattr(target, "shape", None) != prediction.shape:
         raise ValueError(f"prediction and target must be arrays of one shape, got {getattr(prediction, 'shape', None)} "
                          f"and {getattr(target, 'shape', None)}")
     if prediction.size == 0:
         raise ValueError("mse_loss needs at least one element")
+    if is_device_array(prediction):
+        target = check_array("target", as_device("target", target), (prediction.ndim,), prediction.dtype, device=True)
+        diff = cuda.scaled_difference(prediction, target, 1.0)
+        grad = cuda.scaled_difference(prediction, target, 2 / diff.size)
+        return cuda.total(cuda.mul(diff, diff)) / diff.size, grad
     diff = prediction - target
     return float(np.mean(diff * diff)), (2 / diff.size) * diff

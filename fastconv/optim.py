@@ -8,7 +8,8 @@
         sched.step()
 
 Updates are in place on ``Parameter.data``, one compiled loop per parameter (``kernels/elementwise.py``),
-in the parameter's dtype; optimizer state has each parameter's dtype.
+in the parameter's dtype; optimizer state has each parameter's dtype and lives where it does (on the GPU
+for a model moved there with ``model.to("cuda")``, updated by the numba.cuda kernels).
 """
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from numbers import Real
 
 import numpy as np
 
+from . import cuda
 from ._checks import check_int
+from .device import is_device_array, to
 from .kernels import elementwise
-from .nn import Parameter
+from .nn import Parameter, fill
 
 
 def _non_negative(name: str, v: object) -> float:
@@ -42,14 +45,19 @@ class Optimizer:
 
     def zero_grad(self) -> None:
         for p in self.params:
-            p.grad.fill(0)
+            fill(p.grad, 0)
 
     def step(self) -> None:
         for i, p in enumerate(self.params):
-            if not (p.data.flags.c_contiguous and p.data.flags.writeable and p.grad.shape == p.data.shape
+            on_device = is_device_array(p.data)
+            writeable = (on_device and is_device_array(p.grad) and p.data.is_c_contiguous()
+                         and p.grad.is_c_contiguous()) or \
+                (not on_device and isinstance(p.grad, np.ndarray) and p.data.flags.c_contiguous
+                 and p.data.flags.writeable and p.grad.flags.c_contiguous)
+            if not (writeable and p.grad.shape == p.data.shape
                     and p.grad.dtype == p.data.dtype and p.data.dtype in (np.float32, np.float64)):
                 raise ValueError(f"parameter {i} must hold a writeable C-contiguous float32/float64 .data and a "
-                                 f".grad of its shape and dtype, got {p.data.dtype} {p.data.shape} and "
+                                 f".grad of its shape, dtype and device, got {p.data.dtype} {p.data.shape} and "
                                  f"{p.grad.dtype} {p.grad.shape}")
         self.steps += 1
         for p, state in zip(self.params, self.state):
@@ -62,7 +70,7 @@ class Optimizer:
         """Arrays by name ('lr', 'steps', '3.momentum_buffer', ...), for ``.npz`` checkpoints."""
         out = {"lr": np.array(self.lr), "initial_lr": np.array(self.initial_lr), "steps": np.array(self.steps)}
         for i, state in enumerate(self.state):
-            out.update({f"{i}.{k}": v for k, v in state.items()})
+            out.update({f"{i}.{k}": to(v, "cpu") for k, v in state.items()})
         return out
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
@@ -75,7 +83,12 @@ class Optimizer:
                 i = int(index)
                 if not 0 <= i < len(self.params) or np.shape(value) != self.params[i].data.shape:
                     raise ValueError(f"optimizer state {key!r} does not match parameter {i} of the model")
-                self.state[i][name] = np.array(value, dtype=self.params[i].data.dtype)
+                value = np.array(to(value, "cpu"), dtype=self.params[i].data.dtype)
+                self.state[i][name] = to(value, "cuda") if is_device_array(self.params[i].data) else value
+
+
+def _zeros_like(a: np.ndarray) -> np.ndarray:
+    return cuda.zeros(a.shape, a.dtype) if is_device_array(a) else np.zeros_like(a)
 
 
 class SGD(Optimizer):
@@ -96,11 +109,14 @@ class SGD(Optimizer):
     def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
         first = "momentum_buffer" not in state
         if self.momentum and first:
-            state["momentum_buffer"] = np.empty_like(p.data)
+            state["momentum_buffer"] = _zeros_like(p.data)
         buf = state.get("momentum_buffer", p.data)  # unused without momentum
         t = p.data.dtype.type
-        elementwise.sgd_update(p.data.reshape(-1), p.grad.reshape(-1), buf.reshape(-1), t(self.lr), t(self.momentum),
-                               t(self.dampening), t(self.weight_decay), self.nesterov, first)
+        args = (t(self.lr), t(self.momentum), t(self.dampening), t(self.weight_decay), self.nesterov, first)
+        if is_device_array(p.data):
+            cuda.sgd_update(p.data, p.grad, buf, *args)
+        else:
+            elementwise.sgd_update(p.data.reshape(-1), p.grad.reshape(-1), buf.reshape(-1), *args)
 
 
 class Adam(Optimizer):
@@ -120,11 +136,15 @@ class Adam(Optimizer):
     def _update(self, p: Parameter, state: dict[str, np.ndarray]) -> None:
         b1, b2 = self.betas
         if not state:
-            state["exp_avg"], state["exp_avg_sq"] = np.zeros_like(p.data), np.zeros_like(p.data)
+            state["exp_avg"], state["exp_avg_sq"] = _zeros_like(p.data), _zeros_like(p.data)
         t = p.data.dtype.type
-        elementwise.adam_update(p.data.reshape(-1), p.grad.reshape(-1), state["exp_avg"].reshape(-1),
-                                state["exp_avg_sq"].reshape(-1), t(self.lr), t(b1), t(b2), t(self.eps),
-                                t(self.weight_decay), t(1 - b1 ** self.steps), t(math.sqrt(1 - b2 ** self.steps)))
+        args = (t(self.lr), t(b1), t(b2), t(self.eps), t(self.weight_decay), t(1 - b1 ** self.steps),
+                t(math.sqrt(1 - b2 ** self.steps)))
+        if is_device_array(p.data):
+            cuda.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], *args)
+        else:
+            elementwise.adam_update(p.data.reshape(-1), p.grad.reshape(-1), state["exp_avg"].reshape(-1),
+                                    state["exp_avg_sq"].reshape(-1), *args)
 
 
 class LRScheduler:

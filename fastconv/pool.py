@@ -10,8 +10,9 @@ from numbers import Integral
 
 import numpy as np
 
-from . import naive
+from . import cuda, naive
 from ._checks import MAX_SIZE_ARG, Pool2dShape, batched, check_algo, check_grad, contiguous, pool2d_shape
+from .device import is_device_array
 from .kernels import pool as pool_kernels
 
 
@@ -77,8 +78,10 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
     take an int or a (h, w) pair. Returns y (N, C, OH, OW) with
     OH = floor((H + 2*pad - dilation*(k-1) - 1) / stride) + 1 (ceil with ``ceil_mode``, as PyTorch),
     and with ``return_indices`` also int64 indices h*W + w into each input plane.
-    NaN propagates: a window holding NaN yields NaN.
+    NaN propagates: a window holding NaN yields NaN. Device arrays run on the GPU.
     """
+    if is_device_array(x):
+        return cuda.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, algo=algo)
     xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, dilation, ceil_mode, algo)
     if p.n == 0:
@@ -97,6 +100,9 @@ def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
     position its maximum came from. grad_y is shaped like max_pool2d's output; returns x's shape.
     ``indices``: the ones ``max_pool2d(..., return_indices=True)`` returned for this x, which
     spares recomputing the maxima (as PyTorch's backward takes them); each must lie in [0, H*W)."""
+    if is_device_array(x):
+        return cuda.max_pool2d_backward(grad_y, x, kernel_size, stride, padding, dilation, ceil_mode,
+                                        indices=indices, algo=algo)
     xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, dilation, ceil_mode, algo)
     gy = _grad(grad_y, p, unbatched, xb.dtype)
@@ -152,9 +158,12 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
     x: (N, C, H, W) or unbatched (C, H, W). Each output is its window's sum divided by
     ``divisor_override`` if given, else by the window size counting zero padding
     (``count_include_pad``) or by the number of input elements in it. Output size as max_pool2d
-    with dilation 1.
+    with dilation 1. Device arrays run on the GPU.
     """
     _check_avg_args(count_include_pad, divisor_override)
+    if is_device_array(x):
+        return cuda.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                               algo=algo)
     xb, unbatched, p, algo = _prepare("avg_pool2d", AVG_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, 1, ceil_mode, algo)
     if p.n == 0:
@@ -171,6 +180,9 @@ def avg_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
     """Gradient of ``avg_pool2d`` with respect to x: each grad_y element divided by its window's
     divisor and added to every input position of the window. Returns x's shape."""
     _check_avg_args(count_include_pad, divisor_override)
+    if is_device_array(x):
+        return cuda.avg_pool2d_backward(grad_y, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                        divisor_override, algo=algo)
     xb, unbatched, p, algo = _prepare("avg_pool2d", AVG_POOL2D_ALGORITHMS, x, kernel_size, stride,
                                       padding, 1, ceil_mode, algo)
     gy = _grad(grad_y, p, unbatched, xb.dtype)

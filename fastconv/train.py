@@ -21,6 +21,7 @@ import numpy as np
 
 from . import data, models, nn, optim
 from ._checks import check_int
+from .device import check_device, require_cuda, to
 
 CHECKPOINT_VERSION = 1
 
@@ -90,19 +91,20 @@ def train_epoch(model: nn.Module, optimizer: optim.Optimizer, loader: data.DataL
     """One pass over ``loader``: for each batch zero_grad, forward, cross-entropy, backward, step.
     Returns the mean loss and accuracy over the pass, its seconds and images/s."""
     model.train()
+    device = model.device
     bar = _progress(loader.num_examples, desc, progress)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     for x, y in loader:
         optimizer.zero_grad()
-        logits = model(x)
+        logits = model(to(x, device))
         loss, grad = nn.cross_entropy(logits, y)
         if not np.isfinite(loss):
             raise FloatingPointError(f"the training loss became {loss} after {seen} images: lower the learning rate")
         model.backward(grad)
         optimizer.step()
         loss_sum += loss * len(y)
-        correct += int((logits.argmax(axis=1) == y).sum())
+        correct += int((to(logits, "cpu").argmax(axis=1) == y).sum())
         seen += len(y)
         if bar is not None:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
@@ -117,21 +119,22 @@ def train_epoch(model: nn.Module, optimizer: optim.Optimizer, loader: data.DataL
 def evaluate(model: nn.Module, loader: data.DataLoader, num_classes: int) -> dict:
     """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted) in eval mode."""
     model.eval()
+    device = model.device
     confusion = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, seen = 0.0, 0
     for x, y in loader:
-        logits = model(x)
+        logits = model(to(x, device))
         loss, _ = nn.cross_entropy(logits, y)
         loss_sum += loss * len(y)
         seen += len(y)
-        np.add.at(confusion, (y, logits.argmax(axis=1)), 1)
+        np.add.at(confusion, (y, to(logits, "cpu").argmax(axis=1)), 1)
     return {"test_loss": loss_sum / seen, "test_accuracy": float(np.trace(confusion) / seen), "confusion": confusion}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: optim.Optimizer,
                     scheduler: optim.LRScheduler | None, meta: dict) -> Path:
     """Write model, optimizer and scheduler state and a JSON ``meta`` (run settings, history) to one .npz."""
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    arrays = {f"model/{k}": to(v, "cpu") for k, v in model.state_dict().items()}
     arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
     if scheduler is not None:
         arrays.update({f"scheduler/{k}": v for k, v in scheduler.state_dict().items()})
@@ -218,6 +221,7 @@ DEFAULT_SETTINGS = {
     "model": "lenet5", "data": "mnist", "data_dir": None, "train_size": None, "test_size": None,
     "epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": None, "momentum": 0.9, "nesterov": False,
     "weight_decay": 0.0, "schedule": "none", "step_size": 10, "augment": None, "seed": 0, "dtype": "float32",
+    "device": "cpu",
 }
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 
@@ -252,12 +256,14 @@ def build_run(settings: dict) -> Run:
     if s["schedule"] not in ("none", "step", "cosine"):
         raise ValueError(f"schedule must be 'none', 'step' or 'cosine', got {s['schedule']!r}")
     check_int("epochs", s["epochs"], 1)
+    if check_device(s["device"]) == "cuda":
+        require_cuda()  # says why before any data is loaded
     s["lr"] = DEFAULT_LR[s["optimizer"]] if s["lr"] is None else s["lr"]
     s["augment"] = (s["data"] == "cifar10") if s["augment"] is None else s["augment"]
     ds = load_dataset(s["data"], s["data_dir"], s["train_size"], s["test_size"])
     nn.manual_seed(s["seed"])
     _, channels, height, width = ds.train_images.shape
-    model = build_model(s["model"], channels, min(height, width), len(ds.classes)).to(s["dtype"])
+    model = build_model(s["model"], channels, min(height, width), len(ds.classes)).to(s["dtype"]).to(s["device"])
     if s["optimizer"] == "adam":
         opt: optim.Optimizer = optim.Adam(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     else:

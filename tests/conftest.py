@@ -1,4 +1,10 @@
+import ctypes.util
 import os
+
+# The GPU tests run on a real GPU when a CUDA driver is present, else under Numba's CUDA simulator,
+# which must be chosen before numba is first imported.
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and ctypes.util.find_library("cuda") is None:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
 from hypothesis import HealthCheck, settings
 
