@@ -22,17 +22,9 @@ import numba
 import numpy as np
 from numba import cuda
 
-THREADS = 256      # threads per block of the one-thread-per-element kernels
+from .cuda_elementwise import launch
+
 KPT = 4            # output channels per thread in conv2d_forward: each input load feeds KPT FMAs
-
-
-def _launch(n):
-    """(blocks, threads) for n items: blocks of THREADS, or one block of the smallest power of two
-    >= n (a warp at least) when n is small."""
-    threads = 32
-    while threads < min(n, THREADS):
-        threads *= 2
-    return max(1, -(-n // threads)), threads
 
 
 @functools.cache
@@ -89,7 +81,7 @@ def conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups):
     total = N * groups * ((kg + KPT - 1) // KPT) * OH * OW
     if total == 0:
         return
-    _forward_kernel(y.dtype)[_launch(total)](x, w, b, y, sh, sw, pt, pl, dh, dw, groups)
+    _forward_kernel(y.dtype)[launch(total, None)](x, w, b, y, sh, sw, pt, pl, dh, dw, groups)
 
 
 @functools.cache
@@ -136,7 +128,7 @@ def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
     total = gx.size
     if total == 0:
         return
-    _backward_input_kernel(gx.dtype)[_launch(total)](gy, w, gx, sh, sw, pt, pl, dh, dw, groups)
+    _backward_input_kernel(gx.dtype)[launch(total, None)](gy, w, gx, sh, sw, pt, pl, dh, dw, groups)
 
 
 @cuda.jit(cache=True)
@@ -172,7 +164,7 @@ def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
     weights (im2col + gemm, which ``auto`` picks, is the fast one).
     """
     if gw.size:
-        _backward_weight[_launch(gw.size)](gy, x, gw, sh, sw, pt, pl, dh, dw, groups)
+        _backward_weight[launch(gw.size, None)](gy, x, gw, sh, sw, pt, pl, dh, dw, groups)
 
 
 @cuda.jit(cache=True)
@@ -209,7 +201,7 @@ def im2col(x, col, n0, pt, pl, sh, sw, dh, dw, R, S, OH, OW):
     total = col.size
     if total == 0:
         return
-    _im2col[_launch(total)](x, col, n0, pt, pl, sh, sw, dh, dw, R, S, OH, OW)
+    _im2col[launch(total, None)](x, col, n0, pt, pl, sh, sw, dh, dw, R, S, OH, OW)
 
 
 @functools.cache
@@ -256,7 +248,7 @@ def col2im(col, gx, n0, pt, pl, sh, sw, dh, dw, R, S, OH, OW):
     total = (col.shape[1] // P) * C * H * W
     if total == 0:
         return
-    _col2im_kernel(gx.dtype)[_launch(total)](col, gx, n0, pt, pl, sh, sw, dh, dw, R, S, OH, OW)
+    _col2im_kernel(gx.dtype)[launch(total, None)](col, gx, n0, pt, pl, sh, sw, dh, dw, R, S, OH, OW)
 
 
 @cuda.jit(cache=True)
@@ -280,7 +272,7 @@ def kn_to_nchw(out, b, y, n0):
     total = out.size
     if total == 0:
         return
-    _kn_to_nchw[_launch(total)](out, b, y3, n0)
+    _kn_to_nchw[launch(total, None)](out, b, y3, n0)
 
 
 @cuda.jit(cache=True)
@@ -301,4 +293,4 @@ def nchw_to_kn(gy, out, n0):
     total = out.size
     if total == 0:
         return
-    _nchw_to_kn[_launch(total)](gy3, out, n0)
+    _nchw_to_kn[launch(total, None)](gy3, out, n0)

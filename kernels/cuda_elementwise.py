@@ -16,13 +16,14 @@ THREADS = 256  # threads per block; a power of two for the tree reductions
 MAX_BLOCKS = 8192  # beyond this, threads loop grid-stride
 
 
-def _launch(n):
-    """(blocks, threads) for n items: blocks of THREADS, or one block of the smallest power of two
-    >= n (a warp at least) when n is small."""
+def launch(n, max_blocks=MAX_BLOCKS):
+    """(blocks, threads) for n items: blocks of THREADS (at most max_blocks; None: no cap, for kernels
+    without a grid-stride loop), or one block of the smallest power of two >= n (a warp at least)."""
     threads = 32
     while threads < min(n, THREADS):
         threads *= 2
-    return max(1, min(-(-n // threads), MAX_BLOCKS)), threads
+    blocks = -(-n // threads)
+    return max(1, blocks if max_blocks is None else min(blocks, max_blocks)), threads
 
 
 @cuda.jit(cache=True)
@@ -142,22 +143,28 @@ def _block_totals(x, partials):
         partials[cuda.blockIdx.x] = s
 
 
+@cuda.jit(device=True)
+def _exp_shifted_row(logits, i, out):
+    """out[i, j] = exp(logits[i, j] - m) with m the row's maximum; returns (m, the row's sum of out)."""
+    m = logits[i, 0]
+    for j in range(1, logits.shape[1]):
+        m = max(m, logits[i, j])
+    total = logits.dtype.type(0)
+    for j in range(logits.shape[1]):
+        e = math.exp(logits[i, j] - m)
+        out[i, j] = e
+        total += e
+    return m, total
+
+
 @cuda.jit(cache=True)
 def _cross_entropy(logits, labels, grad, losses, rows):
     """One thread per row of logits (N, classes); rows = N in logits' dtype."""
-    classes = logits.shape[1]
     for i in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
-        m = logits[i, 0]
-        for j in range(1, classes):
-            m = max(m, logits[i, j])
-        total = logits.dtype.type(0)
-        for j in range(classes):
-            e = math.exp(logits[i, j] - m)
-            grad[i, j] = e
-            total += e
+        m, total = _exp_shifted_row(logits, i, grad)
         label = labels[i]
         losses[i] = math.log(total) - (logits[i, label] - m)
-        for j in range(classes):
+        for j in range(logits.shape[1]):
             g = grad[i, j] / total
             if j == label:
                 g -= logits.dtype.type(1)
@@ -166,18 +173,10 @@ def _cross_entropy(logits, labels, grad, losses, rows):
 
 @cuda.jit(cache=True)
 def _softmax(logits, out):
-    """One thread per row of logits (N, classes)."""
-    classes = logits.shape[1]
+    """One thread per row of logits (N, classes); out may alias logits."""
     for i in range(cuda.grid(1), logits.shape[0], cuda.gridsize(1)):
-        m = logits[i, 0]
-        for j in range(1, classes):
-            m = max(m, logits[i, j])
-        total = logits.dtype.type(0)
-        for j in range(classes):
-            e = math.exp(logits[i, j] - m)
-            out[i, j] = e
-            total += e
-        for j in range(classes):
+        _, total = _exp_shifted_row(logits, i, out)
+        for j in range(logits.shape[1]):
             out[i, j] /= total
 
 
@@ -206,37 +205,37 @@ def _adam_update(p, g, m, v, step_size, one_minus_beta1, beta2, one_minus_beta2,
 
 def relu_forward(x, y):
     """y = max(x, 0) elementwise; NaN stays NaN (as torch.relu). y may alias x."""
-    _relu_forward[_launch(x.size)](x, y)
+    _relu_forward[launch(x.size)](x, y)
 
 
 def relu_backward(grad_y, y, grad_x):
     """grad_x = grad_y where y > 0, else 0 (PyTorch's threshold_backward on the output)."""
-    _relu_backward[_launch(y.size)](grad_y, y, grad_x)
+    _relu_backward[launch(y.size)](grad_y, y, grad_x)
 
 
 def fill(a, value):
     """a[:] = value."""
-    _fill[_launch(a.size)](a, a.dtype.type(value))
+    _fill[launch(a.size)](a, a.dtype.type(value))
 
 
 def add(a, b, out):
     """out = a + b; out may be a (``add(dst, src, dst)`` accumulates in place)."""
-    _add[_launch(out.size)](a, b, out)
+    _add[launch(out.size)](a, b, out)
 
 
 def mul(a, b, out):
     """out = a * b; out may alias a."""
-    _mul[_launch(out.size)](a, b, out)
+    _mul[launch(out.size)](a, b, out)
 
 
 def scaled_difference(a, b, scale, out):
     """out = scale * (a - b); out may alias a."""
-    _scaled_difference[_launch(out.size)](a, b, out.dtype.type(scale), out)
+    _scaled_difference[launch(out.size)](a, b, out.dtype.type(scale), out)
 
 
 def add_channel_bias(y, b):
     """y (N, K, P) += b (K,) along axis 1, in place (Linear passes P = 1)."""
-    _add_channel_bias[_launch(y.size)](y, b)
+    _add_channel_bias[launch(y.size)](y, b)
 
 
 def channel_sum(x, out, beta):
@@ -244,17 +243,17 @@ def channel_sum(x, out, beta):
 
     One block per channel; each sums in float64 in a fixed order, so every run gives the same result.
     """
-    _channel_sum[x.shape[1], _launch(x.shape[0] * x.shape[2])[1]](x, out, float(beta))
+    _channel_sum[x.shape[1], launch(x.shape[0] * x.shape[2])[1]](x, out, float(beta))
 
 
 def channel_affine(x, scale, shift, y):
     """x, y (N, C, P), scale, shift (C,): y = x * scale[c] + shift[c]; y may alias x."""
-    _channel_affine[_launch(x.size)](x, scale, shift, y)
+    _channel_affine[launch(x.size)](x, scale, shift, y)
 
 
 def batch_norm_backward_input(g, xhat, mean_g, mean_gxhat, gx):
     """g, xhat, gx (N, C, P), mean_g, mean_gxhat (C,): gx = g - mean_g[c] - xhat * mean_gxhat[c]."""
-    _batch_norm_backward_input[_launch(g.size)](g, xhat, mean_g, mean_gxhat, gx)
+    _batch_norm_backward_input[launch(g.size)](g, xhat, mean_g, mean_gxhat, gx)
 
 
 def total(x):
@@ -263,7 +262,7 @@ def total(x):
     Blocks sum fixed grid-stride shares in float64 on the device; the host adds their partials
     exactly (math.fsum), so every run gives the same result.
     """
-    blocks, threads = _launch(x.size)
+    blocks, threads = launch(x.size)
     partials = cuda.device_array(blocks, np.float64)
     _block_totals[blocks, threads](x, partials)
     return math.fsum(partials.copy_to_host())
@@ -277,12 +276,12 @@ def cross_entropy(logits, labels, grad, losses):
     ``total(losses) / N``.
     """
     n = logits.shape[0]
-    _cross_entropy[_launch(n)](logits, labels, grad, losses, logits.dtype.type(n))
+    _cross_entropy[launch(n)](logits, labels, grad, losses, logits.dtype.type(n))
 
 
 def softmax(logits, out):
     """out (N, classes) = exp(logits - row max) / its row sum; one thread per row; out may alias logits."""
-    _softmax[_launch(logits.shape[0])](logits, out)
+    _softmax[launch(logits.shape[0])](logits, out)
 
 
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
@@ -290,7 +289,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first
     buf = g' (first step) or momentum*buf + (1-dampening)*g'; step = g' + momentum*buf (Nesterov)
     or buf (or g' without momentum); p -= lr * step. buf is unused (any array) when momentum is 0."""
     t = p.dtype.type
-    _sgd_update[_launch(p.size)](p, g, buf, t(lr), t(momentum), t(1 - dampening), t(weight_decay),
+    _sgd_update[launch(p.size)](p, g, buf, t(lr), t(momentum), t(1 - dampening), t(weight_decay),
                                           bool(nesterov), bool(first))
 
 
@@ -298,5 +297,5 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction
     """torch.optim.Adam in place on flat arrays, the formulas of kernels/elementwise.py: g' = g + wd*p;
     m += (1-b1)(g' - m); v = b2 v + (1-b2) g'^2; p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
     t = p.dtype.type
-    _adam_update[_launch(p.size)](p, g, m, v, t(lr / bias_correction1), t(1 - beta1), t(beta2),
+    _adam_update[launch(p.size)](p, g, m, v, t(lr / bias_correction1), t(1 - beta1), t(beta2),
                                            t(1 - beta2), t(eps), t(weight_decay), t(bias_correction2_sqrt))

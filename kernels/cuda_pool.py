@@ -10,17 +10,7 @@ import math
 
 from numba import cuda
 
-THREADS = 256  # threads per block
-MAX_BLOCKS = 8192  # beyond this, threads loop grid-stride
-
-
-def _launch(n):
-    """(blocks, threads) for n items: blocks of THREADS, or one block of the smallest power of two
-    >= n (a warp at least) when n is small."""
-    threads = 32
-    while threads < min(n, THREADS):
-        threads *= 2
-    return max(1, min(-(-n // threads), MAX_BLOCKS)), threads
+from .cuda_elementwise import launch
 
 
 @cuda.jit(device=True)
@@ -152,7 +142,7 @@ def max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     Ties keep the first maximum (taps r-major, then s); a window holding NaN yields its last NaN
     and that NaN's index; padded positions never win. Integers are host ints.
     """
-    _max_forward[_launch(y.size)](x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw)
+    _max_forward[launch(y.size)](x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw)
 
 
 def max_pool2d_backward(gy, idx, gx):
@@ -163,8 +153,8 @@ def max_pool2d_backward(gy, idx, gx):
     N, C, H, W = gx.shape
     planes = N * C
     gx_planes = gx.reshape(planes, H * W)
-    _zero[_launch(gx.size)](gx.reshape(gx.size))
-    _max_scatter[_launch(planes)](gy.reshape(planes, gy.size // planes),
+    _zero[launch(gx.size)](gx.reshape(gx.size))
+    _max_scatter[launch(planes)](gy.reshape(planes, gy.size // planes),
                                            idx.reshape(planes, idx.size // planes), gx_planes)
 
 
@@ -174,12 +164,12 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_
     divisor = divisor_override if non-zero (0 means None), else the window size counted with
     padding (clipped to [-p, L + p)) if count_include_pad, else without it.
     """
-    _avg_forward[_launch(y.size)](x, y, kh, kw, sh, sw, ph, pw, bool(count_include_pad),
+    _avg_forward[launch(y.size)](x, y, kh, kw, sh, sw, ph, pw, bool(count_include_pad),
                                            int(divisor_override))
 
 
 def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
     """gx[n,c,h,w] = sum of gy[n,c,oh,ow] / divisor over the windows holding (h, w), in output order
     (bitwise the CPU kernel's scatter), one thread per gx element."""
-    _avg_backward[_launch(gx.size)](gy, gx, kh, kw, sh, sw, ph, pw, bool(count_include_pad),
+    _avg_backward[launch(gx.size)](gy, gx, kh, kw, sh, sw, ph, pw, bool(count_include_pad),
                                              int(divisor_override))

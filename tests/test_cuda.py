@@ -248,3 +248,14 @@ def test_without_a_gpu_the_error_says_why(tmp_path):
                           "--out", str(tmp_path / "run"), "--no-progress"], capture_output=True, text=True, env=env)
     assert cli.returncode == 2
     assert "fastconv train: CUDA is not available" in cli.stderr
+
+
+def test_the_trainer_builds_its_run_on_the_device():
+    from fastconv import cli, train
+    run = train.build_run({"device": "cuda", "train_size": 8, "test_size": 8, "epochs": 1})
+    assert run.model.device == "cuda" and run.settings["device"] == "cuda"
+    assert all(device.is_device_array(p.data) and device.is_device_array(p.grad) for p in run.model.parameters())
+    args = cli.build_parser().parse_args(["train", "--device", "cuda"])
+    assert args.device == "cuda"
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+        train.build_run({"device": "gpu", "train_size": 8, "test_size": 8})
