@@ -6,7 +6,9 @@ under ``machine_info["fastconv"]``) plus ``report.md``, ``report.html`` and PNG 
 
 Every benchmark records in ``extra_info`` (the contract between the suite and the report):
 
-- ``suite``: "conv2d", "max_pool2d", "avg_pool2d", "gemm" or "train_step"
+- ``suite``: "conv2d", "max_pool2d", "avg_pool2d", "gemm" or "train_step"; the GPU suite
+  (``--device cuda``) the same prefixed "cuda_", with ``device`` "cuda" (its "cpu" train-step record:
+  "cpu"), GPU algorithm names ("direct", "im2col", "tiled"), "auto" and the peer "pytorch" (on the GPU)
 - ``case``: short id of the case, e.g. "vgg", "pool-vgg-3x3s2", "gemm-1024", "gemm-im2col-vgg",
   "lenet5" (train_step: the model's name in ``fc.models.MODELS``, with "-bN" when the batch is not 64)
 - ``label``: the case as a reader should see it, e.g. "VGG 8x256x28x28 -> 256 3x3 pad 1"

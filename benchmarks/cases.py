@@ -223,6 +223,35 @@ TRAIN = [Train("lenet5", "LeNet-5", "lenet5", 64, 1, 28, 28),
 TINY_TRAIN = Train("lenet5-b8", "LeNet-5", "lenet5", 8, 1, 28, 28)
 
 
+# The GPU suite (--fc-device cuda): fastconv's GPU algorithms vs PyTorch on the GPU. Its tiny cases are
+# tiny indeed: they check the harness under Numba's CUDA simulator, which runs each GPU thread in Python.
+GPU_TINY_CONV = Conv("tiny-gpu", "tiny", 1, 2, 6, 6, 2, 3, padding=1)
+GPU_QUICK_CONV = ("cifar2", "resnet", "vgg")
+GPU_SQUARE_GEMM = {"tiny": (16,), "quick": (1024, 4096), "full": (1024, 2048, 4096)}
+GPU_IM2COL = ("resnet", "vgg")  # full only
+GPU_TRAIN = Train("cifar_cnn-b256", "CIFAR CNN", "cifar_cnn", 256, 3, 32, 32)  # not in tiny
+
+
+def gpu_conv_cases(size: str) -> list[Conv]:
+    return {"tiny": [GPU_TINY_CONV], "quick": _by_name(GPU_QUICK_CONV), "full": CONV}[size]
+
+
+def gpu_pool_cases(size: str) -> list[Pool]:
+    """2x2 stride 2 on the output maps of the GPU conv layers (3x3 stride 2 too in full)."""
+    layers = {"tiny": [GPU_TINY_CONV], "quick": _by_name(GPU_QUICK_CONV), "full": _by_name(GPU_QUICK_CONV)}[size]
+    windows = WINDOWS if size == "full" else WINDOWS[:1]
+    return [pool_case(layer, k, s) for layer in layers for k, s in windows if min(layer.oh, layer.ow) >= k]
+
+
+def gpu_gemm_cases(size: str) -> list[Gemm]:
+    layers = _by_name(GPU_IM2COL) if size == "full" else []
+    return [square_gemm(s) for s in GPU_SQUARE_GEMM[size]] + [im2col_gemm(layer) for layer in layers]
+
+
+def gpu_train_cases(size: str) -> list[Train]:
+    return [] if size == "tiny" else [GPU_TRAIN]
+
+
 def pool_case(layer: Conv, kernel: int, stride: int) -> Pool:
     """Pooling on the output map (N, K, OH, OW) of a conv layer."""
     return Pool(f"pool-{layer.name}-{kernel}x{kernel}s{stride}", f"{layer.title} output",

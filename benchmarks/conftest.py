@@ -3,7 +3,8 @@
     python -m pytest benchmarks -p no:cacheprovider --fc-size quick --benchmark-json out.json
 
 ``--fc-size``: tiny (one small case per suite: keeps the harness from rotting), quick (a few
-minutes), full (everything, the default); ``--fc-dtype``: float32 (default) or float64.
+minutes), full (everything, the default); ``--fc-dtype``: float32 (default) or float64;
+``--fc-device``: cpu (default: every module but test_cuda_bench.py) or cuda (test_cuda_bench.py alone).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import importlib
 import math
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -38,6 +40,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fastconv benchmarks")
     group.addoption("--fc-size", choices=SIZES, default="full", help="case set: tiny, quick or full (default)")
     group.addoption("--fc-dtype", choices=("float32", "float64"), default="float32", help="dtype of every case")
+    group.addoption("--fc-device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: the CPU suite (default); cuda: the GPU suite, test_cuda_bench.py")
+
+
+def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None:
+    """Collect the GPU module only with --fc-device cuda, and only it then."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return (collection_path.name == "test_cuda_bench.py") != (config.getoption("fc_device") == "cuda")
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -168,3 +179,36 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "size": config.getoption("fc_size"),
         "dtype": config.getoption("fc_dtype"),
     }
+    if config.getoption("fc_device") == "cuda":
+        machine_info["fastconv"].update(_gpu_info())
+
+
+def _gpu_info() -> dict:
+    """The GPU, its driver and CUDA versions, and PyTorch's GPU settings (TF32 off: see peers.torch_cuda)."""
+    from fastconv import device
+    cuda = device.require_cuda()
+    if device.simulated():
+        info = {"gpu": "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): timings are not GPU timings"}
+    else:
+        gpu = cuda.get_current_device()
+        name = gpu.name.decode() if isinstance(gpu.name, bytes) else gpu.name
+        info = {"gpu": f"{name} (compute capability {'.'.join(map(str, gpu.compute_capability))})",
+                "cuda_driver": ".".join(map(str, cuda.cudadrv.driver.driver.get_version())),
+                "cuda_runtime": ".".join(map(str, cuda.runtime.get_version()))}
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+            info["nvidia_driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            pass
+    info["numba_cuda"] = _version("numba_cuda")
+    try:
+        import torch
+    except ImportError:
+        return info
+    if not torch.cuda.is_available():
+        return {**info, "torch_gpu": "none: torch has no CUDA here, so no PyTorch peers were run"}
+    return {**info, "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "torch_gpu": f"float32 TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (matmul), "
+                         f"TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (cuDNN), "
+                         f"cudnn.benchmark {torch.backends.cudnn.benchmark}"}

@@ -1,5 +1,5 @@
 """The peers fastconv is measured against: NumPy (im2col/col2im and window views, vectorised)
-and PyTorch (its CPU ops, the backward ops alone).
+and PyTorch (its CPU ops, or cuDNN/cuBLAS on the GPU through `torch_cuda`; the backward ops alone).
 
 NumPy conv: forward is im2col through ``as_strided`` on the zero-padded input, one column matrix
 (C*R*S, N*OH*OW) and one matmul per group; backward recomputes the columns, grad_w = gy @ col.T and
@@ -134,45 +134,79 @@ def torch():
     return torch
 
 
-def torch_conv2d(pass_: str, x: np.ndarray, w: np.ndarray, gy: np.ndarray, stride: int, padding: int,
-                 dilation: int, groups: int) -> Callable[[], object]:
-    """Forward: F.conv2d without bias under no_grad. Backward: aten.convolution_backward alone
-    (grad_x, grad_w, grad_b)."""
+def torch_cuda():
+    """torch for the GPU benchmarks: float32 without TF32 (cuBLAS and cuDNN), cuDNN autotuning on
+    (``cudnn.benchmark``: its fastest algorithm per shape, chosen in the warm-up call); pytest.skip
+    where torch is missing or was built without CUDA."""
+    import pytest
     t = torch()
-    xt, wt, gyt = t.from_numpy(x), t.from_numpy(w), t.from_numpy(gy)
+    if not t.cuda.is_available():
+        pytest.skip(f"torch {t.__version__} has no CUDA (a CPU build, or no GPU it can use): "
+                    "only fastconv is timed on the GPU")
+    t.backends.cuda.matmul.allow_tf32 = False
+    t.backends.cudnn.allow_tf32 = False
+    t.backends.cudnn.benchmark = True
+    return t
+
+
+def _on(device: str):
+    """(torch, a function moving a NumPy array to `device` as a tensor, a function wrapping a call so that
+    it waits for the GPU when `device` is 'cuda')."""
+    if device == "cpu":
+        t = torch()
+        return t, t.from_numpy, lambda fn: fn
+    t = torch_cuda()
+
+    def synced(fn):
+        def run():
+            out = fn()
+            t.cuda.synchronize()
+            return out
+        return run
+    return t, lambda a: t.from_numpy(a).to(device), synced
+
+
+def torch_conv2d(pass_: str, x: np.ndarray, w: np.ndarray, gy: np.ndarray, stride: int, padding: int,
+                 dilation: int, groups: int, device: str = "cpu") -> Callable[[], object]:
+    """Forward: F.conv2d without bias under no_grad. Backward: aten.convolution_backward alone
+    (grad_x, grad_w, grad_b). On 'cuda': cuDNN, each call synchronized."""
+    t, tensor, synced = _on(device)
+    xt, wt, gyt = tensor(x), tensor(w), tensor(gy)
     if pass_ == "forward":
         def run():
             with t.no_grad():
                 return t.nn.functional.conv2d(xt, wt, None, stride, padding, dilation, groups)
-        return run
+        return synced(run)
     st, pad, dil = [stride] * 2, [padding] * 2, [dilation] * 2
-    return lambda: t.ops.aten.convolution_backward(gyt, xt, wt, [w.shape[0]], st, pad, dil, False, [0, 0],
-                                                   groups, [True, True, True])
+    return synced(lambda: t.ops.aten.convolution_backward(gyt, xt, wt, [w.shape[0]], st, pad, dil, False, [0, 0],
+                                                          groups, [True, True, True]))
 
 
 def torch_pool2d(op: str, pass_: str, x: np.ndarray, gy: np.ndarray, kernel: int,
-                 stride: int) -> Callable[[], object]:
+                 stride: int, device: str = "cpu") -> Callable[[], object]:
     """Forward: F.max_pool2d / F.avg_pool2d under no_grad. Backward: the aten backward op alone;
-    max pooling's indices are computed once here, outside the timing."""
-    t = torch()
-    xt, gyt, ks, st = t.from_numpy(x), t.from_numpy(gy), [kernel] * 2, [stride] * 2
+    max pooling's indices are computed once here, outside the timing. On 'cuda': each call synchronized."""
+    t, tensor, synced = _on(device)
+    xt, gyt, ks, st = tensor(x), tensor(gy), [kernel] * 2, [stride] * 2
     if pass_ == "forward":
         fn = getattr(t.nn.functional, op)
 
         def run():
             with t.no_grad():
                 return fn(xt, kernel, stride)
-        return run
+        return synced(run)
     if op == "max_pool2d":
         _, idx = t.nn.functional.max_pool2d(xt, kernel, stride, return_indices=True)
-        return lambda: t.ops.aten.max_pool2d_with_indices_backward(gyt, xt, ks, st, [0, 0], [1, 1], False, idx)
-    return lambda: t.ops.aten.avg_pool2d_backward(gyt, xt, ks, st, [0, 0], False, True, None)
+        return synced(lambda: t.ops.aten.max_pool2d_with_indices_backward(gyt, xt, ks, st, [0, 0], [1, 1], False,
+                                                                          idx))
+    return synced(lambda: t.ops.aten.avg_pool2d_backward(gyt, xt, ks, st, [0, 0], False, True, None))
 
 
-def torch_gemm(a: np.ndarray, b: np.ndarray) -> Callable[[], object]:
-    t = torch()
-    at, bt = t.from_numpy(a), t.from_numpy(b)
-    return lambda: t.mm(at, bt)
+def torch_gemm(a: np.ndarray, b: np.ndarray, device: str = "cpu") -> Callable[[], object]:
+    """torch.mm (on 'cuda': cuBLAS, each call synchronized)."""
+    t, tensor, synced = _on(device)
+    at, bt = tensor(a), tensor(b)
+    return synced(lambda: t.mm(at, bt))
 
 
 def torch_model(model):

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 PEERS = ("naive", "numpy", "pytorch")
 SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
+GPU_SUITES = tuple("cuda_" + s for s in SUITES)  # the GPU suite's records (fastconv bench --device cuda)
 PASSES = ("forward", "backward")
 MODELS = ("lenet5", "cifar_cnn", "resnet20", "resnext_cifar")  # train_step cases: a model, "-bN" for batch N
 CONV_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg",
@@ -31,6 +32,9 @@ IMPLS = ("direct", "direct_simd", "im2col", "im2col_packed", "winograd", "blas",
 IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch"}
 SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM",
                 "train_step": "training step"}
+SUITE_TITLES.update({"cuda_" + s: f"GPU {t}" for s, t in SUITE_TITLES.items()})
+GPU_TARGETS = {"gemm": 0.5, "conv_forward": 0.3}  # fractions of cuBLAS / cuDNN throughput (the GPU issue)
+GPU_TARGET_LAYERS = ("resnet", "vgg")
 REQUIRED_KEYS = ("suite", "case", "pass", "impl", "flops")
 DEFAULT_DTYPE = "float32"
 PLOT_DPI = 110
@@ -129,7 +133,8 @@ def _case_key(case: str) -> tuple:
 
 
 def _row_key(row: Row) -> tuple:
-    suite = SUITES.index(row["suite"]) if row["suite"] in SUITES else len(SUITES)
+    order = SUITES + GPU_SUITES
+    suite = order.index(row["suite"]) if row["suite"] in order else len(order)
     pass_ = PASSES.index(row["pass"]) if row["pass"] in PASSES else len(PASSES)
     impl = IMPLS.index(row["impl"]) if row["impl"] in IMPLS else len(IMPLS)
     return (suite, row["suite"], row["dtype"] != DEFAULT_DTYPE, row["dtype"], pass_, row["pass"],
@@ -183,6 +188,7 @@ def rows(results: dict) -> list[Row]:
             "is_peak": bool(info.get("is_peak")),
             "peak_gflops": flops / best_s / 1e9 if info.get("is_peak") and flops and best_s > 0 else None,
             "name": bench.get("name"),
+            "device": str(info.get("device") or "cpu"),
         })
     peak = max((r["peak_gflops"] for r in out if r["peak_gflops"]), default=None)
     peers: dict[tuple, dict[str, float]] = {}
@@ -195,7 +201,7 @@ def rows(results: dict) -> list[Row]:
         r["speedup_naive"] = _ratio(times.get("naive"), r["time_s"])
         r["speedup_numpy"] = _ratio(times.get("numpy"), r["time_s"])
         r["ratio_pytorch"] = _ratio(times.get("pytorch"), r["time_s"])
-        if peak and r["gflops"] is not None:
+        if peak and r["gflops"] is not None and r["suite"] not in GPU_SUITES:  # the peak is the CPU's
             r["pct_peak"] = 100.0 * r["gflops"] / peak
     out.sort(key=_row_key)
     return out
@@ -247,6 +253,7 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
     out["train_step"] = [{k: r[k] for k in ("case", "label", "images", "time_s", "images_per_s", "ratio_pytorch")}
                          for r in all_rows if r["suite"] == "train_step" and r["impl"] == "auto"
                          and r["dtype"] == dtype]
+    out["cuda"] = _gpu_headline(all_rows, dtype)
     peak = next((r for r in all_rows if r["peak_gflops"]), None)
     out["peak_gflops"] = peak["peak_gflops"] if peak else None
     out["peak_record"] = ({k: peak[k] for k in ("suite", "case", "impl", "dtype", "label")}
@@ -267,6 +274,73 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
     return out
 
 
+def _gpu_headline(all_rows: list[Row], dtype: str) -> dict | None:
+    """The GPU suite against its targets, None without GPU records. ``gemm``: the tiled GEMM's fraction of
+    cuBLAS throughput (PyTorch time / ours) at the largest square size; ``conv_forward``: per ResNet/VGG
+    layer, the best fastconv GPU algorithm's fraction of cuDNN's forward throughput; ``train_step``:
+    fastconv's GPU training steps with the CPU path's images/s on the same batch (the suite's "cpu"
+    record), else the CPU suite's figure for that model in the same file, else None."""
+    gpu = [r for r in all_rows if r["suite"] in GPU_SUITES and r["dtype"] == dtype]
+    if not gpu:
+        return None
+    squares = [r for r in gpu if r["suite"] == "cuda_gemm" and re.fullmatch(r"gemm-\d+", r["case"])
+               and not r["peer"] and r["impl"] != "auto"]
+    largest = max(squares, key=lambda r: _case_key(r["case"]), default=None)
+    conv = {}
+    for case in GPU_TARGET_LAYERS:
+        ours = [r for r in gpu if r["suite"] == "cuda_conv2d" and r["case"] == case and r["pass"] == "forward"
+                and not r["peer"] and r["ratio_pytorch"] is not None]
+        best = max(ours, key=lambda r: r["ratio_pytorch"], default=None)
+        conv[case] = None if best is None else {"impl": best["impl"], "fraction": best["ratio_pytorch"]}
+    steps = []
+    for r in gpu:
+        if r["suite"] != "cuda_train_step" or r["impl"] != "auto":
+            continue
+        model = re.sub(r"-b\d+$", "", r["case"])
+        cpu = next((c for c in gpu if c["suite"] == "cuda_train_step" and c["case"] == r["case"]
+                    and c["impl"] == "cpu"), None) or \
+            next((c for c in all_rows if c["suite"] == "train_step" and c["impl"] == "auto" and c["dtype"] == dtype
+                  and re.sub(r"-b\d+$", "", c["case"]) == model), None)
+        steps.append({"case": r["case"], "images": r["images"], "images_per_s": r["images_per_s"],
+                      "ratio_pytorch": r["ratio_pytorch"],
+                      "cpu_images": None if cpu is None else cpu["images"],
+                      "cpu_images_per_s": None if cpu is None else cpu["images_per_s"]})
+    return {"gemm": None if largest is None else {"case": largest["case"], "impl": largest["impl"],
+                                                  "fraction": largest["ratio_pytorch"]},
+            "conv_forward": conv, "train_step": steps}
+
+
+def _gpu_headline_blocks(gpu: dict | None) -> list[tuple]:
+    """The GPU headline: fractions of cuBLAS/cuDNN throughput and the training step, against the targets."""
+    if gpu is None:
+        return []
+
+    def fraction(entry: dict | None, target: float) -> str:
+        if entry is None or entry["fraction"] is None:
+            return "- (no PyTorch GPU peer in this run)"
+        met = "met" if entry["fraction"] >= target else "not met"
+        return f"{fmt_pct(100 * entry['fraction'])} ({entry['impl']}; target {target:.0%}: {met})"
+
+    g = gpu["gemm"]
+    items = [[("b", "GPU GEMM vs cuBLAS:"), ("text", " -" if g is None else f" {g['case']}: "
+                                          + fraction(g, GPU_TARGETS["gemm"]))]]
+    conv = "; ".join(f"{case}: {fraction(e, GPU_TARGETS['conv_forward'])}" for case, e in gpu["conv_forward"].items())
+    items.append([("b", "GPU conv2d forward vs cuDNN:"), ("text", f" {conv}")])
+    for st in gpu["train_step"]:
+        if st["cpu_images_per_s"] is None:
+            cpu = "no CPU figure in this file (run the CPU suite to compare)"
+        else:
+            faster = "faster" if st["images_per_s"] > st["cpu_images_per_s"] else "not faster"
+            cpu = (f"CPU path {fmt_num(st['cpu_images_per_s'])} img/s at batch {st['cpu_images']} "
+                   f"(target: faster on the GPU: {faster})")
+        vs = "" if st["ratio_pytorch"] is None else f" ({fmt_ratio(st['ratio_pytorch'])} PyTorch on the GPU)"
+        items.append([("b", "GPU training step:"), ("text", f" {st['case']} {fmt_num(st['images_per_s'])} img/s"
+                                                            f"{vs}; {cpu}")])
+    return [("ul", items), ("p", "GPU fractions: PyTorch's time over ours on the same GPU (float32, TF32 off; "
+                                 "cuDNN with cudnn.benchmark), so 50% means half of cuBLAS's or cuDNN's "
+                                 "throughput. Every timed GPU call waits for the GPU before the clock stops.")]
+
+
 def headline(results: dict) -> dict:
     """The run in a few numbers, over the conv layer suite and the training steps in the main dtype
     (float32).
@@ -276,7 +350,8 @@ def headline(results: dict) -> dict:
     ratio (``{case, label, ratio_pytorch}``), ``speedup_naive_geomean`` and its range
     ``speedup_naive_min`` / ``speedup_naive_max`` (``{case, label, speedup_naive}``). Then
     ``train_step``: fastconv auto's training steps, each ``{case, label, images, time_s,
-    images_per_s, ratio_pytorch}`` (an empty list when none were run). Then ``peak_gflops`` (the
+    images_per_s, ratio_pytorch}`` (an empty list when none were run); ``cuda``: the GPU suite against its
+    targets (``_gpu_headline``; None without GPU records). Then ``peak_gflops`` (the
     ``is_peak`` record's) with ``peak_record``, and ``counts``. Figures that cannot be computed (no
     PyTorch, no auto records) are None.
     """
@@ -561,6 +636,7 @@ def _machine_block(results: dict) -> list[tuple]:
         dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
         items.append([("b", "commit:"), ("text", " "), ("code", str(commit["id"])[:12]), ("text", dirty)])
     command = "fastconv bench" + (f" --size {size}" if size else "") + (f" --dtype {dtype}" if dtype else "")
+    command += " --device cuda" if "gpu" in fc else ""
     return [("ul", items),
             ("p", [("text", "Reproduce: "), ("code", 'pip install -e ".[bench]"'), ("text", " then "),
                    ("code", command), ("text", ", which writes a run folder with "), ("code", "results.json"),
@@ -663,11 +739,11 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
     head = _headline_from_rows(all_rows)
     blocks: list[tuple] = [("h", 1, "fastconv benchmark report")]
     blocks += _machine_block(results)
-    blocks += [("h", 2, "Headline")] + _headline_blocks(head, all_rows)
+    blocks += [("h", 2, "Headline")] + _headline_blocks(head, all_rows) + _gpu_headline_blocks(head["cuda"])
     if "speedup" in plots:
         blocks.append(("img", plots["speedup"].name, "speed-up of fastconv auto over naive, NumPy and PyTorch"))
     dtypes = _order((r["dtype"] for r in all_rows), [head["dtype"]])
-    suites = _order((r["suite"] for r in all_rows), SUITES)
+    suites = _order((r["suite"] for r in all_rows), SUITES + GPU_SUITES)
     for suite in suites:
         title = SUITE_TITLES.get(suite, suite)
         blocks.append(("h", 2, title))
@@ -680,7 +756,7 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                 blocks += _conv_blocks(sel, tag)
                 if not tag and "conv_gflops" in plots:
                     blocks.append(("img", plots["conv_gflops"].name, "GFLOP/s per conv layer"))
-            elif suite == "gemm":
+            elif suite in ("gemm", "cuda_gemm"):
                 if tag:
                     blocks.append(("h", 3, f"GEMM{tag}"))
                 blocks.append(_compact_table(sel, False, "auto", ["gflops", "pct_peak", "speedup_numpy",
@@ -688,7 +764,7 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                 blocks.append(_case_labels(sel))
                 if not tag and "gemm_gflops" in plots:
                     blocks.append(("img", plots["gemm_gflops"].name, "GEMM GFLOP/s per size"))
-            elif suite == "train_step":
+            elif suite in ("train_step", "cuda_train_step"):
                 blocks += _train_blocks(sel, tag)
             else:
                 if tag:

@@ -36,8 +36,9 @@ class _ProgressBar:
             self.bar.close()
 
 
-def bench(size: str, dtype: str, out: Path | None) -> int:
-    """Run the benchmark suite; write results.json, pytest.log and the report into `out`."""
+def bench(size: str, dtype: str, out: Path | None, device: str = "cpu") -> int:
+    """Run the benchmark suite of `device` (cpu, or cuda: the GPU suite, refused with exit 2 where fastconv
+    has no GPU); write results.json, pytest.log and the report into `out`."""
     try:
         import pytest
         import pytest_benchmark  # noqa: F401
@@ -45,16 +46,24 @@ def bench(size: str, dtype: str, out: Path | None) -> int:
     except ImportError:
         print(f"fastconv bench: {BENCH_EXTRA}", file=sys.stderr)
         return 2
+    if device == "cuda":
+        from .device import require_cuda
+        try:
+            require_cuda()
+        except CudaUnavailableError as error:
+            print(f"fastconv bench: {error}", file=sys.stderr)
+            return 2
     from . import benchmarks
     from .benchmarks import report
 
-    out = out or Path("bench-results") / f"{size}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tag = size if device == "cpu" else f"{device}-{size}"
+    out = out or Path("bench-results") / f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.json"
     suite = Path(benchmarks.__file__).parent
     args = [str(suite), f"--rootdir={suite}", "-p", "no:cacheprovider", "-q", "--benchmark-sort=name",
-            f"--benchmark-json={results}", f"--fc-size={size}", f"--fc-dtype={dtype}"]
-    print(f"fastconv bench: {size} suite, {dtype}; pytest output in {out / 'pytest.log'}", file=sys.stderr)
+            f"--benchmark-json={results}", f"--fc-size={size}", f"--fc-dtype={dtype}", f"--fc-device={device}"]
+    print(f"fastconv bench: {size} {device} suite, {dtype}; pytest output in {out / 'pytest.log'}", file=sys.stderr)
     with open(out / "pytest.log", "w") as log, contextlib.redirect_stdout(log):
         code = pytest.main(args, plugins=[_ProgressBar(tqdm)])
     if code != 0:
@@ -189,8 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tiny: one small case per op; quick: a subset; full: every case (default)")
     run.set_defaults(size="full")
     run.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    run.add_argument("--device", choices=["cpu"], default="cpu", help="where to run (cpu)")
-    run.add_argument("--out", type=Path, help="output folder (default: bench-results/SIZE-TIMESTAMP)")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="cpu: the CPU suite (default); cuda: fastconv's GPU algorithms vs PyTorch (cuDNN, "
+                          "cuBLAS) on the GPU")
+    run.add_argument("--out", type=Path, help="output folder (default: bench-results/SIZE-TIMESTAMP, "
+                                              "cuda-SIZE-TIMESTAMP for the GPU suite)")
 
     rep = commands.add_parser("report", help="re-render the report of a results.json")
     rep.add_argument("results", type=Path)
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_module.run(args.repeat)
         return 0
     if args.command == "bench":
-        return bench(args.size, args.dtype, args.out)
+        return bench(args.size, args.dtype, args.out, args.device)
     if args.command in ("train", "evaluate", "visualize"):
         try:
             return _training_command(args)

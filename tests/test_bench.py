@@ -106,3 +106,65 @@ def test_bench_size_defaults_to_full_and_quick_selects_quick():
     assert build_parser().parse_args(["bench"]).size == "full"
     assert build_parser().parse_args(["bench", "--quick"]).size == "quick"
     assert build_parser().parse_args(["bench", "--size", "tiny"]).size == "tiny"
+
+
+def _has_gpu() -> bool:
+    """A real GPU (not the simulator) that fastconv can use, asked in a process without the simulator."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    code = "import fastconv.device as d; print(d.cuda_available())"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip() == "True"
+
+
+def test_bench_on_cuda_without_a_gpu_exits_2_before_running(tmp_path):
+    import os
+    if _has_gpu():
+        pytest.skip("a GPU is available here")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--device", "cuda", "--size", "tiny",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("fastconv bench: CUDA is not available: "), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_suite_tiny_runs():
+    """The GPU suite's tiny cases end to end: on the GPU when there is one, else under the CUDA simulator
+    (tests/conftest.py set NUMBA_ENABLE_CUDASIM for this process, and the subprocess inherits it)."""
+    from pathlib import Path
+    from fastconv import benchmarks
+    suite = Path(benchmarks.__file__).parent
+    done = subprocess.run([sys.executable, "-m", "pytest", str(suite / "test_cuda_bench.py"), f"--rootdir={suite}",
+                           "-p", "no:cacheprovider", "-q", "--fc-device", "cuda", "--fc-size", "tiny",
+                           "--benchmark-disable"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout  # torch peers skip without CUDA
+
+
+def test_report_headline_of_gpu_records(tiny_run, tmp_path):
+    """CPU tiny records relabelled as a GPU run: the headline's fractions of cuBLAS/cuDNN and the train step."""
+    from fastconv.benchmarks import report
+    data = json.loads((tiny_run / "results.json").read_text())
+    gpu = []
+    for record in data["benchmarks"]:
+        info = record["extra_info"]
+        if info["impl"] in ("auto", "pytorch"):
+            record = json.loads(json.dumps(record))
+            record["extra_info"].update(suite="cuda_" + info["suite"], device="cuda",
+                                        impl="tiled" if info["suite"] == "gemm" and info["impl"] == "auto"
+                                        else info["impl"],
+                                        case="vgg" if info["suite"] == "conv2d" else info["case"])
+            gpu.append(record)
+    data["benchmarks"] += gpu
+    data["machine_info"]["fastconv"]["gpu"] = "NVIDIA H100"
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(data))
+    cuda = report.headline(data)["cuda"]
+    assert cuda["gemm"]["case"] == "gemm-64" and cuda["gemm"]["fraction"] > 0
+    assert cuda["conv_forward"]["vgg"]["fraction"] > 0 and cuda["conv_forward"]["resnet"] is None
+    assert cuda["train_step"][0]["cpu_images_per_s"] > 0
+    report.render(path, tmp_path / "out")
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "**GPU GEMM vs cuBLAS:** gemm-64: " in markdown and "target 50%" in markdown
+    assert "## GPU conv2d" in markdown and "--device cuda" in markdown
+    assert report.headline(data)["forward"] == report.headline(json.loads((tiny_run / "results.json").read_text()))["forward"]
