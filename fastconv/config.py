@@ -22,17 +22,18 @@ def set_workspace_limit(nbytes: int) -> None:
     _workspace_limit = int(nbytes)
 
 
-def batch_chunk(what: str, per_image: int, n: int, target: int) -> int:
-    """Images per batch chunk for an algorithm needing `per_image` bytes of workspace per image: the
-    fewest chunks within both the workspace limit and `target` bytes (at least one image each), of
-    equal size. ValueError, naming `what`, when one image does not fit the limit."""
+def batch_chunk(what: str, per_image: int, n: int, target: int, fixed: int = 0) -> int:
+    """Images per batch chunk for an algorithm needing `per_image` bytes of workspace per image plus
+    `fixed` bytes whatever the chunk: the fewest chunks within both the workspace limit and `target`
+    bytes (at least one image each), of equal size. ValueError, naming `what`, when one image does not
+    fit the limit."""
     limit = workspace_limit()
-    if per_image > limit:
+    if fixed + per_image > limit:
         raise ValueError(
-            f"{what} needs {per_image / 2**20:.1f} MiB of workspace for one image, above the workspace "
+            f"{what} needs {(fixed + per_image) / 2**20:.1f} MiB of workspace for one image, above the workspace "
             f"limit of {limit / 2**20:.1f} MiB: raise it with fastconv.set_workspace_limit() or use algo='direct'"
         )
-    most = max(1, min(n, limit // per_image, target // per_image))
+    most = max(1, min(n, (limit - fixed) // per_image, target // per_image))
     chunks = -(-n // most)
     return -(-n // chunks)
 

@@ -67,13 +67,27 @@ def _backward_direct_simd(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
 
 
 def _im2col_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
-    """im2col's workspace per image: the column matrix (C*R*S rows) and the GEMM's K output rows, OH*OW wide."""
-    return (p.c * p.r * p.s + p.k) * p.oh * p.ow * itemsize
+    """im2col's workspace per image, OH*OW wide: the column matrix (C*R*S rows), the GEMM's K output
+    rows, and the packed GEMM's copies of one group's operands in backward (K/g + C/g*R*S rows)."""
+    crs_g, kg = (p.c // p.groups) * p.r * p.s, p.k // p.groups
+    return (p.c * p.r * p.s + p.k + kg + crs_g) * p.oh * p.ow * itemsize
+
+
+def _im2col_fixed_bytes(p: Conv2dShape, itemsize: int) -> int:
+    """The packed GEMM's workspace that does not grow with the chunk: the packed weights of one group
+    and one panel of at most NC columns, C/g*R*S deep."""
+    crs_g, kg = (p.c // p.groups) * p.r * p.s, p.k // p.groups
+    return (kg + gemm_kernels.MR + gemm_kernels.NC) * crs_g * itemsize
+
+
+def _im2col_fits(p: Conv2dShape, itemsize: int) -> bool:
+    return _im2col_fixed_bytes(p, itemsize) + _im2col_bytes_per_image(p, itemsize) <= workspace_limit()
 
 
 def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
     """Images per batch chunk: about CHUNK_BYTES of workspace each, within the workspace limit."""
-    return batch_chunk("im2col", _im2col_bytes_per_image(p, itemsize), p.n, CHUNK_BYTES)
+    return batch_chunk("im2col", _im2col_bytes_per_image(p, itemsize), p.n, CHUNK_BYTES,
+                       _im2col_fixed_bytes(p, itemsize))
 
 
 CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, memory stays near the output's
@@ -156,7 +170,7 @@ def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
     if cg == 1 and p.groups > 1:
         return "direct"
     deep_or_strided = p.stride != (1, 1) or p.r * p.s == 1 or cg * p.r * p.s >= 1024
-    fits = _im2col_bytes_per_image(p, itemsize) <= workspace_limit()
+    fits = _im2col_fits(p, itemsize)
     return "im2col_packed" if deep_or_strided and fits else "direct"
 
 
@@ -176,12 +190,33 @@ def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, group
     return contiguous(xb), unbatched, p
 
 
+NONFINITE_SAFE = ("naive", "im2col", "im2col_packed")
+
+
+def _nonfinite(*arrays: np.ndarray) -> bool:
+    """Whether any array holds NaN or Inf (one sum each; a finite sum that overflows also says yes)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return not all(np.isfinite(np.sum(a)) for a in arrays)
+
+
+def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, run: Callable[[str], tuple]) -> tuple:
+    """run(algo); if its results hold NaN or Inf and algo is direct, direct_simd or winograd, run(
+    'im2col_packed') instead (when it fits the workspace limit), so that NaN and Inf come out where
+    PyTorch puts them: those kernels multiply zero weights or zero-widened lanes by the operands (inf * 0
+    = NaN where PyTorch gives Inf or a number) and Winograd's transforms spread one Inf over its output
+    tile. Finite inputs give finite results, so the check costs one pass over the results and nothing more."""
+    out = run(algo)
+    if algo not in NONFINITE_SAFE and _nonfinite(*out) and _im2col_fits(p, itemsize):
+        out = run("im2col_packed")
+    return out
+
+
 def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
     """What ``auto`` times: every compiled algorithm that handles the shape within the workspace limit.
     BLAS-backed im2col is left out: its thread pool keeps spinning after each call and slows the
     kernels that follow (timing it alone would flatter it)."""
     names = ["direct", "direct_simd"]
-    if _im2col_bytes_per_image(p, itemsize) <= workspace_limit():
+    if _im2col_fits(p, itemsize):
         names.append("im2col_packed")
     if (winograd.winograd_applies(p) and p.c // p.groups >= winograd.GROUPED_GEMM_MIN
             and winograd.workspace_bytes_per_image(p, itemsize) <= workspace_limit()):
@@ -226,7 +261,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     w = contiguous(weight)
     if algo == "auto":
         algo = _auto("forward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][0](xb, w, bias, p))
-    y = CONV2D_ALGORITHMS[algo][0](xb, w, bias, p)
+    y, = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, lambda name: (CONV2D_ALGORITHMS[name][0](xb, w, bias, p),))
     return y[0] if unbatched else y
 
 
@@ -250,6 +285,6 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
         w = contiguous(weight)
         if algo == "auto":
             algo = _auto("backward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
-        gx, gw = CONV2D_ALGORITHMS[algo][1](gy, xb, w, p)
+        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
     gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(xb.dtype)
     return (gx[0] if unbatched else gx), gw, gb

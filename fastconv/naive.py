@@ -3,7 +3,9 @@ the baseline of the benchmarks. Never chosen by ``algo="auto"``.
 
 Arrays are turned into nested lists and every sum is accumulated in Python
 floats (double precision); results come back in the input's dtype. Padding is
-handled by bounds tests, independently of how the compiled kernels pad.
+handled by bounds tests, independently of how the compiled kernels pad. Convolution
+multiplies the weights by the zero padding as PyTorch does, so a non-finite weight (or
+grad_y, for grad_weight) that meets padding gives NaN (inf * 0), never a silent zero.
 """
 from __future__ import annotations
 
@@ -26,6 +28,12 @@ def _taps(o: int, stride: int, pad: int, dilation: int, k: int, size: int) -> li
     return [(t, first + t * dilation) for t in range(k) if 0 <= first + t * dilation < size]
 
 
+def _padded_taps(o: int, stride: int, pad: int, dilation: int, k: int, size: int) -> list[tuple[int, int | None]]:
+    """(kernel tap, input position) pairs of output position `o`, position None in the zero padding."""
+    first = o * stride - pad
+    return [(t, i if 0 <= i < size else None) for t, i in ((t, first + t * dilation) for t in range(k))]
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, R, S)) + bias (K,)."""
     xl, wl = x.tolist(), weight.tolist()
@@ -37,15 +45,15 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2d
         for k in range(p.k):
             g = k // kg
             for oh in range(p.oh):
-                rows = _taps(oh, sh, top, dh, p.r, p.h)
+                rows = _padded_taps(oh, sh, top, dh, p.r, p.h)
                 for ow in range(p.ow):
-                    cols = _taps(ow, sw, left, dw, p.s, p.w)
+                    cols = _padded_taps(ow, sw, left, dw, p.s, p.w)
                     acc = bl[k]
                     for c in range(cg):
                         plane, wkc = xl[n][g * cg + c], wl[k][c]
                         for r, h in rows:
                             for s, w in cols:
-                                acc += wkc[r][s] * plane[h][w]
+                                acc += wkc[r][s] * (0.0 if h is None or w is None else plane[h][w])
                     y[n][k][oh][ow] = acc
     return np.array(y, dtype=x.dtype).reshape(p.y_shape)
 
@@ -62,15 +70,18 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
         for k in range(p.k):
             g = k // kg
             for oh in range(p.oh):
-                rows = _taps(oh, sh, top, dh, p.r, p.h)
+                rows = _padded_taps(oh, sh, top, dh, p.r, p.h)
                 for ow in range(p.ow):
-                    cols = _taps(ow, sw, left, dw, p.s, p.w)
+                    cols = _padded_taps(ow, sw, left, dw, p.s, p.w)
                     gout = gyl[n][k][oh][ow]
                     for c in range(cg):
                         plane, gplane = xl[n][g * cg + c], gx[n][g * cg + c]
                         wkc, gwkc = wl[k][c], gw[k][c]
                         for r, h in rows:
                             for s, w in cols:
+                                if h is None or w is None:
+                                    gwkc[r][s] += 0.0 * gout  # the zero padding: NaN when gout is not finite
+                                    continue
                                 gplane[h][w] += wkc[r][s] * gout
                                 gwkc[r][s] += plane[h][w] * gout
     return (np.array(gx, dtype=x.dtype).reshape(p.x_shape),

@@ -3,7 +3,9 @@
 Each module is plain loops over plain arrays: the Python layer in ``fastconv``
 validates arguments, allocates outputs and picks a kernel; a kernel computes and
 trusts its inputs. Numba kernels are compiled lazily on first call and cached on
-disk (``cache=True``); importing this package compiles nothing.
+disk (``cache=True``); importing this package compiles nothing. Every CPU kernel releases the
+GIL while it runs (Numba ``nogil=True``, Cython ``nogil``), so Python threads calling ops at once
+run their kernels in parallel.
 
 - ``cuda_conv``, ``cuda_gemm``, ``cuda_pool``, ``cuda_elementwise``: the GPU kernels (numba.cuda), imported
   only when a device array reaches an op: direct and im2col convolution, the tiled GEMM, pooling, and the

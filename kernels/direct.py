@@ -26,7 +26,7 @@ SHORT_ROW = 512  # flat rows shorter than this are interleaved across the batch
 WEIGHT_PARTS = 8  # weight-gradient work items (ranges of k): fewer items re-read xp fewer times
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _accumulate_taps(acc, src, weights, offsets, length):
     """acc[j] += sum_t weights[t] * src[offsets[t] + j] for j < length, four taps per pass.
 
@@ -50,7 +50,7 @@ def _accumulate_taps(acc, src, weights, offsets, length):
             acc[j] = total + w3 * x3[j]
 
 
-@njit(cache=True, fastmath={"contract", "reassoc"})
+@njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 def _accumulate_dots(out, row, src, offsets, length):
     """out[t] += sum_j row[j] * src[offsets[t] + j] for j < length, four taps per pass.
 
@@ -79,7 +79,7 @@ def _accumulate_dots(out, row, src, offsets, length):
             out[i3] = sum3
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tap_offsets(channels, channel_pitch, R, S, row_pitch, dh, dw, scale):
     """Flat offsets (c*channel_pitch + r*dh*row_pitch + s*dw) * scale in (c, r, s) order."""
     offsets = np.empty(channels * R * S, dtype=np.int64)
@@ -91,13 +91,13 @@ def _tap_offsets(channels, channel_pitch, R, S, row_pitch, dh, dw, scale):
     return offsets
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _images_per_block(N, positions):
     """Interleave the whole batch when a plane's flat row is too short to vectorise well."""
     return N if positions < SHORT_ROW else 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _interleave(a, nb, Wp, lead, pitch):
     """a (N, CH, rows, cols) -> zeros (N // nb, CH * pitch * nb), images interleaved innermost:
     [block, (ch*pitch + lead + i*Wp + j)*nb + image] = a[block*nb + image, ch, i, j]."""
@@ -118,7 +118,7 @@ def _interleave(a, nb, Wp, lead, pitch):
     return out
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def conv2d_forward(xp, w, b, y, sh, sw, dh, dw, groups):
     """y[n,k,oh,ow] = b[k] + sum_{c,r,s} w[k,c,r,s] * xp[n, g*Cg+c, oh*sh+r*dh, ow*sw+s*dw].
 
@@ -176,7 +176,7 @@ def conv2d_forward(xp, w, b, y, sh, sw, dh, dw, groups):
                     y_row[ow] += weight * src[offsets[t] + ow * sw]
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def conv2d_backward_input(gy, w, gxp, sh, sw, dh, dw, groups):
     """gxp[n, g*Cg+c, ih, iw] = sum of w[k,c,r,s] * gy[n,k,oh,ow] over k in group g and all
     (oh, ow, r, s) with ih = oh*sh + r*dh, iw = ow*sw + s*dw.
@@ -241,7 +241,7 @@ def conv2d_backward_input(gy, w, gxp, sh, sw, dh, dw, groups):
                             gx[base + ow * sw] += weight * gy[n, k, oh, ow]
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def conv2d_backward_weight(gy, xp, gw, sh, sw, dh, dw, groups):
     """gw[k,c,r,s] = sum_{n,oh,ow} gy[n,k,oh,ow] * xp[n, g*Cg+c, oh*sh+r*dh, ow*sw+s*dw].
 

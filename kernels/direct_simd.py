@@ -60,7 +60,7 @@ def tail_elements(wq, itemsize):
     return 2 * NV * lanes_for(itemsize) + wq + 8
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def phase_split(x, xq, top, left, sh, sw, hq, wq):
     """Fill xq[: N*C*sh*sw*hq*wq] with the zero-padded, phase-split input (see module doc)."""
     N, C, H, W = x.shape
@@ -88,7 +88,7 @@ def phase_split(x, xq, top, left, sh, sw, hq, wq):
                 xq[o + j_hi:o + wq] = zero
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def pack_weights(w, groups, wp):
     """wp[(kb*T + t)*MR + m] = w[g*Kg + (kb % KBg)*MR + m] at tap t = (c, r, s), zero past Kg
     (the wp layout above); wp has groups*KBg*T*MR elements."""
@@ -107,7 +107,7 @@ def pack_weights(w, groups, wp):
                 wp[base + t * MR + m] = w_rows[k0 + m, t] if m < mr else 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _chunk_6x2(xq, x_off, wp, w_off, offs, t0, t1, tile, t_off, ld, accumulate):
     """tile[t_off + m*ld + j] (+)= sum_{t0 <= t < t1} wp[w_off + t*MR + m] * xq[x_off + offs[t] + j]
     for m < 6, j < 2*LANES (added to the tile's values if ``accumulate``, else overwriting
@@ -178,7 +178,7 @@ def _chunk_6x2(xq, x_off, wp, w_off, offs, t0, t1, tile, t_off, ld, accumulate):
     vector_store(tile, t_off + 5 * ld + lanes, c51)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def conv2d_forward(xq, wp, offs, b, y, channels, phases, hq, wq, groups, seg_rows, block_taps):
     """y[n, k, oh, ow] = b[k] + sum over taps of w * xpad (layouts in the module docstring).
 
@@ -229,7 +229,7 @@ def conv2d_forward(xq, wp, offs, b, y, channels, phases, hq, wq, groups, seg_row
 # Batch-vector variant: vectors along a block of NB images, for small output planes.
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def interleave_batch(x, xi, top, left, hp, wp, nb):
     """xi[(((blk*C + c)*hp + i)*wp + j)*nb + v] = xpad[blk*nb + v, c, i, j]: the zero-padded
     input with blocks of nb images innermost (images past N are zero)."""
@@ -255,7 +255,7 @@ def interleave_batch(x, xi, top, left, hp, wp, nb):
                 xi[q + col * nb] = x_row[col]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def conv2d_forward_batch(xi, wp, offs, b, y, channels, hp, wpitch, sh, sw, groups, seg_len,
                          block_taps):
     """Same result as conv2d_forward, vectorised along blocks of NB = NV*LANES images.

@@ -8,7 +8,7 @@ import numpy as np
 BLOCK = 1 << 14  # elements per parallel work item
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def relu_forward(x, y):
     """y = max(x, 0) elementwise; NaN stays NaN (as torch.relu)."""
     xf, yf = x.reshape(-1), y.reshape(-1)
@@ -20,7 +20,7 @@ def relu_forward(x, y):
             yf[i] = v if (v > zero or v != v) else zero
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def relu_backward(grad_y, y, grad_x):
     """grad_x = grad_y where y > 0, else 0 (PyTorch's threshold_backward on the output).
 
@@ -36,7 +36,7 @@ def relu_backward(grad_y, y, grad_x):
             out[i] = g[i] if yb[i] > zero else zero
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     """torch.optim.SGD on flat arrays: g' = g + wd*p; buf = g' (first step) or momentum*buf + (1-dampening)*g';
     step = g' + momentum*buf (Nesterov) or buf (or g' without momentum); p -= lr * step."""
@@ -49,7 +49,7 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first
         p[i] -= lr * gi
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt):
     """torch.optim.Adam on flat arrays: g' = g + wd*p; m += (1-b1)(g' - m); v = b2 v + (1-b2) g'^2;
     p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""

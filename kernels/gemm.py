@@ -221,7 +221,7 @@ def vector_add(typingctx, x, y):
 # BLAS through Numba
 # ---------------------------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def gemm_blas(a, b, c, trans_a, trans_b):
     """c[:, :] = op(a) @ op(b) through BLAS (``np.dot`` in Numba).
 
@@ -245,7 +245,7 @@ def gemm_blas(a, b, c, trans_a, trans_b):
 # Packed GEMM
 # ---------------------------------------------------------------------------
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def pack_a_sliver(a, trans_a, row0, rows, col0, kc, a_pack, offset):
     """Pack op(a)[row0:row0+rows, col0:col0+kc] (rows <= MR) into one sliver.
 
@@ -270,7 +270,7 @@ def pack_a_sliver(a, trans_a, row0, rows, col0, kc, a_pack, offset):
                 a_pack[offset + p * MR + r] = a[row0 + r, col0 + p]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def pack_b_sliver(b, trans_b, row0, kc, col0, cols, b_pack, offset):
     """Pack op(b)[row0:row0+kc, col0:col0+cols] (cols <= NR) into one sliver.
 
@@ -300,7 +300,7 @@ def pack_b_sliver(b, trans_b, row0, kc, col0, cols, b_pack, offset):
             vector_store(b_pack, target + lanes, vector_load(b, source + lanes))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _store_row(c, offset, lanes, low, high, accumulate):
     """c.flat[offset:offset + 2*lanes] (+)= [low, high]."""
     if accumulate:
@@ -310,7 +310,7 @@ def _store_row(c, offset, lanes, low, high, accumulate):
     vector_store(c, offset + lanes, high)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def micro_kernel(kc, a_pack, a_offset, b_pack, b_offset, c, c_offset, ldc, accumulate):
     """MR x NR tile: C_tile (+)= A_sliver @ B_sliver, accumulators in registers.
 
@@ -368,7 +368,7 @@ def micro_kernel(kc, a_pack, a_offset, b_pack, b_offset, c, c_offset, ldc, accum
     _store_row(c, c_offset + 5 * ldc, lanes, c50, c51, accumulate)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def compute_block(a_pack, b_pack, c, k, m_pad, nc_pad, row0, rows, panel_col0,
                   col0, cols):
     """c[row0:row0+rows, col0:col0+cols] = packed op(a) rows @ packed op(b) columns.
@@ -407,7 +407,7 @@ def compute_block(a_pack, b_pack, c, k, m_pad, nc_pad, row0, rows, panel_col0,
                                 c[i0 + r, j0 + j] = tile[r, j]
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def gemm_packed(a, b, c, trans_a, trans_b):
     """c[:, :] = op(a) @ op(b) with our cache-blocked, packed, SIMD GEMM.
 

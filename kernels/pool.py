@@ -15,7 +15,7 @@ import numba as nb
 import numpy as np
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _taps(out_len, in_len, k, stride, pad, dil):
     """Valid tap range [t0[o], t1[o]) of each output o: 0 <= o*stride - pad + t*dil < in_len."""
     t0 = np.empty(out_len, np.int64)
@@ -27,7 +27,7 @@ def _taps(out_len, in_len, k, stride, pad, dil):
     return t0, t1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _avg_bounds(out_len, in_len, k, stride, pad):
     """Clipped window [lo[o], hi[o]) and padded extent (PyTorch's pool_size factor) of each output o."""
     lo = np.empty(out_len, np.int64)
@@ -42,7 +42,7 @@ def _avg_bounds(out_len, in_len, k, stride, pad):
     return lo, hi, ext
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     """y[n,c,oh,ow] = max over the window, idx = its flat index h*W + w within the plane.
 
@@ -89,7 +89,7 @@ def max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
                 ip[oh * OW + ow] = bi
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def max_pool2d_backward(gy, idx, gx):
     """gx = 0, then gx[n, c, idx // W, idx % W] += gy[n, c, oh, ow] for every output, in output order."""
     N, C, H, W = gx.shape
@@ -106,7 +106,7 @@ def max_pool2d_backward(gy, idx, gx):
             gxp[np.uint64(ip[o])] += gyp[o]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _avg_divisor(divisor_override, count_include_pad, padded_size, inside_size):
     """PyTorch's divisor: the override if non-zero, else the window size with or without padding."""
     if divisor_override != 0:
@@ -114,7 +114,7 @@ def _avg_divisor(divisor_override, count_include_pad, padded_size, inside_size):
     return padded_size if count_include_pad else inside_size
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
     """y = (sum over the clipped window, accumulated in x's dtype) / divisor, as PyTorch's CPU kernel.
 
@@ -149,7 +149,7 @@ def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_
                 yp[oh * OW + ow] = acc / x.dtype.type(div)
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, nogil=True, parallel=True)
 def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
     """gx = 0, then gy[n,c,oh,ow] / divisor is added to every position of its clipped window."""
     N, C, H, W = gx.shape

@@ -45,7 +45,7 @@ WORK_BLOCKS = 64       # parallel work blocks per kernel call (each allocates it
 PRODUCT_TILES = 4096   # elements of grouped_products' accumulator block (Kg x tiles), L1-sized
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def filter_transform(w, u):
     """u[xi, k, c] = (G w[k, c] G^T)[i, j], computed in float64 and rounded once to u's dtype.
 
@@ -81,7 +81,7 @@ def filter_transform(w, u):
                 row[c] = src_row[c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def input_transform(x, v, n0, top, left, TH, TW):
     """v[:, :, :] = B^T d B for every tile of images n0 .. n0 + nb - 1, nb = v.shape[2] // (TH*TW).
 
@@ -138,7 +138,7 @@ def input_transform(x, v, n0, top, left, TH, TW):
                         out3[tw] = a1 - a3
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def pack_weights(u, b_pack):
     """b_pack[xi, g] = u[xi, g*Kg:(g+1)*Kg].T (Cg x Kg) in gemm's packed-B layout.
 
@@ -160,7 +160,7 @@ def pack_weights(u, b_pack):
                       b_pack[xi, g], pc * kg_pad + s * nr * kc)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def products(v, b_pack, m):
     """m[xi, g] = v[xi, g*Cg:(g+1)*Cg].T @ u[xi, g*Kg:(g+1)*Kg].T for all 16 points and groups,
     in ONE parallel loop, with fastconv's packed SIMD GEMM kernels (gemm.pack_a_sliver,
@@ -200,7 +200,7 @@ def products(v, b_pack, m):
                           0, rows, 0, 0, Kg)
 
 
-@njit(cache=True, parallel=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def grouped_products(u, v, m):
     """m[xi, g, t, kk] = sum_c u[xi, g*Kg + kk, c] * v[xi, g*Cg + c, t], all 16 points and all
     groups in one parallel loop: for layers with few channels per group, where 16*groups
@@ -235,7 +235,7 @@ def grouped_products(u, v, m):
                     out[t, kk] = acc[kk, t]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def output_transform(m, b, y, n0, TH, TW):
     """y[n0:n0+nb] = A^T m A + b for every tile of the chunk, clipped to (OH, OW).
 

@@ -24,11 +24,20 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, terms: int = 1) -> No
 
 
 LAYOUTS = ["c", "f", "strided", "readonly", "bigendian"]
+FUZZ_LAYOUTS = LAYOUTS + ["reversed", "unaligned"]
 
 
 def layout(a: np.ndarray, kind: str) -> np.ndarray:
     """The same values in another memory layout: 'c', 'f' (Fortran order), 'strided' (a step-2
-    view), 'readonly' (not writeable) or 'bigendian' (non-native byte order)."""
+    view), 'readonly' (not writeable), 'bigendian' (non-native byte order), 'reversed' (negative
+    strides: a reversed view of a reversed copy) or 'unaligned' (on a byte buffer offset by 1)."""
+    if kind == "reversed":
+        return np.ascontiguousarray(a[..., ::-1])[..., ::-1] if a.ndim else a
+    if kind == "unaligned":
+        buf = np.zeros(a.nbytes + 1, np.uint8)
+        u = np.ndarray(a.shape, a.dtype, buffer=buf, offset=1)
+        u[...] = a
+        return u
     if kind == "f":
         return np.asfortranarray(a)
     if kind == "readonly":

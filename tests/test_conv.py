@@ -87,15 +87,19 @@ def test_im2col_chunks_the_batch_under_the_workspace_limit(algo):
     g = rng.standard_normal((7, 5, 9, 8)).astype(np.float32)
     expected = fc.conv2d(x, w, padding=1, algo="direct")
     expected_grads = fc.conv2d_backward(g, x, w, padding=1, algo="direct")
-    per_image = (3 * 9 + 5) * 9 * 8 * 4
+    from fastconv.kernels import gemm as gemm_kernels
+    # per image: the columns (C*R*S rows), the GEMM output (K rows), the packed GEMM's copies (K + C*R*S rows);
+    # whatever the chunk: the packed weights and one packed panel, C*R*S deep
+    per_image = (3 * 9 + 5 + 5 + 3 * 9) * 9 * 8 * 4
+    fixed = (5 + gemm_kernels.MR + gemm_kernels.NC) * 3 * 9 * 4
     old = fc.workspace_limit()
     try:
-        for limit in (per_image, 2 * per_image + 1, 3 * per_image):
+        for limit in (fixed + per_image, fixed + 2 * per_image + 1, fixed + 3 * per_image):
             fc.set_workspace_limit(limit)
             assert_close(fc.conv2d(x, w, padding=1, algo=algo), expected, 27)
             for got, want in zip(fc.conv2d_backward(g, x, w, padding=1, algo=algo), expected_grads):
                 assert_close(got, want, 7 * 72)
-        fc.set_workspace_limit(per_image - 1)
+        fc.set_workspace_limit(fixed + per_image - 1)
         with pytest.raises(ValueError, match="workspace"):
             fc.conv2d(x, w, padding=1, algo=algo)
         assert fc.conv2d(x, w, padding=1).shape == (7, 5, 9, 8)  # auto falls back to direct
