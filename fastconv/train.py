@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 import time
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,29 +149,82 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: optim.Optimiz
     return path
 
 
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One .npy entry of a checkpoint, trusting nothing in it: a format 1.0/2.0 header, a plain
+    numeric or unicode dtype (no objects, so no pickle; no structured or empty dtypes), a shape of
+    non-negative ints whose byte count is then read in chunks: only bytes really present are
+    allocated, and exactly that count must be there."""
+    where = f"{path}: entry {info.filename!r}"
+    with zf.open(info) as member:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version not in _NPY_HEADERS:
+                raise ValueError(f"unsupported .npy format version {version}")
+            shape, fortran, dtype = _NPY_HEADERS[version](member)
+        except (ValueError, TypeError, SyntaxError, RecursionError, tokenize.TokenError) as error:  # header parsing
+            raise ValueError(f"{where} is not a valid .npy array: {error}") from None
+        if dtype.kind not in "biufcU" or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+            raise ValueError(f"{where} has dtype {dtype}; a checkpoint holds plain numbers and the 'meta' string")
+        if len(shape) > 32 or any(type(d) is not int or d < 0 for d in shape):
+            raise ValueError(f"{where} has an invalid shape {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        contents = data._read_at_most(member, nbytes + 1)
+    if len(contents) != nbytes:
+        raise ValueError(f"{where} is {'truncated' if len(contents) < nbytes else 'too long'}: its header "
+                         f"declares {nbytes} bytes of data")
+    array = np.frombuffer(contents, dtype, math.prod(shape))
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """(meta, {'model': ..., 'optimizer': ..., 'scheduler': ...}) from a checkpoint written by save_checkpoint."""
+    """(meta, {'model': ..., 'optimizer': ..., 'scheduler': ...}) from a checkpoint written by save_checkpoint.
+
+    The file must be a zip (stored or deflated entries, none encrypted, no duplicate names) of
+    .npy entries named 'meta' (a 0-d unicode array holding a JSON dict with the checkpoint version)
+    and 'model/...', 'optimizer/...', 'scheduler/...'. Nothing is unpickled, and no array is
+    allocated from a declared size before its bytes are read. Raises ValueError naming the file
+    for anything else.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
+        raise ValueError(f"{path} is not a fastconv checkpoint (.npz): it does not start as a zip file")
+    arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} is not a fastconv checkpoint (.npz): {error}") from None
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                key = info.filename.removesuffix(".npy")
+                if not info.filename.endswith(".npy") or key in arrays:
+                    raise ValueError(f"{path}: unexpected or duplicate entry {info.filename!r}")
+                if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise ValueError(f"{path}: entry {info.filename!r} is encrypted or compressed with "
+                                     f"method {info.compress_type}; only stored and deflated entries are read")
+                arrays[key] = _read_npy(path, zf, info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, OverflowError, NotImplementedError,
+            UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not a fastconv checkpoint (.npz): {type(error).__name__}: {error}") from None
     if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].shape != ():
         raise ValueError(f"{path} is not a fastconv checkpoint: it has no JSON 'meta' entry")
     try:
         meta = json.loads(str(arrays.pop("meta")))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: corrupt checkpoint metadata: {error}") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, too many digits, too deep
+        raise ValueError(f"{path}: corrupt checkpoint metadata: {str(error)[:200]}") from None
     if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported checkpoint version {meta.get('version') if isinstance(meta, dict) else meta!r}")
+        version = meta.get("version") if isinstance(meta, dict) else meta
+        raise ValueError(f"{path}: unsupported checkpoint version {str(version)[:100]}")
     parts: dict[str, dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "scheduler": {}}
     for key, value in arrays.items():
         part, _, name = key.partition("/")
         if part not in parts or not name:
             raise ValueError(f"{path}: unexpected entry {key!r}")
+        if value.dtype.kind == "U":
+            raise ValueError(f"{path}: entry {key!r} holds text, not numbers")
         parts[part][name] = value
     return meta, parts
 

@@ -1,0 +1,566 @@
+"""Hostile-file fuzz harness for fastconv's file readers (issue 7).
+
+    python tests/fuzz_files.py --reader {idx,cifar10,checkpoint,all} --inputs 100000 [--seed S]
+                               [--workers 1|2] [--save DIR]
+
+Each input is a file built from seeded random choices: random bytes, or a valid file (made with
+``write_idx`` / ``write_cifar10`` / ``save_checkpoint`` on small arrays) that is then damaged:
+truncated at field boundaries, bit-flipped, header fields overwritten with extreme values, garbage
+appended or inserted, gzip-wrapped (IDX), and, for checkpoints, rebuilt with hostile .npy members
+(pickled object arrays, huge declared shapes or item sizes, a 'meta' that is not a JSON string,
+unexpected keys, other compression methods, encrypted-flagged or duplicate zip entries).
+
+For every input the reader must either return well-formed arrays or raise ``ValueError`` whose
+message names the file (or, for load_mnist's folder-level checks, the folder). Anything else is a
+FINDING: another exception type, a result that is not well formed, a pickle being loaded, a run
+longer than ``LIMIT_S`` seconds, or a peak of traced memory (tracemalloc sees NumPy's buffers)
+above ``16 * justified + 1 MiB``, where `justified` is the file size plus what its gzip or zip
+streams really decompress to. Findings are printed, and saved (bytes + traceback) under --save.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import faulthandler
+import gc
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import random
+import re
+import signal
+import struct
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import tracemalloc
+import warnings
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fastconv import nn, optim  # noqa: E402
+from fastconv.data import load_cifar10, load_mnist, read_idx, write_cifar10, write_idx  # noqa: E402
+from fastconv.train import load_checkpoint, save_checkpoint  # noqa: E402
+
+READERS = ("idx", "cifar10", "checkpoint")
+LIMIT_S = 2.0           # per input; a longer run is a hang
+HARD_LIMIT_S = 30.0     # stuck in C code past this: the watchdog thread dumps the stacks and exits the process
+MNIST_IMAGES, MNIST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
+INTERESTING_BYTES = (0, 1, 2, 3, 4, 5, 8, 9, 10, 0x0D, 0x1F, 0x7F, 0x80, 0x8B, 0xFE, 0xFF)
+INTERESTING_INTS = (0, 1, 2, 3, 27, 28, 255, 256, 3073, 2**15, 2**16 - 1, 2**16, 2**31 - 1, 2**31, 2**32 - 1)
+
+
+class Finding(BaseException):
+    """Raised by the guards (pickle, time limit); a BaseException so that no reader can swallow it."""
+
+
+# --- mutations -------------------------------------------------------------------------------------
+
+def _offset(rng: random.Random, blob: bytes, boundaries: list[int]) -> int:
+    """A field boundary (+-1) or a random offset, within 0..len(blob)."""
+    if boundaries and rng.random() < 0.7:
+        return max(0, min(len(blob), rng.choice(boundaries) + rng.choice((-1, 0, 0, 0, 1))))
+    return rng.randint(0, len(blob))
+
+
+def mutate(rng: random.Random, blob: bytes, boundaries: list[int]) -> bytes:
+    """One random damage to `blob`: truncate, flip bits, overwrite a byte or a 32-bit field, insert,
+    delete, duplicate, append garbage or splice in a copy of itself."""
+    b = bytearray(blob)
+    op = rng.randrange(9)
+    at = _offset(rng, b, boundaries)
+    if op == 0:
+        return bytes(b[:at])
+    if op == 1 and b:
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif op == 2 and at < len(b):
+        b[at] = rng.choice(INTERESTING_BYTES) if rng.random() < 0.7 else rng.randrange(256)
+    elif op == 3:
+        value = rng.choice(INTERESTING_INTS) if rng.random() < 0.8 else rng.getrandbits(32)
+        b[at:at + 4] = struct.pack(rng.choice((">I", "<I")), value)
+    elif op == 4:
+        b[at:at] = rng.randbytes(rng.randint(1, 16))
+    elif op == 5:
+        del b[at:at + rng.randint(1, 64)]
+    elif op == 6:
+        b[at:at] = b[at:at + rng.randint(1, 64)]
+    elif op == 7:
+        b += rng.randbytes(rng.randint(1, 256)) if rng.random() < 0.5 else bytes(rng.randint(1, 64))
+    else:
+        b += bytes(b[:rng.randint(0, len(b))])
+    return bytes(b)
+
+
+def mutate_some(rng: random.Random, blob: bytes, boundaries: list[int], most: int = 3) -> bytes:
+    for _ in range(rng.randint(0, most)):
+        blob = mutate(rng, blob, boundaries)
+    return blob
+
+
+def random_blob(rng: random.Random, prefixes: tuple[bytes, ...]) -> bytes:
+    """Random bytes of a random length, often behind one of the format's magic prefixes."""
+    body = rng.randbytes(rng.choice((0, 1, 3, 4, 8, 16, 100, 784, 3073, rng.randint(0, 8192))))
+    return (rng.choice(prefixes) if rng.random() < 0.6 else b"") + body
+
+
+# --- IDX (read_idx and load_mnist) ------------------------------------------------------------------
+
+def idx_input(rng: random.Random) -> tuple[str, bytes]:
+    """(slot, bytes): a hostile file for MNIST's images or labels slot."""
+    if rng.random() < 0.1:
+        return rng.choice((MNIST_IMAGES, MNIST_LABELS)), random_blob(
+            rng, (b"\0\0\x08", b"\0\0\x08\x01", b"\0\0\x08\x03", b"\x1f\x8b", b"\x1f\x8b\x08\x00"))
+    kind = rng.randrange(3)
+    if kind == 0:
+        slot, array = MNIST_IMAGES, np.zeros((rng.randint(1, 3), 28, 28), np.uint8)
+    elif kind == 1:
+        slot, array = MNIST_LABELS, np.zeros(rng.randint(1, 3), np.uint8)
+    else:
+        slot = rng.choice((MNIST_IMAGES, MNIST_LABELS))
+        array = np.zeros([rng.randint(1, 5) for _ in range(rng.randint(1, 4))], np.uint8)
+    array[...] = rng.randrange(12)
+    buffer = io.BytesIO()
+    ndim = array.ndim
+    raw = bytes([0, 0, 8, ndim]) + struct.pack(f">{ndim}I", *array.shape) + array.tobytes()
+    raw = mutate_some(rng, raw, [0, 2, 3, 4, *range(4, 5 + 4 * ndim, 4), len(raw)])
+    if rng.random() < 0.5:
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=rng.choice((1, 6, 9))) as f:
+            f.write(raw)
+        stored = buffer.getvalue()
+        if rng.random() < 0.2:  # a second gzip member, or a gzip of a gzip
+            stored = stored + gzip.compress(raw[:rng.randint(0, len(raw))]) if rng.random() < 0.5 \
+                else gzip.compress(stored)
+        raw = mutate_some(rng, stored, [0, 2, 3, 4, 8, 9, 10, len(stored) - 8, len(stored) - 4, len(stored)], 2)
+    return slot, raw
+
+
+def check_idx(folder: Path, slot: str, blob: bytes, rng: random.Random) -> None:
+    """read_idx on the fuzzed file, then (when it reads) load_mnist on the folder; both must be well formed."""
+    path = folder / slot
+    md5 = hashlib.md5(blob).hexdigest() if rng.random() < 0.1 else None
+    array = read_idx(path, md5)
+    _expect(isinstance(array, np.ndarray) and array.dtype == np.uint8 and 1 <= array.ndim <= 4
+            and 0 < array.size <= 1032 * len(blob), f"read_idx returned a malformed array {array!r:.80}")
+    images, labels = load_mnist(folder)
+    _expect(images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (1, 28, 28)
+            and labels.dtype == np.int64 and labels.shape == (len(images),)
+            and int(labels.min()) >= 0 and int(labels.max()) <= 9, "load_mnist returned malformed arrays")
+
+
+def setup_idx(folder: Path) -> None:
+    """Valid companions: 2 images, 2 labels (a fuzzed file replaces one of them)."""
+    write_idx(folder / MNIST_IMAGES, np.zeros((2, 28, 28), np.uint8))
+    write_idx(folder / MNIST_LABELS, np.array([3, 7], np.uint8))
+
+
+# --- CIFAR-10 ---------------------------------------------------------------------------------------
+
+CIFAR_RECORD = 3073
+
+
+def cifar_input(rng: random.Random) -> tuple[str, bytes]:
+    """(name, bytes): a hostile test_batch.bin (read with train=False) or data_batch_2.bin (train=True)."""
+    name = rng.choice(("test_batch.bin", "data_batch_2.bin"))
+    if rng.random() < 0.15:
+        n = rng.randint(0, 3) * CIFAR_RECORD + rng.choice((0, 0, 0, 1, -1)) if rng.random() < 0.5 else None
+        return name, rng.randbytes(max(0, n)) if n is not None else random_blob(rng, (b"\x00", b"\x0a", b"\xff"))
+    n = rng.randint(1, 3)
+    records = np.random.default_rng(rng.getrandbits(32)).integers(0, 256, (n, CIFAR_RECORD), dtype=np.uint8)
+    records[:, 0] %= 10
+    blob = records.tobytes()
+    return name, mutate_some(rng, blob, [k * CIFAR_RECORD for k in range(n + 1)] + [1])
+
+
+def check_cifar10(folder: Path, name: str, blob: bytes, rng: random.Random) -> None:
+    """load_cifar10 must give images (N, 3, 32, 32) uint8 and labels (N,) int64 in 0..9, N from the sizes."""
+    train = name != "test_batch.bin"
+    images, labels = load_cifar10(folder, train=train)
+    n = len(blob) // CIFAR_RECORD + (1 if train else 0)  # data_batch_1.bin holds one valid record
+    _expect(images.dtype == np.uint8 and images.shape == (n, 3, 32, 32) and labels.dtype == np.int64
+            and labels.shape == (n,) and int(labels.min()) >= 0 and int(labels.max()) <= 9,
+            f"load_cifar10 returned malformed arrays {images.shape}, {labels.shape}")
+
+
+def setup_cifar10(folder: Path) -> None:
+    write_cifar10(folder, np.zeros((1, 3, 32, 32), np.uint8), np.array([4]), "data_batch_1.bin")
+
+
+# --- checkpoints (.npz) -----------------------------------------------------------------------------
+
+def npy(descr: object, shape: object, data: bytes, fortran: object = False, version: tuple[int, int] = (1, 0),
+        header: str | None = None) -> bytes:
+    """A .npy file from its parts, with no validation (`header` replaces the dict text when given)."""
+    text = header if header is not None else \
+        "{'descr': %r, 'fortran_order': %r, 'shape': %r, }" % (descr, fortran, shape)
+    text += " " * (-(len(text) + 11) % 64) + "\n"
+    raw = text.encode("latin1", "replace")
+    size = struct.pack("<H", len(raw)) if version[0] == 1 else struct.pack("<I", len(raw))
+    return b"\x93NUMPY" + bytes(version) + size + raw + data
+
+
+def _npy_of(array: np.ndarray, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+DESCRS = ("<f4", "<f8", "|u1", "<i8", ">f4", "|b1", "<c8", "|O", "<U4", "|S3", "|V0", "<U0", "<M8[s]",
+          [("a", "|O")], [("a", "<f4", (3,))], [("a", "|u1", (10**9,))], [("a", "<f4"), ("a", "<f4")], [],
+          "weird", 7, ("<f4", (2**31,)))
+SHAPES = ((), (0,), (1,), (3,), (2, 3), (2**62,), (2**31, 2**31), (2**64,), (10**30,), (-1,), (-5, -5),
+          (2**32, 0), (1,) * 70, (2,) * 40, (True,), [3], "3", (1.5,), None)
+HEADERS = ("", "{", "[1, 2]", "{'descr': '<f4'}", "(" * 150 + ")" * 150, "[" * 3000, "{[]: 1}", "{1: 2}",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'x': 1}",
+           "{'descr': '<f4', 'fortran_order': 0, 'shape': (1,)}", "__import__('os').system('false')",
+           "{'descr': '<f4', 'fortran_order': False, 'shape': (2**1000,)}", "\x00\xff" * 20)
+
+
+def hostile_npy(rng: random.Random) -> bytes:
+    """A .npy member that lies: odd dtype, huge or invalid shape, wrong data length, odd version, bad header."""
+    pick = rng.random()
+    if pick < 0.15:
+        return npy(None, None, rng.randbytes(rng.randint(0, 16)), header=rng.choice(HEADERS),
+                   version=rng.choice(((1, 0), (2, 0), (3, 0))))
+    if pick < 0.25:
+        return _npy_of(np.array([{"version": 1}, None], dtype=object), allow_pickle=True)
+    descr, shape = rng.choice(DESCRS), rng.choice(SHAPES)
+    try:
+        size = int(math.prod(shape)) * np.dtype(descr).itemsize
+    except Exception:
+        size = -1
+    size = size if 0 <= size <= 4096 else rng.randint(0, 64)
+    size += rng.choice((0, 0, 0, -1, 1))
+    return npy(descr, shape, rng.randbytes(max(0, size)), fortran=rng.choice((False, True, "x")),
+               version=rng.choice(((1, 0), (1, 0), (2, 0), (3, 0), (9, 9))))
+
+
+def hostile_meta(rng: random.Random) -> bytes:
+    """A 'meta' member that is not a version-1 JSON dict in a 0-d unicode array."""
+    text = rng.choice(('{"version": 1', "not json", "[1, 2]", '"version"', "{}", '{"version": 99}', "[" * 100_000,
+                       '{"version": ' + "9" * 5000 + "}", '{"version": 1, "x": NaN}', "\ud800", '{"version": true}'))
+    choice = rng.randrange(7)
+    if choice == 0:
+        return _npy_of(np.array(text))
+    if choice == 1:
+        return _npy_of(np.array([json.dumps({"version": 1})] * 2))
+    if choice == 2:
+        return _npy_of(np.array(7))
+    if choice == 3:
+        return _npy_of(np.array(b'{"version": 1}'))
+    if choice == 4:
+        return _npy_of(np.array({"version": 1}, dtype=object), allow_pickle=True)
+    if choice == 5:  # code points that are not unicode: above 0x10FFFF, or lone surrogates
+        return npy("<U2", (), struct.pack("<2I", rng.choice((0x110000, 0xD800, 0xFFFFFFFF)), 0x41))
+    return hostile_npy(rng)
+
+
+def zip_members(members: list[tuple[str, bytes]], rng: random.Random) -> bytes:
+    """The members zipped, stored or deflated (sometimes bzip2/lzma; rarely mixed), sometimes with a comment."""
+    buffer = io.BytesIO()
+    methods = (zipfile.ZIP_STORED,) * 12 + (zipfile.ZIP_DEFLATED,) * 5 + (zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+    method = rng.choice(methods)
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, blob in members:
+            info = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+            info.compress_type = rng.choice(methods) if rng.random() < 0.05 else method
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # duplicate names are wanted here
+                zf.writestr(info, blob)
+        if rng.random() < 0.05:
+            zf.comment = rng.randbytes(rng.randint(1, 100))
+    return buffer.getvalue()
+
+
+# Offsets of fields within zip records: local header (PK\3\4), central directory entry (PK\1\2), end (PK\5\6).
+ZIP_FIELDS = {b"PK\x03\x04": (4, 6, 8, 14, 18, 22, 26, 28), b"PK\x01\x02": (8, 10, 16, 20, 24, 28, 30, 34, 42),
+              b"PK\x05\x06": (4, 6, 8, 10, 12, 16, 20)}
+
+
+def corrupt_zip_field(rng: random.Random, blob: bytes) -> bytes:
+    """Overwrite one field of a zip record (flags: encrypted bit, method, crc, sizes, name length, offsets)."""
+    records = [(m.start(), sig) for sig in ZIP_FIELDS for m in re.finditer(re.escape(sig), blob)]
+    if not records:
+        return blob
+    start, sig = rng.choice(records)
+    at = start + rng.choice(ZIP_FIELDS[sig])
+    b = bytearray(blob)
+    width = 2 if at - start in (4, 6, 8, 10, 26, 28, 30, 34) and sig != b"PK\x05\x06" else rng.choice((2, 4))
+    value = rng.choice((0, 1, 8, 9, 12, 14, 99, 0xFFFF, 0xFFFFFFFF, 2**31, rng.getrandbits(32)))
+    b[at:at + width] = (value % 2 ** (8 * width)).to_bytes(width, "little")
+    if rng.random() < 0.3 and at - start == 6 and sig != b"PK\x05\x06":
+        b[at] |= 1  # the "encrypted" flag bit
+    return bytes(b)
+
+
+BASE_CHECKPOINT: list[tuple[str, bytes]] = []
+
+
+def setup_checkpoint(folder: Path) -> None:
+    """BASE_CHECKPOINT: the members of a real checkpoint of a tiny model (save_checkpoint)."""
+    model = nn.Sequential(nn.Linear(3, 2))
+    optimizer = optim.Adam(model.parameters())
+    path = save_checkpoint(folder / "base.npz", model, optimizer, optim.StepLR(optimizer, 1),
+                           {"settings": {"model": "tiny"}, "history": [{"epoch": 1}]})
+    with zipfile.ZipFile(path) as zf:
+        BASE_CHECKPOINT[:] = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    path.unlink()
+
+
+def checkpoint_input(rng: random.Random) -> tuple[str, bytes]:
+    """('checkpoint.npz', bytes): random bytes, or the base checkpoint with its members replaced, added,
+    removed, renamed or damaged, zipped again, then with zip fields and bytes damaged."""
+    if rng.random() < 0.08:
+        return "checkpoint.npz", random_blob(rng, (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY\x01\x00", b"\x80\x04"))
+    members = list(BASE_CHECKPOINT)
+    for _ in range(rng.randint(0, 3)):
+        i = rng.randrange(len(members))
+        name, blob = members[i]
+        op = rng.randrange(9)
+        if op == 0:
+            members[i] = (name, hostile_meta(rng) if name == "meta.npy" else hostile_npy(rng))
+        elif op == 1:
+            members[-1] = ("meta.npy", hostile_meta(rng))
+        elif op == 2:
+            members.insert(rng.randrange(len(members) + 1), (rng.choice(
+                ("foo.npy", "model.npy", "model/.npy", "/x.npy", "extra", "dir/", "../x.npy", "model/w",
+                 "scheduler/a/b.npy", "meta.npy", name)), rng.choice((blob, hostile_npy(rng)))))
+        elif op == 3 and len(members) > 1:
+            del members[i]
+        elif op == 4:
+            members[i] = (name, mutate_some(rng, blob, [0, 6, 8, 10, 64, 128, len(blob)], 2))
+        elif op == 5:
+            members[i] = (name, _npy_of(np.zeros(rng.choice(((3,), (2, 2), ())), rng.choice(("<f8", ">i4")))))
+        elif op == 6:
+            members[i] = (name, _npy_of(np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))))
+        elif op == 7:
+            members[-1] = ("meta.npy", _npy_of(np.array(json.dumps({"version": 1, "settings": {}}))))
+        else:
+            members[i] = (name, hostile_npy(rng))
+    blob = zip_members(members, rng)
+    if rng.random() < 0.3:
+        blob = corrupt_zip_field(rng, blob)
+    if rng.random() < 0.4:
+        blob = mutate_some(rng, blob, [0, 4, 30, len(blob) - 22, len(blob) - 10, len(blob)], 2)
+    return "checkpoint.npz", blob
+
+
+def check_checkpoint(folder: Path, name: str, blob: bytes, rng: random.Random) -> None:
+    """load_checkpoint must give (meta dict of version 1, {'model','optimizer','scheduler'} -> {name: array})
+    with no object arrays."""
+    meta, parts = load_checkpoint(folder / name)
+    _expect(isinstance(meta, dict) and meta.get("version") == 1, f"meta is {meta!r:.80}")
+    _expect(isinstance(parts, dict) and set(parts) == {"model", "optimizer", "scheduler"}, f"parts {parts!r:.80}")
+    for part in parts.values():
+        for key, value in part.items():
+            _expect(isinstance(key, str) and key and isinstance(value, np.ndarray) and not value.dtype.hasobject,
+                    f"entry {key!r} is {type(value)} {getattr(value, 'dtype', '')}")
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+SETUP = {"idx": setup_idx, "cifar10": setup_cifar10, "checkpoint": setup_checkpoint}
+GENERATE = {"idx": idx_input, "cifar10": cifar_input, "checkpoint": checkpoint_input}
+CHECK = {"idx": check_idx, "cifar10": check_cifar10, "checkpoint": check_checkpoint}
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise Finding(f"malformed result: {what}")
+
+
+def inflated_size(blob: bytes, cap: int = 64 << 20) -> int:
+    """What the gzip stream or zip members in `blob` really decompress to (up to `cap`; errors just stop)."""
+    total = 0
+    with contextlib.suppress(Exception):
+        if blob[:2] == b"\x1f\x8b":
+            with gzip.GzipFile(fileobj=io.BytesIO(blob)) as f:
+                while total < cap and (chunk := f.read(1 << 20)):
+                    total += len(chunk)
+        elif b"PK" in blob:
+            with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+                for info in zf.infolist():
+                    with contextlib.suppress(Exception), zf.open(info) as f:
+                        while total < cap and (chunk := f.read(1 << 20)):
+                            total += len(chunk)
+    return total
+
+
+def message_kind(error: BaseException, folder: Path) -> str:
+    """The error's message with paths, quoted text and numbers blanked, cut short: groups outcomes."""
+    text = str(error).replace(str(folder), "<dir>")
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "'_'", text)
+    text = re.sub(r"\b(0x[0-9a-f]+|[0-9a-f]*[0-9][0-9a-f]*)\b", "N", text)
+    text = re.sub(r"magic starts with \w+", "magic starts with N", text)
+    return text.splitlines()[0][:70] if text else ""
+
+
+CURRENT = {"began": None, "input": None}  # what the watchdog thread looks at
+
+
+def watchdog() -> None:
+    """An input stuck past HARD_LIMIT_S (in C code, where SIGALRM cannot interrupt it) ends the process."""
+    while True:
+        time.sleep(1.0)
+        began = CURRENT["began"]
+        if began is not None and time.perf_counter() - began > HARD_LIMIT_S:
+            print(f"FINDING hard hang: input {CURRENT['input']} still running after {HARD_LIMIT_S} s",
+                  file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(all_threads=True)
+            os._exit(3)
+
+
+@contextlib.contextmanager
+def guards():
+    """While active: pickle.load/loads/Unpickler raise Finding; SIGALRM raises Finding (time limit);
+    tracemalloc traces allocations; the watchdog thread runs. All but the thread restored on exit."""
+    def no_pickle(*args, **kwargs):
+        raise Finding("a pickle was loaded")
+
+    def too_slow(signum, frame):
+        raise Finding(f"hang: still running after {LIMIT_S} s")
+
+    saved = {name: getattr(pickle, name) for name in ("load", "loads", "Unpickler")}
+    for name in saved:
+        setattr(pickle, name, no_pickle)
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    if not any(t.name == "fuzz-watchdog" for t in threading.enumerate()):
+        threading.Thread(target=watchdog, name="fuzz-watchdog", daemon=True).start()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        for name, value in saved.items():
+            setattr(pickle, name, value)
+        if not tracing:
+            tracemalloc.stop()
+        CURRENT["began"] = None
+
+
+def attempt(reader: str, folder: Path, name: str, blob: bytes, check_seed: str) -> tuple[str, str, float, int]:
+    """One call of CHECK[reader] under the time limit, with garbage collection paused and the traced
+    peak reset: (outcome, traceback of a finding, seconds, peak bytes)."""
+    outcome, error_text = "ok", ""
+    tracemalloc.clear_traces()
+    tracemalloc.reset_peak()
+    gc.disable()  # no collection of earlier inputs' garbage inside the measured window
+    began = CURRENT["began"] = time.perf_counter()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, LIMIT_S)
+        try:
+            CHECK[reader](folder, name, blob, random.Random(check_seed))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except Finding as e:
+        outcome, error_text = f"FINDING {e}", traceback.format_exc()
+    except Exception as e:  # noqa: BLE001 - classifying every exception is the point
+        kind = f"{type(e).__name__}: {message_kind(e, folder)}"
+        named = str(folder / name) in str(e) or (reader == "idx" and str(folder) in str(e))
+        outcome = kind if type(e) is ValueError and named else f"FINDING {kind}"
+        error_text = traceback.format_exc() if outcome.startswith("FINDING") else ""
+    elapsed = time.perf_counter() - began
+    CURRENT["began"] = None
+    peak = tracemalloc.get_traced_memory()[1]
+    gc.enable()
+    return outcome, error_text, elapsed, peak
+
+
+def fuzz(reader: str, start: int, count: int, seed: int = 0, save: str | None = None) -> dict:
+    """Run inputs start..start+count-1 of `reader`; returns {'outcomes': Counter, 'findings': [...], 'inputs': n,
+    'memory_unconfirmed': n}. A peak over the memory bound is a finding when a second read of the same
+    file goes over it again (`memory_unconfirmed` counts those that did not)."""
+    outcomes: collections.Counter = collections.Counter()
+    findings, unconfirmed = [], 0
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp, guards():
+        folder = Path(tmp)
+        SETUP[reader](folder)
+        companions = {p.name: p.read_bytes() for p in folder.iterdir()}
+        for i in range(start, start + count):
+            name, blob = GENERATE[reader](random.Random(f"{seed}:{reader}:{i}"))
+            for other, content in companions.items():  # restore the slot the previous input replaced
+                if other != name:
+                    (folder / other).write_bytes(content)
+            (folder / name).write_bytes(blob)
+            CURRENT["input"] = f"{reader} {seed}:{i} at {folder / name}"
+            outcome, error_text, elapsed, peak = attempt(reader, folder, name, blob, f"{seed}:{i}")
+            if elapsed > LIMIT_S and not outcome.startswith("FINDING"):
+                outcome = f"FINDING hang: {elapsed:.1f} s ({outcome})"
+            bound = 16 * len(blob) + (1 << 20)
+            if peak > bound:  # only then is it worth decompressing to see what the file justifies
+                bound = 16 * (len(blob) + inflated_size(blob)) + (1 << 20)
+            if peak > bound:
+                again = attempt(reader, folder, name, blob, f"{seed}:{i}")[3]
+                if again > bound:
+                    outcome = f"FINDING memory: peak {peak} then {again} bytes for a {len(blob)}-byte file ({outcome})"
+                else:
+                    unconfirmed += 1
+            outcomes[outcome] += 1
+            if outcome.startswith("FINDING"):
+                findings.append({"reader": reader, "input": i, "seed": seed, "outcome": outcome,
+                                 "size": len(blob), "traceback": error_text})
+                if save:
+                    out = Path(save)
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / f"{reader}-{seed}-{i}.bin").write_bytes(blob)
+                    (out / f"{reader}-{seed}-{i}.txt").write_text(f"{outcome}\nslot: {name}\n\n{error_text}")
+    return {"outcomes": outcomes, "findings": findings, "inputs": count, "memory_unconfirmed": unconfirmed}
+
+
+def run(reader: str, inputs: int, seed: int = 0, workers: int = 1, save: str | None = None) -> dict:
+    """All `inputs` of `reader`, split over `workers` processes (1: in this process)."""
+    if workers == 1:
+        return fuzz(reader, 0, inputs, seed, save)
+    chunks = [(reader, inputs * k // workers, inputs * (k + 1) // workers - inputs * k // workers, seed, save)
+              for k in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        parts = list(pool.map(fuzz, *zip(*chunks)))
+    return {"outcomes": sum((p["outcomes"] for p in parts), collections.Counter()),
+            "findings": [f for p in parts for f in p["findings"]], "inputs": sum(p["inputs"] for p in parts),
+            "memory_unconfirmed": sum(p["memory_unconfirmed"] for p in parts)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reader", choices=(*READERS, "all"), default="all")
+    parser.add_argument("--inputs", type=int, default=1000, help="inputs per reader")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--save", help="folder for the reproducers of findings (bytes + traceback)")
+    args = parser.parse_args(argv)
+    total_findings = 0
+    for reader in READERS if args.reader == "all" else (args.reader,):
+        began = time.perf_counter()
+        result = run(reader, args.inputs, args.seed, args.workers, args.save)
+        wall = time.perf_counter() - began
+        outcomes = result["outcomes"]
+        print(f"== {reader}: {result['inputs']} inputs in {wall:.1f} s ({result['inputs'] / wall:.0f}/s), "
+              f"{outcomes['ok']} ok, {len(result['findings'])} findings, "
+              f"{result['memory_unconfirmed']} memory peaks over the bound that a second read did not repeat")
+        for outcome, n in outcomes.most_common():
+            print(f"  {n:7d}  {outcome}")
+        for finding in result["findings"][:20]:
+            print(f"  FINDING input {finding['input']} ({finding['size']} bytes): {finding['outcome']}\n"
+                  + "".join("    " + line + "\n" for line in finding["traceback"].splitlines()[-4:]))
+        total_findings += len(result["findings"])
+        sys.stdout.flush()
+    print(f"total findings: {total_findings}")
+    return 1 if total_findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
