@@ -157,32 +157,40 @@ def _longest_stall(work) -> tuple[float, float]:
     ("winograd", lambda x, w: lambda: fc.conv2d(x, w, padding=1, algo="winograd")),
     ("direct backward", lambda x, w: lambda: fc.conv2d_backward(x, x, w, padding=1, algo="direct")),
     ("max_pool2d", lambda x, w: lambda: fc.max_pool2d(x, 9, 1, 4)),
-    ("gemm packed", lambda x, w: lambda: fc.gemm(x.reshape(-1, 1568)[:2048], x.reshape(1568, -1)[:, :2048],
+    ("gemm packed", lambda x, w: lambda: fc.gemm(x.reshape(-1, 1568)[:3072], x.reshape(1568, -1)[:, :3072],
                                                  algo="packed")),
 ])
 def test_kernels_release_the_gil(name, make):
     """While one kernel call runs in another thread, a pure-Python loop keeps going: it never waits more
     than 30% of the call, or more than twice what it waits beside a thread that sleeps as long (the
     machine's own noise). A kernel holding the GIL would stop it for the whole call."""
-    x, w = rand(64, 32, 28, 28), rand(32, 32, 3, 3)
+    x, w = rand(128, 32, 28, 28), rand(32, 32, 3, 3)
     kernel = make(x, w)
     kernel()  # compile and warm up outside the measurement
     seconds, stall = _longest_stall(kernel)
     _, noise = _longest_stall(lambda: time.sleep(seconds))
-    assert seconds > 0.1, f"{name}: the kernel ran too briefly ({seconds:.3f} s) to tell"
+    assert seconds > 0.05, f"{name}: the kernel ran too briefly ({seconds:.3f} s) to tell"
     assert stall < max(0.3 * seconds, 2 * noise + 0.01), \
         f"{name}: the Python loop stalled {stall:.3f} s during a {seconds:.3f} s kernel (noise {noise:.3f} s)"
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
-def test_two_threads_run_kernels_in_parallel():
-    """Two threads, each with one Numba thread, running a convolution at once finish in well under twice
-    the time of one (best of five tries: the machine may be busy)."""
-    x, w = rand(16, 32, 28, 28), rand(32, 32, 3, 3)
+@pytest.mark.parametrize("name", ["direct", "gemm_packed"])
+def test_two_threads_run_kernels_in_parallel(name):
+    """Two threads, each with one Numba thread, calling a kernel at once finish in well under twice the
+    time of one (best of five tries: the machine may be busy). The kernels are called on preallocated
+    arrays: the ops around them also allocate their outputs, and two threads of one process taking page
+    faults at once partly wait for each other (that is the allocator, not the GIL)."""
+    from fastconv.kernels import direct, gemm
+    xp, w, b, y = rand(16, 32, 30, 30), rand(32, 32, 3, 3), rand(32), np.empty((16, 32, 28, 28), np.float32)
+    a, c = rand(512, 512), np.empty((512, 512), np.float32)
+    kernel = {"direct": lambda: direct.conv2d_forward(xp, w, b, y, 1, 1, 1, 1, 1),
+              "gemm_packed": lambda: gemm.gemm_packed(a, a, c, False, False)}[name]
 
     def one():
         numba.set_num_threads(1)
-        fc.conv2d(x, w, padding=1, algo="direct")
+        for _ in range(10):
+            kernel()
 
     one()
     ratios = []
@@ -197,7 +205,7 @@ def test_two_threads_run_kernels_in_parallel():
         for t in threads:
             t.join()
         ratios.append((time.perf_counter() - t0) / alone)
-    assert min(ratios) < 1.6, ratios
+    assert min(ratios) < 1.4, ratios
 
 
 # ---- float32 accuracy ---------------------------------------------------------------------------------
