@@ -16,7 +16,7 @@ from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad,
                       conv2d_shape)
 from .config import batch_chunk, scratch, workspace_limit
 from .device import is_device_array
-from .kernels import direct, gemm as gemm_kernels, im2col as im2col_kernels
+from .kernels import direct, elementwise, gemm as gemm_kernels, im2col as im2col_kernels
 
 
 def _pad(x: np.ndarray, p: Conv2dShape) -> np.ndarray:
@@ -194,21 +194,23 @@ NONFINITE_SAFE = ("naive", "im2col", "im2col_packed")
 
 
 def _nonfinite(*arrays: np.ndarray) -> bool:
-    """Whether any array holds NaN or Inf (one sum each; a finite sum that overflows also says yes)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return not all(np.isfinite(np.sum(a)) for a in arrays)
+    """Whether any of the C-contiguous arrays holds NaN or Inf (a compiled, parallel pass over each)."""
+    return not all(elementwise.all_finite(a.reshape(-1)) for a in arrays)
 
 
-def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, run: Callable[[str], tuple]) -> tuple:
-    """run(algo); if its results hold NaN or Inf and algo is direct, direct_simd or winograd, run(
-    'im2col_packed') instead (when it fits the workspace limit), so that NaN and Inf come out where
-    PyTorch puts them: those kernels multiply zero weights or zero-widened lanes by the operands (inf * 0
-    = NaN where PyTorch gives Inf or a number) and Winograd's transforms spread one Inf over its output
-    tile. Finite inputs give finite results, so the check costs one pass over the results and nothing more."""
+def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, inputs: tuple, run: Callable[[str], tuple],
+                       check_inputs: bool) -> tuple:
+    """run(algo), or run('im2col_packed') (when it fits the workspace limit) where direct, direct_simd or
+    winograd meet NaN or Inf, so that NaN and Inf come out where PyTorch puts them: those kernels multiply
+    zero weights or zero-widened lanes by the operands (inf * 0 = NaN where PyTorch gives Inf or a
+    number) and Winograd's transforms spread one Inf over its output tile. The check is one pass over the
+    inputs (`check_inputs`: the forward, whose inputs are the smaller) or over the results (backward,
+    which then runs again only when they hold NaN or Inf: finite inputs give finite results)."""
+    redo = algo not in NONFINITE_SAFE and _im2col_fits(p, itemsize)
+    if redo and check_inputs:
+        return run("im2col_packed" if _nonfinite(*inputs) else algo)
     out = run(algo)
-    if algo not in NONFINITE_SAFE and _nonfinite(*out) and _im2col_fits(p, itemsize):
-        out = run("im2col_packed")
-    return out
+    return run("im2col_packed") if redo and _nonfinite(*out) else out
 
 
 def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
@@ -261,7 +263,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     w = contiguous(weight)
     if algo == "auto":
         algo = _auto("forward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][0](xb, w, bias, p))
-    y, = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, lambda name: (CONV2D_ALGORITHMS[name][0](xb, w, bias, p),))
+    y, = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, (xb, w), lambda name: (CONV2D_ALGORITHMS[name][0](xb, w, bias, p),),
+                            check_inputs=True)
     return y[0] if unbatched else y
 
 
@@ -285,6 +288,7 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
         w = contiguous(weight)
         if algo == "auto":
             algo = _auto("backward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
-        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
+        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, (), lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p),
+                                    check_inputs=False)
     gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(xb.dtype)
     return (gx[0] if unbatched else gx), gw, gb

@@ -246,3 +246,17 @@ def test_float32_gemm_within_the_stated_bound_of_float64(algo):
     err = np.abs(c32 - c64)
     assert (err <= error_bound(4608, s)).all()
     assert (err <= 2 * np.sqrt(4608) * U32 * s).all(), (err / s).max() / U32
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_finds_every_nan_and_inf(dtype):
+    """The check behind conv2d's exact redo: every position of several blocks, each special value."""
+    from fastconv.kernels import elementwise
+    a = rand(3 * elementwise.BLOCK + 5, dtype=dtype)
+    assert elementwise.all_finite(a) and elementwise.all_finite(a[:0])
+    assert elementwise.all_finite(np.array([np.finfo(dtype).max, -np.finfo(dtype).max], dtype))
+    for i in (0, elementwise.BLOCK - 1, elementwise.BLOCK, a.size - 1):
+        for special in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[i] = special
+            assert not elementwise.all_finite(b), (i, special)
