@@ -300,7 +300,7 @@ class Linear(Module):
 
 class ReLU(Module):
     """max(x, 0) elementwise on float32/float64 arrays of any shape; NaN propagates.
-    The gradient passes where the output is positive."""
+    The gradient passes where the output is not <= 0 (positive or NaN, as PyTorch)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if is_device_array(x):

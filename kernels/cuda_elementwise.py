@@ -38,7 +38,7 @@ def _relu_forward(x, y):
 def _relu_backward(grad_y, y, grad_x):
     zero = y.dtype.type(0)
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        grad_x[i] = grad_y[i] if y[i] > zero else zero
+        grad_x[i] = zero if y[i] <= zero else grad_y[i]
 
 
 @cuda.jit(cache=True)

@@ -295,9 +295,9 @@ def test_gemm(m, k, n, k_b, dtypes, layouts, algo, seed, data):
        layouts=st.tuples(st.sampled_from(FUZZ_LAYOUTS), st.sampled_from(FUZZ_LAYOUTS)),
        labels_ok=st.sampled_from([True] * 9 + [False]), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_relu_softmax_cross_entropy(shape, dtype, layouts, labels_ok, seed, data):
-    """ReLU forward/backward (NaN propagates; the gradient passes where the output is positive, as
-    documented: PyTorch also passes it where the output is NaN), softmax and cross_entropy against float64 NumPy references
-    with the same NaN/Inf, and cross_entropy's documented ValueErrors (empty batch, bad labels)."""
+    """ReLU forward/backward (NaN propagates; the gradient passes where the output is not <= 0, positive
+    or NaN, as in PyTorch), softmax and cross_entropy against float64 NumPy references with the same
+    NaN/Inf, and cross_entropy's documented ValueErrors (empty batch, bad labels)."""
     rng = np.random.default_rng(seed)
     x = layout(_array(data.draw, rng, tuple(shape), dtype), layouts[0])
     g = layout(_array(data.draw, rng, tuple(shape), dtype), layouts[1])
@@ -305,7 +305,7 @@ def test_relu_softmax_cross_entropy(shape, dtype, layouts, labels_ok, seed, data
     y = relu(x)
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     _assert_same(y, np.maximum(x64, 0).astype(dtype))
-    _assert_same(relu.backward(g), np.where(np.maximum(x64, 0) > 0, g64, 0).astype(dtype))
+    _assert_same(relu.backward(g), np.where(np.maximum(x64, 0) <= 0, 0, g64).astype(dtype))
 
     logits = x.reshape(shape[0], int(np.prod(shape[1:])))
     logits64 = logits.astype(np.float64)
