@@ -16,7 +16,7 @@ import numpy as np
 from ._checks import (Conv2dShape, Pool2dShape, batched, check_algo, check_array, check_fits, check_grad,
                       conv2d_shape, pool2d_shape)
 from .config import batch_chunk, workspace_limit
-from .device import as_device, empty, require_cuda
+from .device import as_device, empty, require_cuda, to_device
 
 
 @cache
@@ -356,7 +356,6 @@ def cross_entropy(logits, labels) -> tuple[float, object]:
     (host labels are checked against the class count, device labels are trusted)."""
     n, classes = logits.shape
     if isinstance(labels, np.ndarray):
-        from .device import to_device
         labels = to_device(labels.astype(np.int64))
     else:
         labels = as_device("labels", labels, kinds="i")

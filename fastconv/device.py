@@ -96,11 +96,6 @@ def as_device(name: str, a: object, kinds: str = "f") -> object:
     return d
 
 
-def device_of(a: object) -> str:
-    """'cuda' for a device array, else 'cpu'."""
-    return "cuda" if is_device_array(a) else "cpu"
-
-
 def to_device(a: np.ndarray) -> object:
     """A copy of the NumPy array `a` on the GPU (C-contiguous, native byte order)."""
     cuda = require_cuda()
