@@ -12,6 +12,7 @@ and is cached on disk for later processes.
 """
 from __future__ import annotations
 
+from . import runtime  # noqa: F401  (first: its Numba event listener must see every compile)
 from . import autotune, cuda, device, models, nn, optim  # noqa: F401
 from .autotune import set_autotune
 from . import device as _device

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numba
+from . import runtime
+
 
 ROUNDS = 3
 MIN_FLOPS = 5e6  # below about 0.05 ms of work, timing noise is larger than the differences
@@ -53,7 +54,7 @@ def _machine() -> str:
     except OSError:
         pass
     from . import __version__
-    return f"{cpu}|threads={numba.get_num_threads()}|fastconv={__version__}"
+    return f"{cpu}|threads={runtime.num_threads()}|fastconv={__version__}"
 
 
 def _load() -> None:

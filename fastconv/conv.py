@@ -11,7 +11,7 @@ from functools import partial
 
 import numpy as np
 
-from . import autotune, cuda, direct_simd, naive, winograd
+from . import autotune, cuda, direct_simd, naive, runtime, winograd
 from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
                       conv2d_shape)
 from .config import batch_chunk, scratch, workspace_limit
@@ -94,7 +94,7 @@ CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, 
 
 def _im2col_args(p: Conv2dShape) -> tuple[int, ...]:
     top, _, left, _ = p.padding
-    return (top, left, *p.stride, *p.dilation, p.r, p.s, p.oh, p.ow)
+    return (top, left, *p.stride, *p.dilation, p.r, p.s, p.oh, p.ow, runtime.num_threads())
 
 
 def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape,

@@ -1,4 +1,5 @@
-"""im2col / col2im for NCHW convolution (float32 and float64), GIL released, OpenMP over rows/channels.
+"""im2col / col2im for NCHW convolution (float32 and float64), GIL released, OpenMP over rows/channels
+with `num_threads` threads (the caller passes Numba's count, so both kinds of kernel use the same).
 
 x, gx: (N, C, H, W) C-contiguous, unpadded; padding is implicit (zeros).
 col:   (C*R*S, nb*OH*OW) C-contiguous; row (c*R + r)*S + s, column (i*OH + oh)*OW + ow, image n0 + i.
@@ -45,7 +46,7 @@ cdef Py_ssize_t _check(Py_ssize_t N, Py_ssize_t C, Py_ssize_t rows, Py_ssize_t c
 
 def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-           Py_ssize_t R, Py_ssize_t S, Py_ssize_t OH, Py_ssize_t OW):
+           Py_ssize_t R, Py_ssize_t S, Py_ssize_t OH, Py_ssize_t OW, int num_threads=1):
     """Unfold images n0 .. n0+nb-1 of x (N, C, H, W) into col (C*R*S, nb*OH*OW), overwriting col.
 
     nb = col.shape[1] // (OH*OW). col[(c*R + r)*S + s, (i*OH + oh)*OW + ow] =
@@ -62,9 +63,11 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
     cdef floating *dst
     if nb == 0 or rows == 0:
         return
+    if num_threads < 1:
+        raise ValueError(f"im2col: num_threads must be >= 1, got {num_threads}")
     xb = &x[0, 0, 0, 0]
     cb = &col[0, 0]
-    for row in prange(rows, nogil=True, schedule='static'):
+    for row in prange(rows, nogil=True, schedule='static', num_threads=num_threads):
         c = row // (R * S)
         r = (row // S) % R
         s = row % S
@@ -103,7 +106,7 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, ::1] col, Py_ssize_t n0,
 
 def col2im(const floating[:, ::1] col, floating[:, :, :, ::1] gx, Py_ssize_t n0,
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
-           Py_ssize_t R, Py_ssize_t S, Py_ssize_t OH, Py_ssize_t OW):
+           Py_ssize_t R, Py_ssize_t S, Py_ssize_t OH, Py_ssize_t OW, int num_threads=1):
     """Fold col (C*R*S, nb*OH*OW) back into images n0 .. n0+nb-1 of gx (N, C, H, W), accumulating.
 
     The adjoint of im2col: for every col entry whose position (oh*sh - pt + r*dh, ow*sw - pl + s*dw)
@@ -120,9 +123,11 @@ def col2im(const floating[:, ::1] col, floating[:, :, :, ::1] gx, Py_ssize_t n0,
     cdef floating *dst
     if nb == 0 or C * R * S == 0:
         return
+    if num_threads < 1:
+        raise ValueError(f"col2im: num_threads must be >= 1, got {num_threads}")
     gb = &gx[0, 0, 0, 0]
     cb = &col[0, 0]
-    for c in prange(C, nogil=True, schedule='static'):
+    for c in prange(C, nogil=True, schedule='static', num_threads=num_threads):
         for r in range(R):
             h0 = r * dh - pt
             oh_lo = _first(h0, sh, OH)

@@ -1,0 +1,83 @@
+"""How fastconv's compiled kernels meet the process they run in.
+
+**Compile notice.** Numba compiles a kernel on its first call after an install and caches it on disk
+for later processes. The first time a process compiles one of fastconv's kernels, one line on stderr
+says so (``FASTCONV_COMPILE_NOTICE=0`` silences it); ``fastconv warmup`` compiles them all ahead.
+
+**One OpenMP level.** When Numba starts its OpenMP threading layer it turns nested parallelism on
+(``omp_set_max_active_levels`` to the runtime's maximum). Only one GNU OpenMP runtime is loaded for
+the soname ``libgomp.so.1``: once fastconv is imported (its Cython kernels load the system's), PyTorch
+binds to the same runtime instead of its own copy and inherits the setting. Its training steps then
+ran 2-2.5x slower (Adam's many small ``sqrt`` calls each started a nested thread team: 0.86 ms
+instead of a few microseconds). fastconv sets the runtime back to one active level as soon as
+Numba's threads are launched, which is the OpenMP default; nested ``prange`` loops then run their
+inner loop serially. Set ``OMP_MAX_ACTIVE_LEVELS`` (or ``OMP_NESTED``) to keep Numba's setting.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import numba
+from numba.core import event
+
+NOTICE = ("fastconv: compiling kernels for this machine, once per install (a few seconds each, "
+          "cached on disk afterwards; `fastconv warmup` compiles all of them ahead)")
+_noticed = False
+_openmp_checked = False
+
+
+def _single_openmp_level() -> None:
+    """Set the OpenMP runtime Numba threads with back to one active level (unless the user asked for
+    nesting). Call only after Numba's threading layer is launched."""
+    global _openmp_checked
+    _openmp_checked = True
+    if "OMP_MAX_ACTIVE_LEVELS" in os.environ or "OMP_NESTED" in os.environ:
+        return
+    if numba.threading_layer() != "omp":
+        return
+    from numba.np.ufunc import omppool
+    # a handle on Numba's OpenMP layer resolves the symbol in the runtime that layer is linked to
+    ctypes.CDLL(omppool.__file__).omp_set_max_active_levels(1)
+
+
+def _launched() -> bool:
+    try:
+        numba.threading_layer()
+    except ValueError:  # Numba's threads are not launched yet
+        return False
+    return True
+
+
+def num_threads() -> int:
+    """Numba's thread count: the threads fastconv's kernels run with. Launches Numba's threading layer
+    (as ``numba.get_num_threads`` does) with one OpenMP level."""
+    count = numba.get_num_threads()
+    if not _openmp_checked:
+        _single_openmp_level()
+    return count
+
+
+class _Listener(event.Listener):
+    """Numba's compile events: the compile notice, and the OpenMP level right after Numba launches its
+    threads (which it does while it compiles or loads a parallel kernel, under its compiler lock)."""
+
+    def on_start(self, ev: event.Event) -> None:
+        global _noticed
+        if _noticed or ev.kind != "numba:compile":
+            return
+        module = getattr(getattr(ev.data.get("dispatcher"), "py_func", None), "__module__", "") or ""
+        if module.startswith("fastconv.kernels.") and os.environ.get("FASTCONV_COMPILE_NOTICE", "1") != "0":
+            _noticed = True
+            from tqdm import tqdm
+            tqdm.write(NOTICE, file=sys.stderr)  # above any progress bar, which tqdm then redraws
+
+    def on_end(self, ev: event.Event) -> None:
+        if ev.kind == "numba:compiler_lock" and not _openmp_checked and _launched():
+            _single_openmp_level()
+
+
+_listener = _Listener()
+event.register("numba:compile", _listener)
+event.register("numba:compiler_lock", _listener)
