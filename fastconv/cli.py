@@ -191,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
     vis.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
 
+    warm = commands.add_parser("warmup", help="compile every CPU kernel ahead of use (cached on disk)")
+    warm.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
+                      help="the dtypes to compile for (default both)")
+    warm.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     run = commands.add_parser("bench", help="run the benchmark suite and write results and a report")
     run.add_argument("--quick", action="store_const", const="quick", dest="size",
                      help="a few-minute subset (same as --size quick)")
@@ -225,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo as demo_module
         demo_module.run(args.repeat)
         return 0
+    if args.command == "warmup":
+        from . import warmup
+        return warmup.command(args.dtype, progress=not args.no_progress)
     if args.command == "bench":
         return bench(args.size, args.dtype, args.out, args.device)
     if args.command in ("train", "evaluate", "visualize"):

@@ -1,0 +1,175 @@
+"""``fastconv warmup``: compile (or load from Numba's cache) every CPU kernel ahead of use.
+
+Numba compiles a kernel on its first call, for the types of that call (dtype, rank, layout,
+read-only or not), and caches the machine code on disk. Warming up makes one tiny call through
+fastconv's public API per kernel path and dtype, so it compiles exactly the specializations that
+real calls of the same kind use, and a user's first real call only loads them from the cache.
+
+Every conv2d call names its algorithm: ``algo="auto"`` would time candidates and record its choice
+in the autotuning cache, which warmup never touches. The GPU kernels (``kernels/cuda_*.py``) are
+left out: they compile per device, and only where one is present.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+from numba import types
+from numba.core.registry import CPUDispatcher
+from tqdm import tqdm
+
+from . import nn, optim
+from ._checks import conv2d_shape, float_dtype
+from .conv import conv2d, conv2d_backward
+from .gemm import gemm
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+
+KERNEL_MODULES = ("direct", "direct_simd", "elementwise", "gemm", "pool", "winograd")  # fastconv.kernels.*, CPU
+
+
+def _conv(algo: str, x: np.ndarray, w: np.ndarray, padding: int = 0, groups: int = 1,
+          ) -> tuple[Callable[[], object], Callable[[], object]]:
+    """The forward and the backward call of a stride-1 conv2d with `algo` on x, w (with a bias)."""
+    bias = np.ones(w.shape[0], x.dtype)
+    grad_y = np.ones(conv2d_shape(x, w, 1, padding, 1, groups).y_shape, x.dtype)
+    return (lambda: conv2d(x, w, bias, padding=padding, groups=groups, algo=algo),
+            lambda: conv2d_backward(grad_y, x, w, padding=padding, groups=groups, algo=algo))
+
+
+def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
+    """ReLU on the ranks models use (4-D after a convolution, 2-D after Linear; Numba compiles per rank),
+    Linear (our packed GEMM with transposed operands), and one SGD (momentum, Nesterov) and Adam step."""
+    def relu(shape: tuple[int, ...]) -> Callable[[], object]:
+        def call() -> object:
+            layer = nn.ReLU()
+            x = np.linspace(-1, 1, int(np.prod(shape)), dtype=dtype).reshape(shape)
+            return layer.backward(np.ones_like(layer(x)))
+        return call
+
+    def linear() -> object:
+        layer = nn.Linear(5, 3, dtype=dtype)
+        return layer.backward(np.ones_like(layer(np.ones((2, 5), dtype))))
+
+    def step(make: Callable[[list[nn.Parameter]], optim.Optimizer]) -> Callable[[], object]:
+        def call() -> object:
+            p = nn.Parameter(np.ones(4, dtype))
+            p.grad[...] = 0.5
+            make([p]).step()
+            return p.data
+        return call
+    return [("relu 4-D", relu((2, 3, 4, 4))), ("relu 2-D", relu((2, 5))), ("linear", linear),
+            ("sgd", step(lambda params: optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))),
+            ("adam", step(lambda params: optim.Adam(params)))]
+
+
+def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
+    """The warm-up calls for one dtype (float32 or float64): (label, call) pairs, each a tiny call
+    through the public API that reaches one kernel path."""
+    d = float_dtype(dtype)
+    rng = np.random.default_rng(0)
+
+    def normal(*shape: int) -> np.ndarray:
+        return rng.standard_normal(shape).astype(d)
+
+    x, w = normal(2, 3, 6, 6), normal(4, 3, 3, 3)
+    out = []
+    for algo in ("direct", "direct_simd", "im2col", "im2col_packed"):  # direct_simd: the row kernel
+        forward, backward = _conv(algo, x, w, padding=1)
+        out += [(f"conv2d {algo} forward", forward), (f"conv2d {algo} backward", backward)]
+    # direct_simd's batch kernel runs on small output planes with a batch of at least one block of
+    # vectors of images (32 float32 with AVX-512). Winograd's backward is direct_simd's.
+    out.append(("conv2d direct_simd batch forward", _conv("direct_simd", normal(32, 2, 4, 4), normal(6, 2, 3, 3))[0]))
+    out.append(("conv2d winograd forward", _conv("winograd", x, w, padding=1)[0]))
+    # few channels per group: Winograd's fused grouped products instead of the packed GEMM
+    out.append(("conv2d winograd grouped forward", _conv("winograd", normal(2, 4, 6, 6), normal(4, 1, 3, 3),
+                                                         padding=1, groups=4)[0]))
+
+    maps = normal(2, 3, 6, 6)
+    y, indices = max_pool2d(maps, 2, return_indices=True)
+    grad_y = np.ones_like(y)
+    out += [
+        ("max_pool2d forward", lambda: max_pool2d(maps, 3, 2, padding=1, return_indices=True)),
+        ("max_pool2d backward", lambda: max_pool2d_backward(grad_y, maps, 2)),
+        ("max_pool2d backward indices", lambda: max_pool2d_backward(grad_y, maps, 2, indices=indices)),
+        ("avg_pool2d forward", lambda: avg_pool2d(maps, 3, 2, padding=1, count_include_pad=False)),
+        ("avg_pool2d backward", lambda: avg_pool2d_backward(grad_y, maps, 2)),
+        ("gemm blas", lambda: gemm(normal(3, 4), normal(4, 5), algo="blas")),
+        ("gemm packed", lambda: gemm(normal(3, 4), normal(4, 5), algo="packed")),
+    ]
+    out += _layers(d)
+    return [(f"{label} {d}", call) for label, call in out]
+
+
+def kernels() -> dict[str, CPUDispatcher]:
+    """Every Numba CPU kernel of fastconv.kernels that Python calls ('module.name' -> dispatcher).
+
+    Helpers called only from other kernels are left out: they compile into their callers, and get
+    no signatures of their own when a caller is loaded from Numba's cache."""
+    found = {}
+    for name in KERNEL_MODULES:
+        module = importlib.import_module(f"fastconv.kernels.{name}")
+        found.update({f"{name}.{attr}": value for attr, value in vars(module).items()
+                      if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.__name__})
+    called = {id(f.py_func.__globals__.get(n)) for f in found.values() for n in f.py_func.__code__.co_names}
+    return {name: f for name, f in found.items() if id(f) not in called}
+
+
+def _dtypes_of(kernel: CPUDispatcher) -> set[str]:
+    """The float dtypes the kernel is compiled for: per signature, that of its float array arguments."""
+    out = set()
+    for signature in kernel.signatures:
+        floats = {str(t.dtype) for t in signature if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)}
+        if len(floats) == 1:
+            out |= floats
+    return out
+
+
+def _missing(names: list[str], found: dict[str, CPUDispatcher]) -> dict[str, list[str]]:
+    """Kernel -> the dtypes of `names` it is not compiled for (kernels compiled only for arguments
+    without float arrays take none, and lack none)."""
+    missing = {}
+    for name, kernel in found.items():
+        have = _dtypes_of(kernel)
+        if set(names) - have and (have or not kernel.signatures):
+            missing[name] = sorted(set(names) - have)
+    return missing
+
+
+def run(dtypes: tuple[str, ...] = ("float32", "float64"), progress: bool = True) -> dict:
+    """Make every warm-up call for each of `dtypes`, with a tqdm bar on stderr if `progress`.
+
+    Returns {"dtypes", "calls", "seconds", "kernels": names of the kernels now compiled for every one
+    of `dtypes`, "missing": {kernel: dtypes it lacks}, "cache_dir": where Numba caches them}."""
+    if isinstance(dtypes, str) or not dtypes:
+        raise ValueError(f"dtypes must be a non-empty sequence of 'float32'/'float64', got {dtypes!r}")
+    names = [str(float_dtype(d)) for d in dtypes]
+    start = time.perf_counter()
+    calls = [task for d in names for task in tasks(d)]
+    with tqdm(calls, desc="fastconv warmup", unit="call", file=sys.stderr, disable=not progress) as bar:
+        for label, call in bar:
+            bar.set_postfix_str(label)
+            call()
+    seconds = time.perf_counter() - start
+    found = kernels()
+    missing = _missing(names, found)
+    # where Numba's cache locator put them: next to the source, NUMBA_CACHE_DIR or a user-wide folder
+    cache_dir = str(found["direct.conv2d_forward"]._cache.cache_path)
+    return {"dtypes": names, "calls": len(calls), "seconds": seconds,
+            "kernels": sorted(name for name in found if name not in missing), "missing": missing,
+            "cache_dir": cache_dir}
+
+
+def command(dtype: str = "both", progress: bool = True) -> int:
+    """``fastconv warmup``: run() for `dtype` ('float32', 'float64' or 'both') and print one summary
+    line; exit status 1, naming them on stderr, when kernels stay uncompiled."""
+    if dtype not in ("float32", "float64", "both"):
+        raise ValueError(f"dtype must be 'float32', 'float64' or 'both', got {dtype!r}")
+    result = run(("float32", "float64") if dtype == "both" else (dtype,), progress)
+    print(f"fastconv warmup: {len(result['kernels'])} kernels ready for {' and '.join(result['dtypes'])} "
+          f"in {result['seconds']:.1f} s (cached in {result['cache_dir']})")
+    for name, lacks in result["missing"].items():
+        print(f"fastconv warmup: {name} was not compiled for {' and '.join(lacks)}", file=sys.stderr)
+    return 1 if result["missing"] else 0
