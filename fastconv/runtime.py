@@ -11,7 +11,8 @@ binds to the same runtime instead of its own copy and inherits the setting. Its 
 ran 2-2.5x slower (Adam's many small ``sqrt`` calls each started a nested thread team: 0.86 ms
 instead of a few microseconds). fastconv sets the runtime back to one active level as soon as
 Numba's threads are launched, which is the OpenMP default; nested ``prange`` loops then run their
-inner loop serially. Set ``OMP_MAX_ACTIVE_LEVELS`` (or ``OMP_NESTED``) to keep Numba's setting.
+inner loop serially. ``OMP_MAX_ACTIVE_LEVELS=N`` sets N levels instead, ``OMP_NESTED=true`` keeps
+Numba's nesting.
 """
 from __future__ import annotations
 
@@ -29,17 +30,19 @@ _openmp_checked = False
 
 
 def _single_openmp_level() -> None:
-    """Set the OpenMP runtime Numba threads with back to one active level (unless the user asked for
-    nesting). Call only after Numba's threading layer is launched."""
+    """Set the OpenMP runtime Numba threads with back to the levels the environment asks for: one (the
+    OpenMP default), ``OMP_MAX_ACTIVE_LEVELS``, or Numba's nesting under ``OMP_NESTED=true``. Call only
+    after Numba's threading layer is launched."""
     global _openmp_checked
     _openmp_checked = True
-    if "OMP_MAX_ACTIVE_LEVELS" in os.environ or "OMP_NESTED" in os.environ:
+    levels = os.environ.get("OMP_MAX_ACTIVE_LEVELS", "").strip()
+    if not levels and os.environ.get("OMP_NESTED", "").strip().lower() in ("true", "1"):
         return
     if numba.threading_layer() != "omp":
         return
     from numba.np.ufunc import omppool
     # a handle on Numba's OpenMP layer resolves the symbol in the runtime that layer is linked to
-    ctypes.CDLL(omppool.__file__).omp_set_max_active_levels(1)
+    ctypes.CDLL(omppool.__file__).omp_set_max_active_levels(int(levels) if levels.isdigit() else 1)
 
 
 def _launched() -> bool:
