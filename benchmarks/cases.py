@@ -2,25 +2,30 @@
 their FLOP counts, the subsets run by ``--fc-size``, seeded inputs, and the reduced slices on
 which the naive Python loops run.
 
+A standalone module (NumPy only, no package-relative imports): the benchmark worker processes
+(``worker.py``) import it by file, so that a PyTorch or ONNX Runtime worker never imports fastconv.
+
 FLOPs (the contract of ``benchmarks/__init__.py``): conv forward 2*N*K*OH*OW*C/g*R*S, backward
 twice that; GEMM 2*M*N*K; pooling one per window tap, N*C*OH*OW*kh*kw, for both passes; a training
-step three times the forward FLOPs of the model's convolutions and linear layers.
+step three times the forward FLOPs of the model's convolutions and linear layers (counted by the
+fastconv worker on the model itself: ``Train`` has no ``flops``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
 
 import numpy as np
 
-import fastconv as fc
-
 PASSES = ("forward", "backward")
-PEERS = ("naive", "numpy", "pytorch")
+PEERS = ("naive", "numpy", "pytorch", "onnxruntime")
 SIZES = ("tiny", "quick", "full")
 TRAIN_IMPLS = ("auto", "pytorch")  # the model's default algorithms, its PyTorch twin
 TRAIN_LR = 1e-3
+# Which peers run which (suite, pass): ONNX Runtime has no backward ops, and no peer but PyTorch trains.
+PEER_PASSES = {"naive": ("forward", "backward"), "numpy": ("forward", "backward"),
+               "pytorch": ("forward", "backward", "step"), "onnxruntime": ("forward",)}
 
 # Rough speed of fastconv's naive loops on this machine (scratch/naive_rates.py): conv 9-25 MFLOP/s,
 # pooling 1.5-3.7 M taps/s, GEMM 40 MFLOP/s. The naive case is cut to what runs in about this long.
@@ -28,9 +33,11 @@ NAIVE_SECONDS = 0.4
 NAIVE_RATE = {"conv2d": 10e6, "max_pool2d": 1.5e6, "avg_pool2d": 1.5e6, "gemm": 40e6}
 
 
-def implementations(op: str) -> list[str]:
-    """Every ``algo=`` of fastconv for `op` but naive, then "auto", then the peers."""
-    return [a for a in fc.algorithms(op) if a != "naive"] + ["auto", *PEERS]
+def peers_for(suite: str, pass_: str) -> list[str]:
+    """The peers that run `pass_` of `suite`: naive and NumPy not on training steps."""
+    if suite == "train_step":
+        return ["pytorch"]
+    return [p for p in PEERS if pass_ in PEER_PASSES[p]]
 
 
 @dataclass(frozen=True)
@@ -174,24 +181,6 @@ class Train:
     def label(self) -> str:
         return f"{self.title} training step, batch {self.n}x{self.c}x{self.h}x{self.w}, Adam lr {TRAIN_LR:g}"
 
-    def build(self) -> fc.nn.Module:
-        """The model, its parameters drawn from ``fc.manual_seed(0)``."""
-        fc.manual_seed(0)
-        return fc.models.MODELS[self.model](num_classes=self.classes, in_channels=self.c)
-
-    def flops(self, pass_: str = "step") -> int:
-        """3x the forward FLOPs of the convolutions and linear layers (forward, grad_x, grad_w):
-        2 * outputs * weights per output, counted by one forward on one image."""
-        return self.n * _train_flops_per_image(self)
-
-
-@lru_cache(maxsize=None)
-def _train_flops_per_image(case: Train) -> int:
-    model = case.build()
-    model(np.zeros((1, case.c, case.h, case.w), np.float32))
-    layers = [m for m in model.modules() if isinstance(m, (fc.nn.Conv2d, fc.nn.Linear))]
-    return 3 * sum(2 * m(m.x).size * m.weight.data[0].size for m in layers)
-
 
 # The conv layer suite: one row per layer.
 CONV = [
@@ -300,6 +289,21 @@ def train_cases(size: str) -> list[Train]:
 
 
 Case = Conv | Pool | Gemm | Train
+KINDS = {cls.__name__: cls for cls in (Conv, Pool, Gemm, Train)}
+
+
+def case_to_dict(case: Case) -> dict:
+    """The case as plain JSON data (its kind and fields), for a worker process."""
+    return {"kind": type(case).__name__, **asdict(case)}
+
+
+def case_from_dict(data: dict) -> Case:
+    """The inverse of ``case_to_dict``; ValueError for an unknown kind or fields."""
+    cls = KINDS.get(data.get("kind"))
+    names = {f.name for f in fields(cls)} if cls else set()
+    if cls is None or set(data) - {"kind"} != names:
+        raise ValueError(f"not a benchmark case: {data!r}")
+    return cls(**{k: v for k, v in data.items() if k != "kind"})
 
 
 def naive_slice(op: str, case: Case, pass_: str) -> tuple[Case, float, str | None]:
@@ -349,3 +353,24 @@ def train_inputs(case: Train, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     rng = _rng(case)
     x = rng.standard_normal((case.n, case.c, case.h, case.w)).astype(dtype)
     return x, rng.integers(0, case.classes, case.n)
+
+
+def find(suite: str, name: str) -> Case:
+    """The case of a record: `name` among the cases of `suite` (a "cuda_" prefix allowed); ValueError if none."""
+    op = suite.removeprefix("cuda_")
+    layers = CONV + [TINY_CONV, GPU_TINY_CONV]
+    if op == "conv2d":
+        candidates: list[Case] = layers
+    elif op in ("max_pool2d", "avg_pool2d"):
+        candidates = [pool_case(layer, k, s) for layer in layers for k, s in WINDOWS]
+    elif op == "gemm":
+        size = name.removeprefix("gemm-")
+        candidates = [im2col_gemm(layer) for layer in layers] + ([square_gemm(int(size))] if size.isdigit() else [])
+    elif op == "train_step":
+        candidates = TRAIN + [TINY_TRAIN, GPU_TRAIN]
+    else:
+        raise ValueError(f"unknown suite {suite!r}")
+    for case in candidates:
+        if case.name == name:
+            return case
+    raise ValueError(f"no {suite} case named {name!r}")

@@ -1,39 +1,40 @@
-"""Options, the shared measuring harness and the machine information of the benchmark suite.
+"""Options, the records and the machine information of the benchmark suite.
 
-    python -m pytest benchmarks -p no:cacheprovider --fc-size quick --benchmark-json out.json
+    python -m pytest benchmarks -p no:cacheprovider --fc-size quick --fc-json out.json [-k EXPR] [--fc-op conv2d]
 
 ``--fc-size``: tiny (one small case per suite: keeps the harness from rotting), quick (a few
 minutes), full (everything, the default); ``--fc-dtype``: float32 (default) or float64;
-``--fc-device``: cpu (default: every module but test_cuda_bench.py) or cuda (test_cuda_bench.py alone).
+``--fc-device``: cpu (default: every module but test_cuda_bench.py) or cuda (test_cuda_bench.py alone);
+``--fc-op``: only these suites (repeatable); ``--fc-threads``: threads of every library (default: Numba's
+default, the machine's cores); ``--fc-json``: where to write the results (pytest-benchmark's JSON layout,
+which ``fastconv report`` reads); ``--fc-worker-log``: a file for the workers' stderr.
+
+Every test item is one record, parametrized by a ``harness.Bench``; the records of one case and pass
+form a group, measured together by ``harness.Harness`` when its first selected item runs (each library
+in its own worker process, interleaved), so ``-k`` selects what is measured.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
-import functools
-import importlib
+import importlib.metadata
 import math
 import os
 import platform
+import statistics
 import subprocess
-import time
-from collections.abc import Callable
+from pathlib import Path
 
 import numba
-import numpy as np
 import pytest
 
 import fastconv as fc
 
-from . import peers
-from .cases import PEERS, SIZES, Case, naive_slice
+from .cases import PEERS, SIZES
+from .harness import PLANS, Bench, Entry, Harness, Result, best_round_median, library_of
 
-TARGET_SECONDS = 1.5  # timed rounds per benchmark: about this long, within MIN_ROUNDS..MAX_ROUNDS
-MIN_ROUNDS, MAX_ROUNDS = 3, 20
-# Idle time before each benchmark: after a call, an OpenBLAS worker (NumPy's or SciPy's, which
-# fastconv's "blas" paths use) busy-waits about 0.11 s on this machine, taking one of its two
-# cores from whatever runs next; the OpenMP pools of Numba and PyTorch spin about 0.01 s.
-SETTLE_SECONDS = 0.15  # (not for --fc-size tiny, which checks the harness, not the figures)
+OPS = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
+VERSIONS = ("numpy", "numba", "llvmlite", "scipy", "torch", "onnxruntime", "onnx")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -42,6 +43,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fc-dtype", choices=("float32", "float64"), default="float32", help="dtype of every case")
     group.addoption("--fc-device", choices=("cpu", "cuda"), default="cpu",
                     help="cpu: the CPU suite (default); cuda: the GPU suite, test_cuda_bench.py")
+    group.addoption("--fc-op", choices=OPS, action="append", help="run only this suite (repeatable)")
+    group.addoption("--fc-threads", type=int, default=None, help="threads of every library (default: Numba's)")
+    group.addoption("--fc-json", default=None, help="write the results to this JSON file")
+    group.addoption("--fc-worker-log", default=None, help="append the worker processes' stderr to this file")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    threads = config.getoption("fc_threads")
+    if threads is not None and threads < 1:
+        raise pytest.UsageError(f"--fc-threads must be at least 1, got {threads}")
+    config.fc_records = []  # the records of the session, in the order measured
 
 
 def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None:
@@ -51,91 +63,122 @@ def pytest_ignore_collect(collection_path, config: pytest.Config) -> bool | None
     return None
 
 
+def _bench(item: pytest.Item) -> Bench | None:
+    callspec = getattr(item, "callspec", None)
+    bench = callspec.params.get("bench") if callspec else None
+    return bench if isinstance(bench, Bench) else None  # an empty parametrization holds a placeholder
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--fc-op: deselect the records of other suites."""
+    ops = config.getoption("fc_op")
+    if not ops:
+        return
+    keep, drop = [], []
+    for item in items:
+        bench = _bench(item)
+        (keep if bench is None or bench.suite.removeprefix("cuda_") in ops else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Group the selected items: a group is measured as a whole when its first item runs."""
+    session.fc_groups = {}
+    for item in session.items:
+        bench = _bench(item)
+        if bench is not None:
+            session.fc_groups.setdefault(bench.group, []).append(item)
+
+
 @pytest.fixture(scope="session")
-def fc_dtype(pytestconfig: pytest.Config) -> str:
-    return pytestconfig.getoption("fc_dtype")
+def fc_harness(pytestconfig: pytest.Config):
+    log_path = pytestconfig.getoption("fc_worker_log")
+    log = open(log_path, "a") if log_path else None
+    threads = pytestconfig.getoption("fc_threads") or numba.config.NUMBA_NUM_THREADS
+    harness = Harness(threads, PLANS[pytestconfig.getoption("fc_size")], log, pytestconfig.getoption("fc_device"))
+    pytestconfig.fc_harness = harness
+    yield harness
+    harness.close()
+    if log:
+        log.close()
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"{field} not in /proc/self/status")
+def _entry(harness: Harness, item: pytest.Item, bench: Bench, dtype: str) -> Entry:
+    request = {"suite": bench.suite, "case": bench.run_case_dict, "pass": bench.pass_, "impl": bench.impl,
+               "dtype": dtype, "device": bench.device}
+    if bench.suite.endswith("train_step") and bench.impl == "pytorch":
+        model = harness.model(bench.case, dtype)
+        request["model"] = {"spec": model["spec"], "weights": model["weights"]}
+    return Entry(item.nodeid, library_of(bench.impl), request)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def timed_call_with_peak(fn: Callable[[], object]) -> tuple[float, int | None]:
-    """(seconds, peak bytes) of one call: resident memory reached above the level before the call
-    (VmHWM reset through /proc/self/clear_refs after malloc_trim); None without /proc."""
-    if _libc() is not None:
-        _libc().malloc_trim(0)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _status_kib("VmRSS")
-    except OSError:
-        before = None
-    t0 = time.perf_counter()
-    fn()
-    seconds = time.perf_counter() - t0
-    peak = None if before is None else max(0, _status_kib("VmHWM") - before) * 1024
-    return seconds, peak
-
-
-def _threads(suite: str, impl: str) -> int:
-    if impl == "naive" or (impl == "numpy" and suite.endswith("pool2d")):
-        return 1
-    if impl == "numpy":
-        return peers.blas_threads()
-    if impl == "pytorch":
-        return peers.torch().get_num_threads()
-    return numba.get_num_threads()
+def _stats(rounds: list[list[float]]) -> dict:
+    """pytest-benchmark's stats of the timed calls (of the case run: ``scale`` times them to the whole case),
+    with ``round_medians`` and ``best_round_median``, the record's time."""
+    seconds = [s for r in rounds for s in r]
+    data = sorted(seconds)
+    q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0],) * 3
+    mean = statistics.fmean(data)
+    return {"min": data[0], "max": data[-1], "mean": mean, "stddev": statistics.stdev(data) if len(data) > 1 else 0.0,
+            "median": statistics.median(data), "q1": q1, "q3": q3, "iqr": q3 - q1, "rounds": len(data),
+            "iterations": 1, "total": sum(data), "ops": 1 / mean if mean > 0 else None,
+            "data": seconds, "round_medians": [statistics.median(r) for r in rounds],
+            "best_round_median": best_round_median(rounds)}
 
 
 @pytest.fixture
-def fc_bench(benchmark, fc_dtype: str, pytestconfig: pytest.Config):
-    """``run(make, suite=, case=, pass_=, impl=, is_peak=False, extra=None)`` benchmarks ``make(case)()``:
-    `make` builds, outside the timing, a no-argument callable whose one call is the whole measured
-    operation. The naive loops get a reduced case where the whole one would be too slow
-    (``cases.naive_slice``); the record then carries the scale back to the whole case.
-
-    Calls, after ``SETTLE_SECONDS`` idle: one timed first call (``first_call_s``), one call
-    measuring the peak memory whose time sets the rounds (``TARGET_SECONDS`` in all, within
-    ``MIN_ROUNDS``..``MAX_ROUNDS``), then ``benchmark.pedantic`` with one warm-up round.
-    ``extra_info`` as ``benchmarks/__init__.py`` states, updated with ``extra`` (a suite's own fields).
-    """
-    settle = 0.0 if pytestconfig.getoption("fc_size") == "tiny" else SETTLE_SECONDS
-
-    def run(make: Callable[[Case], Callable[[], object]], *, suite: str, case: Case, pass_: str, impl: str,
-            is_peak: bool = False, extra: dict | None = None) -> None:
-        run_case, scale, scaled_from = naive_slice(suite, case, pass_) if impl == "naive" else (case, 1.0, None)
-        fn = make(run_case)
-        benchmark.group = f"{suite}-{case.name}-{pass_}"
-        time.sleep(settle)  # let the previous benchmark's thread pools go idle
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        seconds, peak = timed_call_with_peak(fn)
-        rounds = min(MAX_ROUNDS, max(MIN_ROUNDS, math.ceil(TARGET_SECONDS / max(seconds, 1e-9))))
-        benchmark.extra_info.update({
-            "suite": suite, "case": case.name, "label": case.label, "pass": pass_, "impl": impl,
-            "peer": impl in PEERS, "flops": case.flops(pass_), "scale": scale, "scaled_from": scaled_from,
-            "first_call_s": first, "compile_s": None, "peak_memory_bytes": peak,
-            "threads": _threads(suite, impl), "dtype": fc_dtype, "is_peak": is_peak, **(extra or {}),
-        })
-        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
-        if impl not in PEERS:  # compile (or Numba cache load) and first-call overheads; noise can make it < 0
-            median = benchmark.stats.stats.median if benchmark.stats is not None else seconds
-            benchmark.extra_info["compile_s"] = max(0.0, first - median)
+def fc_bench(request: pytest.FixtureRequest, fc_harness: Harness, fc_dtype: str):
+    """``run(bench)``: the record of this test item, measured with the rest of its group (``harness``)."""
+    def run(bench: Bench) -> None:
+        session = request.session
+        results = session.__dict__.setdefault("fc_results", {})
+        item = request.node
+        if item.nodeid not in results:
+            group = session.fc_groups.get(bench.group, [item])
+            entries = []
+            for other in group:
+                try:
+                    entries.append(_entry(fc_harness, other, _bench(other), fc_dtype))
+                except Exception as error:  # the model export failed: every record of the group says so
+                    results[other.nodeid] = Result(error=error)
+            results.update(fc_harness.measure(entries))
+        result = results.pop(item.nodeid)
+        if result.error is not None:
+            if getattr(result.error, "skip", False):
+                pytest.skip(str(result.error))
+            detail = getattr(result.error, "detail", "")
+            pytest.fail(f"{result.error}\n{detail}", pytrace=False)
+        request.config.fc_records.append(_record(item, bench, result, fc_dtype, fc_harness))
     return run
+
+
+def _record(item: pytest.Item, bench: Bench, result: Result, dtype: str, harness: Harness) -> dict:
+    """One record in pytest-benchmark's layout, ``extra_info`` as ``benchmarks/__init__.py`` states."""
+    stats = _stats(result.rounds)
+    flops = bench.flops
+    extra = {}
+    if bench.suite.endswith("train_step"):
+        flops = bench.case.n * harness.model(bench.case, dtype)["flops_per_image"]
+        extra["images"] = bench.case.n
+    compiled = bench.impl not in PEERS and library_of(bench.impl) == "fastconv"
+    info = {"suite": bench.suite, "case": bench.case.name, "label": bench.case.label, "pass": bench.pass_,
+            "impl": bench.impl, "peer": bench.impl in PEERS, "library": library_of(bench.impl), "flops": flops,
+            "scale": bench.scale, "scaled_from": bench.scaled_from, "first_call_s": result.first_call_s,
+            "compile_s": max(0.0, result.first_call_s - stats["best_round_median"]) if compiled else None,
+            "peak_memory_bytes": result.peak_memory_bytes,
+            "threads": None if bench.device == "cuda" else (1 if bench.impl == "naive" else result.threads),
+            "dtype": dtype, "device": bench.device, "is_peak": bench.is_peak, **extra}
+    return {"group": "-".join(bench.group), "name": item.name, "fullname": item.nodeid, "params": None,
+            "param": item.callspec.id, "extra_info": info, "stats": stats,
+            "options": {"timer": "time.perf_counter", "rounds": harness.plan.rounds, "block_s": harness.plan.block_s}}
+
+
+@pytest.fixture(scope="session")
+def fc_dtype(pytestconfig: pytest.Config) -> str:
+    return pytestconfig.getoption("fc_dtype")
 
 
 def _cpu_model_and_flags() -> tuple[str | None, dict[str, bool]]:
@@ -150,65 +193,86 @@ def _cpu_model_and_flags() -> tuple[str | None, dict[str, bool]]:
                     flags = set(value.split())
     except OSError:
         pass
-    return model, {flag: flag in flags for flag in ("avx2", "avx512f", "fma")}
+    return model, {flag: flag in flags for flag in CPU_FLAGS}
 
 
-def _version(module: str) -> str | None:
-    """The module's __version__, None where it cannot be imported."""
+def _version(distribution: str) -> str | None:
+    """The installed version of a distribution (without importing it), None where it is not installed."""
     try:
-        return importlib.import_module(module).__version__
-    except ImportError:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    """machine_info["fastconv"]: the CPU, thread counts and layer, and the versions that matter."""
-    x = np.zeros((1, 1, 4, 4), np.float32)
-    fc.conv2d(x, np.zeros((1, 1, 3, 3), np.float32), algo="direct")  # a parallel call fixes the layer
+def _commit() -> dict:
+    """The git commit of the fastconv source, when it is a checkout."""
+    where = Path(fc.__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if head.returncode != 0:
+        return {}
+    return {"id": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+
+
+def machine_info(config: pytest.Config) -> dict:
+    """The CPU and its flags, threads, versions and the harness, under ``machine_info["fastconv"]``."""
+    harness: Harness | None = getattr(config, "fc_harness", None)
+    libraries = harness.started if harness else {}
     model, flags = _cpu_model_and_flags()
-    machine_info["fastconv"] = {
-        "cpu": model,
-        "logical_cores": os.cpu_count(),
-        "cpu_flags": flags,
-        "numba_threads": numba.get_num_threads(),
-        "numba_threading_layer": numba.threading_layer(),
-        "python": platform.python_version(),
-        **{name: _version(name) for name in ("numpy", "numba", "llvmlite", "scipy", "torch")},
-        "fastconv": fc.__version__,
+    plan = PLANS[config.getoption("fc_size")]
+    info = {
+        "cpu": model, "logical_cores": os.cpu_count(), "cpu_flags": flags,
+        "threads": harness.threads if harness else None,
+        "numba_threading_layer": libraries.get("fastconv", {}).get("threading_layer"),
+        "python": platform.python_version(), "fastconv": fc.__version__,
+        **{name: _version(name) for name in VERSIONS},
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "size": config.getoption("fc_size"),
-        "dtype": config.getoption("fc_dtype"),
+        "size": config.getoption("fc_size"), "dtype": config.getoption("fc_dtype"),
+        "harness": (f"each library in its own worker process ({', '.join(sorted(libraries)) or 'none started'}); "
+                    f"per case and pass {plan.rounds} interleaved rounds of about {plan.block_s:g} s of calls per "
+                    f"implementation, idle threads between blocks"),
     }
     if config.getoption("fc_device") == "cuda":
-        machine_info["fastconv"].update(_gpu_info())
+        info.update(_gpu_info(libraries))
+    return {"node": platform.node(), "processor": platform.processor(), "machine": platform.machine(),
+            "python_implementation": platform.python_implementation(), "python_version": platform.python_version(),
+            "fastconv": info}
 
 
-def _gpu_info() -> dict:
-    """The GPU, its driver and CUDA versions, and PyTorch's GPU settings (TF32 off: see peers.torch_cuda)."""
-    from fastconv import device
-    cuda = device.require_cuda()
-    if device.simulated():
-        info = {"gpu": "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): timings are not GPU timings"}
-    else:
-        gpu = cuda.get_current_device()
-        name = gpu.name.decode() if isinstance(gpu.name, bytes) else gpu.name
-        info = {"gpu": f"{name} (compute capability {'.'.join(map(str, gpu.compute_capability))})",
-                "cuda_driver": ".".join(map(str, cuda.cudadrv.driver.driver.get_version())),
-                "cuda_runtime": ".".join(map(str, cuda.runtime.get_version()))}
-        try:
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)
-            info["nvidia_driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 else None
-        except (OSError, IndexError, subprocess.TimeoutExpired):
-            pass
-    info["numba_cuda"] = _version("numba_cuda")
-    try:
-        import torch
-    except ImportError:
-        return info
-    if not torch.cuda.is_available():
-        return {**info, "torch_gpu": "none: torch has no CUDA here, so no PyTorch peers were run"}
-    return {**info, "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "torch_gpu": f"float32 TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (matmul), "
-                         f"TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (cuDNN), "
-                         f"cudnn.benchmark {torch.backends.cudnn.benchmark}"}
+def _gpu_info(libraries: dict) -> dict:
+    """The GPU, its driver and CUDA versions as the fastconv worker saw them, and PyTorch's GPU settings."""
+    torch = "float32, TF32 off (matmul and cuDNN), cudnn.benchmark on" if "pytorch" in libraries else \
+        "no PyTorch GPU worker in this run"
+    return {**libraries.get("fastconv", {}).get("gpu", {}), "numba_cuda": _version("numba-cuda"), "torch_gpu": torch}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """--fc-json: write the records (pytest-benchmark's layout, which ``fastconv report`` reads)."""
+    config = session.config
+    path = config.getoption("fc_json")
+    if path is None or not hasattr(config, "fc_records"):
+        return
+    import json
+    results = {"machine_info": machine_info(config), "commit_info": _commit(), "benchmarks": config.fc_records,
+               "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(), "version": "fastconv-harness-2"}
+    Path(path).write_text(json.dumps(results, indent=1) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """A table of the records: median time and samples per implementation, group by group."""
+    records = getattr(config, "fc_records", [])
+    if not records:
+        return
+    terminalreporter.section("fastconv benchmarks (median of the fastest round; each library in its own process)")
+    for r in records:
+        s = r["stats"]
+        terminalreporter.write_line(f"{r['group']:<48} {r['extra_info']['impl']:<14} {s['best_round_median'] * 1e3:12.4f} ms "
+                                    f"(all calls: median {s['median'] * 1e3:.4f} ms, IQR {s['iqr'] * 1e3:.4f} ms, "
+                                    f"{s['rounds']} calls)")
+    spread = max((r["stats"]["median"] / r["stats"]["best_round_median"] for r in records
+                  if r["stats"]["best_round_median"] > 0), default=math.nan)
+    terminalreporter.write_line(f"largest median of all calls / fastest round's median: {spread:.2f}")

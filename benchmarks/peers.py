@@ -1,5 +1,11 @@
-"""The peers fastconv is measured against: NumPy (im2col/col2im and window views, vectorised)
-and PyTorch (its CPU ops, or cuDNN/cuBLAS on the GPU through `torch_cuda`; the backward ops alone).
+"""The peers fastconv is measured against: NumPy (im2col/col2im and window views, vectorised),
+PyTorch (its CPU ops, or cuDNN/cuBLAS on the GPU; the backward ops alone) and ONNX Runtime (one-node
+ONNX graphs, forward only). Each maker returns a no-argument callable whose one call is the measured op.
+
+A standalone module (NumPy at import, torch/onnx/onnxruntime imported by the makers that need them,
+no package-relative imports): the benchmark workers (``worker.py``) import it by file, so that a
+PyTorch or ONNX Runtime worker process never imports fastconv or Numba. The fastconv model a PyTorch
+twin copies arrives as plain data: ``model_spec(model)`` and its ``state_dict()``.
 
 NumPy conv: forward is im2col through ``as_strided`` on the zero-padded input, one column matrix
 (C*R*S, N*OH*OW) and one matmul per group; backward recomputes the columns, grad_w = gy @ col.T and
@@ -14,7 +20,6 @@ import glob
 import os
 from collections.abc import Callable
 
-import numba
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -114,6 +119,11 @@ def avg_pool2d_backward(gy: np.ndarray, x: np.ndarray, kernel: int, stride: int)
     return gx
 
 
+class Unsupported(Exception):
+    """This peer cannot run this case here (no CUDA in this torch, no float64 in ONNX Runtime's Conv):
+    the suite skips the record with this message."""
+
+
 def blas_threads() -> int:
     """Threads of NumPy's bundled OpenBLAS (the CPU count where it cannot be asked)."""
     libs = glob.glob(os.path.join(os.path.dirname(np.__file__) + ".libs", "*openblas*"))
@@ -125,52 +135,36 @@ def blas_threads() -> int:
     return os.cpu_count() or 1
 
 
-# PyTorch: each maker returns a callable that runs the op once; torch's threads = Numba's.
-def torch():
-    """The torch module with Numba's thread count, or pytest.skip where torch is not installed."""
-    import pytest
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(numba.get_num_threads())
-    return torch
+# ----------------------------------------------------------------------------------------- PyTorch
 
-
-def torch_cuda():
-    """torch for the GPU benchmarks: float32 without TF32 (cuBLAS and cuDNN), cuDNN autotuning on
-    (``cudnn.benchmark``: its fastest algorithm per shape, chosen in the warm-up call); pytest.skip
-    where torch is missing or was built without CUDA."""
-    import pytest
-    t = torch()
-    if not t.cuda.is_available():
-        pytest.skip(f"torch {t.__version__} has no CUDA (a CPU build, or no GPU it can use): "
-                    "only fastconv is timed on the GPU")
-    t.backends.cuda.matmul.allow_tf32 = False
-    t.backends.cudnn.allow_tf32 = False
-    t.backends.cudnn.benchmark = True
-    return t
-
-
-def _on(device: str):
+def torch_on(device: str):
     """(torch, a function moving a NumPy array to `device` as a tensor, a function wrapping a call so that
-    it waits for the GPU when `device` is 'cuda')."""
+    it waits for the GPU when `device` is 'cuda'). On the GPU: float32 without TF32 (cuBLAS and cuDNN) and
+    cuDNN autotuning on (``cudnn.benchmark``: its fastest algorithm per shape, chosen in the first call);
+    Unsupported where torch has no usable CUDA."""
+    import torch
     if device == "cpu":
-        t = torch()
-        return t, t.from_numpy, lambda fn: fn
-    t = torch_cuda()
+        return torch, torch.from_numpy, lambda fn: fn
+    if not torch.cuda.is_available():
+        raise Unsupported(f"torch {torch.__version__} has no CUDA (a CPU build, or no GPU it can use)")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
 
     def synced(fn):
         def run():
             out = fn()
-            t.cuda.synchronize()
+            torch.cuda.synchronize()
             return out
         return run
-    return t, lambda a: t.from_numpy(a).to(device), synced
+    return torch, lambda a: torch.from_numpy(a).to(device), synced
 
 
 def torch_conv2d(pass_: str, x: np.ndarray, w: np.ndarray, gy: np.ndarray, stride: int, padding: int,
                  dilation: int, groups: int, device: str = "cpu") -> Callable[[], object]:
     """Forward: F.conv2d without bias under no_grad. Backward: aten.convolution_backward alone
     (grad_x, grad_w, grad_b). On 'cuda': cuDNN, each call synchronized."""
-    t, tensor, synced = _on(device)
+    t, tensor, synced = torch_on(device)
     xt, wt, gyt = tensor(x), tensor(w), tensor(gy)
     if pass_ == "forward":
         def run():
@@ -186,7 +180,7 @@ def torch_pool2d(op: str, pass_: str, x: np.ndarray, gy: np.ndarray, kernel: int
                  stride: int, device: str = "cpu") -> Callable[[], object]:
     """Forward: F.max_pool2d / F.avg_pool2d under no_grad. Backward: the aten backward op alone;
     max pooling's indices are computed once here, outside the timing. On 'cuda': each call synchronized."""
-    t, tensor, synced = _on(device)
+    t, tensor, synced = torch_on(device)
     xt, gyt, ks, st = tensor(x), tensor(gy), [kernel] * 2, [stride] * 2
     if pass_ == "forward":
         fn = getattr(t.nn.functional, op)
@@ -204,16 +198,57 @@ def torch_pool2d(op: str, pass_: str, x: np.ndarray, gy: np.ndarray, kernel: int
 
 def torch_gemm(a: np.ndarray, b: np.ndarray, device: str = "cpu") -> Callable[[], object]:
     """torch.mm (on 'cuda': cuBLAS, each call synchronized)."""
-    t, tensor, synced = _on(device)
+    t, tensor, synced = torch_on(device)
     at, bt = tensor(a), tensor(b)
     return synced(lambda: t.mm(at, bt))
 
 
-def torch_model(model):
-    """The PyTorch twin of a fastconv model: the same structure (``torch.nn`` layers of the same names and
-    arguments) holding copies of its weights and buffers, in the model's dtype."""
+def torch_step(spec: list, state: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, lr: float,
+               device: str = "cpu") -> Callable[[], object]:
+    """One training step per call (zero_grad, forward, cross-entropy, backward, torch.optim.Adam) of the
+    PyTorch twin of a fastconv model (``torch_model(spec, state)``) on the batch x, y."""
+    t, tensor, synced = torch_on(device)
+    model = torch_model(spec, state).to(device)
+    opt = t.optim.Adam(model.parameters(), lr=lr)
+    xt, yt = tensor(x), tensor(y)
+
+    def step():
+        opt.zero_grad()
+        loss = t.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+    return synced(step)
+
+
+def model_spec(model) -> list:
+    """A fastconv model's structure as plain data: nested ``[layer type, arguments...]`` lists, what
+    ``torch_model`` builds the twin from (read by class name and attributes: no fastconv import here)."""
+    kind = type(model).__name__
+    if kind == "Sequential":
+        return [kind, [model_spec(m) for m in model.layers]]
+    if kind == "Residual":
+        return [kind, model_spec(model.body), None if model.shortcut is None else model_spec(model.shortcut)]
+    if kind == "Conv2d":
+        return [kind, model.in_channels, model.out_channels, model.kernel_size, model.stride, model.padding,
+                model.dilation, model.groups, model.bias is not None]
+    if kind == "Linear":
+        return [kind, model.in_features, model.out_features, model.bias is not None]
+    if kind == "BatchNorm2d":
+        return [kind, model.num_features, model.eps, model.momentum]
+    if kind in ("MaxPool2d", "AvgPool2d"):
+        return [kind, *model.args]
+    if kind == "Dropout":
+        return [kind, model.p]
+    if kind in ("ReLU", "Flatten", "GlobalAvgPool2d"):
+        return [kind]
+    raise TypeError(f"no PyTorch twin for {kind}")
+
+
+def torch_model(spec: list, state: dict[str, np.ndarray]):
+    """The PyTorch twin of a fastconv model: ``torch.nn`` layers of the same names and arguments as
+    ``spec`` (``model_spec``), holding copies of ``state`` (the model's ``state_dict()``) in its dtype."""
     import torch
-    from fastconv import nn
 
     class Residual(torch.nn.Module):
         def __init__(self, body: torch.nn.Module, shortcut: torch.nn.Module | None) -> None:
@@ -223,32 +258,88 @@ def torch_model(model):
         def forward(self, x):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
-    def twin(m: nn.Module) -> torch.nn.Module:
-        if isinstance(m, nn.Sequential):
-            return torch.nn.Sequential(*(twin(layer) for layer in m.layers))
-        if isinstance(m, nn.Residual):
-            return Residual(twin(m.body), None if m.shortcut is None else twin(m.shortcut))
-        if isinstance(m, nn.Conv2d):
-            return torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                                   m.groups, bias=m.bias is not None)
-        if isinstance(m, nn.Linear):
-            return torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-        if isinstance(m, nn.BatchNorm2d):
-            return torch.nn.BatchNorm2d(m.num_features, m.eps, m.momentum)
-        if isinstance(m, nn.MaxPool2d):
-            return torch.nn.MaxPool2d(*m.args)
-        if isinstance(m, nn.AvgPool2d):
-            return torch.nn.AvgPool2d(*m.args)
-        if isinstance(m, nn.Dropout):
-            return torch.nn.Dropout(m.p)
-        simple = {nn.ReLU: torch.nn.ReLU, nn.Flatten: torch.nn.Flatten,
-                  nn.GlobalAvgPool2d: lambda: torch.nn.AdaptiveAvgPool2d(1)}
-        if type(m) not in simple:
-            raise TypeError(f"no PyTorch twin for {type(m).__name__}")
-        return simple[type(m)]()
+    def twin(node: list) -> torch.nn.Module:
+        kind, args = node[0], node[1:]
+        if kind == "Sequential":
+            return torch.nn.Sequential(*(twin(child) for child in args[0]))
+        if kind == "Residual":
+            return Residual(twin(args[0]), None if args[1] is None else twin(args[1]))
+        if kind == "Conv2d":
+            *sizes, bias = args
+            return torch.nn.Conv2d(*sizes, bias=bias)
+        if kind == "Linear":
+            return torch.nn.Linear(args[0], args[1], bias=args[2])
+        layers = {"BatchNorm2d": torch.nn.BatchNorm2d, "MaxPool2d": torch.nn.MaxPool2d,
+                  "AvgPool2d": torch.nn.AvgPool2d, "Dropout": torch.nn.Dropout, "ReLU": torch.nn.ReLU,
+                  "Flatten": torch.nn.Flatten, "GlobalAvgPool2d": lambda: torch.nn.AdaptiveAvgPool2d(1)}
+        return layers[kind](*args)
 
-    state = model.state_dict()
     dtype = next(iter(state.values())).dtype
-    tm = twin(model).to(torch.float64 if dtype == np.float64 else torch.float32)
-    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-    return tm
+    model = twin(spec).to(torch.float64 if dtype == np.float64 else torch.float32)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    return model
+
+
+def torch_twin(model):
+    """``torch_model`` of a fastconv model held in this process."""
+    return torch_model(model_spec(model), model.state_dict())
+
+
+# ------------------------------------------------------------------------------------ ONNX Runtime
+
+def _ort_call(node, inputs: dict[str, np.ndarray], constants: dict[str, np.ndarray], out_shape: tuple[int, ...],
+              threads: int, spinning: bool) -> Callable[[], object]:
+    """A one-node ONNX graph (opset 17) run by an ONNX Runtime CPU session with `threads` intra-op threads;
+    `constants` become initializers (weights), `inputs` are fed on every call. ``spinning``: whether
+    the idle pool threads spin (ONNX Runtime's default) or sleep. float32 only (the CPU provider has no
+    float64 Conv): Unsupported otherwise."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    dtype = next(iter(inputs.values())).dtype
+    if dtype != np.float32:
+        raise Unsupported(f"ONNX Runtime's CPU provider has no {dtype} convolution: the peer runs float32 only")
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    graph = helper.make_graph([node], "peer", [helper.make_tensor_value_info(k, elem, v.shape) for k, v in inputs.items()],
+                              [helper.make_tensor_value_info(node.output[0], elem, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = dict(inputs)
+    return lambda: session.run(None, feeds)
+
+
+def onnxruntime_conv2d(x: np.ndarray, w: np.ndarray, stride: int, padding: int, dilation: int, groups: int,
+                       threads: int, spinning: bool) -> Callable[[], object]:
+    """Conv (no bias), the weights an initializer: ONNX Runtime's MLAS convolution."""
+    from onnx import helper
+    (n, _, h, wd), (k, _, r, s) = x.shape, w.shape
+    out = (n, k, (h + 2 * padding - dilation * (r - 1) - 1) // stride + 1,
+           (wd + 2 * padding - dilation * (s - 1) - 1) // stride + 1)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2, pads=[padding] * 4,
+                            dilations=[dilation] * 2, group=groups, kernel_shape=[r, s])
+    return _ort_call(node, {"x": x}, {"w": w}, out, threads, spinning)
+
+
+def onnxruntime_pool2d(op: str, x: np.ndarray, kernel: int, stride: int, threads: int,
+                       spinning: bool) -> Callable[[], object]:
+    """MaxPool or AveragePool (no padding), forward."""
+    from onnx import helper
+    n, c, h, w = x.shape
+    node = helper.make_node({"max_pool2d": "MaxPool", "avg_pool2d": "AveragePool"}[op], ["x"], ["y"],
+                            kernel_shape=[kernel] * 2, strides=[stride] * 2)
+    return _ort_call(node, {"x": x}, {}, (n, c, (h - kernel) // stride + 1, (w - kernel) // stride + 1),
+                     threads, spinning)
+
+
+def onnxruntime_gemm(a: np.ndarray, b: np.ndarray, threads: int, spinning: bool) -> Callable[[], object]:
+    """MatMul of two inputs fed on every call."""
+    from onnx import helper
+    return _ort_call(helper.make_node("MatMul", ["a", "b"], ["c"]), {"a": a, "b": b}, {},
+                     (a.shape[0], b.shape[1]), threads, spinning)

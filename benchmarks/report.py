@@ -4,7 +4,8 @@ Reads the pytest-benchmark JSON that ``fastconv bench`` writes (our figures unde
 ``extra_info``, contract in this package's docstring) and turns it into:
 
 - :func:`rows`: one flat row per benchmark with the derived figures (time, GFLOP/s, % of peak,
-  speed-up over naive and NumPy, ratio to PyTorch, images/s of training steps, memory, compile time);
+  speed-up over naive and NumPy, ratios to PyTorch and ONNX Runtime, images/s of training steps, memory,
+  compile time);
 - :func:`headline`: the few numbers that summarise a run;
 - :func:`render`: ``report.md``, ``report.html`` (standalone: inline CSS, no JS) and PNG plots;
 - :func:`compare`: two runs side by side, with the regressions of fastconv's own implementations.
@@ -20,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-PEERS = ("naive", "numpy", "pytorch")
+PEERS = ("naive", "numpy", "pytorch", "onnxruntime")
 SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
 GPU_SUITES = tuple("cuda_" + s for s in SUITES)  # the GPU suite's records (fastconv bench --device cuda)
 PASSES = ("forward", "backward")
@@ -28,8 +29,8 @@ MODELS = ("lenet5", "cifar_cnn", "resnet20", "resnext_cifar")  # train_step case
 CONV_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg",
                "alexnet", "depthwise")
 IMPLS = ("direct", "direct_simd", "im2col", "im2col_packed", "winograd", "blas", "packed", "auto", "naive", "numpy",
-         "pytorch")
-IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch"}
+         "pytorch", "onnxruntime")
+IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM",
                 "train_step": "training step"}
 SUITE_TITLES.update({"cuda_" + s: f"GPU {t}" for s, t in SUITE_TITLES.items()})
@@ -40,7 +41,7 @@ DEFAULT_DTYPE = "float32"
 PLOT_DPI = 110
 COLORS = {"direct": "#1f77b4", "direct_simd": "#bcbd22", "winograd": "#e377c2", "im2col": "#ff7f0e", "im2col_packed": "#2ca02c", "blas": "#ff7f0e",
           "packed": "#2ca02c", "auto": "#17becf", "naive": "#7f7f7f", "numpy": "#9467bd",
-          "pytorch": "#d62728"}
+          "pytorch": "#d62728", "onnxruntime": "#8c564b"}
 
 Row = dict[str, Any]
 
@@ -146,8 +147,9 @@ def rows(results: dict) -> list[Row]:
 
     Keys: suite, case, label, pass, impl, peer, dtype, time_s (stats median * scale), scaled,
     scaled_from, flops, gflops, pct_peak (percent of the ``is_peak`` record's fastest-round GFLOP/s),
-    speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch (PyTorch time / this
-    time: > 1 means faster than PyTorch), images and images_per_s (training steps; None elsewhere),
+    speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch and ratio_onnxruntime (the
+    peer's time / this time: > 1 means faster than that peer), images and images_per_s (training steps;
+    None elsewhere),
     peak_memory_bytes, compile_s, first_call_s, threads, rounds, is_peak, name. Peers are matched
     on (suite, case, pass, dtype); a missing peer or figure is None.
     """
@@ -156,7 +158,8 @@ def rows(results: dict) -> list[Row]:
     for bench in results["benchmarks"]:
         info, stats = bench["extra_info"], bench["stats"]
         scale = float(info.get("scale") or 1.0)
-        time_s = float(stats["median"]) * scale
+        # the harness's time: its fastest round's median (runs before 2026-11-30: the median of all rounds)
+        time_s = float(stats.get("best_round_median") or stats["median"]) * scale
         best_s = float(stats.get("min") or stats["median"]) * scale
         flops = info.get("flops")
         images = info.get("images")
@@ -178,6 +181,7 @@ def rows(results: dict) -> list[Row]:
             "speedup_naive": None,
             "speedup_numpy": None,
             "ratio_pytorch": None,
+            "ratio_onnxruntime": None,
             "images": images,
             "images_per_s": images / time_s if images and time_s > 0 else None,
             "peak_memory_bytes": info.get("peak_memory_bytes"),
@@ -201,6 +205,7 @@ def rows(results: dict) -> list[Row]:
         r["speedup_naive"] = _ratio(times.get("naive"), r["time_s"])
         r["speedup_numpy"] = _ratio(times.get("numpy"), r["time_s"])
         r["ratio_pytorch"] = _ratio(times.get("pytorch"), r["time_s"])
+        r["ratio_onnxruntime"] = _ratio(times.get("onnxruntime"), r["time_s"])
         if peak and r["gflops"] is not None and r["suite"] not in GPU_SUITES:  # the peak is the CPU's
             r["pct_peak"] = 100.0 * r["gflops"] / peak
     out.sort(key=_row_key)
@@ -231,6 +236,7 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
         auto = [r for r in all_rows if r["suite"] == "conv2d" and r["impl"] == "auto"
                 and r["pass"] == pass_ and r["dtype"] == dtype]
         with_torch = [r for r in auto if r["ratio_pytorch"] is not None]
+        with_ort = [r for r in auto if r["ratio_onnxruntime"] is not None]
         with_naive = [r for r in auto if r["speedup_naive"] is not None]
 
         def pick(row: Row | None, key: str) -> dict | None:
@@ -246,6 +252,10 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
             "ratio_pytorch_geomean": _geomean([r["ratio_pytorch"] for r in with_torch]),
             "best": pick(best, "ratio_pytorch"),
             "worst": pick(worst, "ratio_pytorch"),
+            "layers_with_onnxruntime": len(with_ort),
+            "ratio_onnxruntime_geomean": _geomean([r["ratio_onnxruntime"] for r in with_ort]),
+            "worst_onnxruntime": pick(min(with_ort, key=lambda r: r["ratio_onnxruntime"], default=None),
+                                      "ratio_onnxruntime"),
             "speedup_naive_geomean": _geomean([r["speedup_naive"] for r in with_naive]),
             "speedup_naive_min": pick(low, "speedup_naive"),
             "speedup_naive_max": pick(high, "speedup_naive"),
@@ -347,7 +357,8 @@ def headline(results: dict) -> dict:
 
     For "forward" and "backward": ``layers``, ``ratio_pytorch_geomean`` (geometric mean over the
     layers of fastconv auto's ratio to PyTorch, > 1: faster), ``best`` / ``worst`` layer by that
-    ratio (``{case, label, ratio_pytorch}``), ``speedup_naive_geomean`` and its range
+    ratio (``{case, label, ratio_pytorch}``), ``layers_with_onnxruntime``, ``ratio_onnxruntime_geomean`` and
+    ``worst_onnxruntime`` (the same against ONNX Runtime, forward only), ``speedup_naive_geomean`` and its range
     ``speedup_naive_min`` / ``speedup_naive_max`` (``{case, label, speedup_naive}``). Then
     ``train_step``: fastconv auto's training steps, each ``{case, label, images, time_s,
     images_per_s, ratio_pytorch}`` (an empty list when none were run); ``cuda``: the GPU suite against its
@@ -544,14 +555,15 @@ def _scaled_notes(scaled_rows: list[Row]) -> list[str]:
             for what, cases in by_slice.items()]
 
 
-DETAIL_HEADERS = ["impl", "time", "GFLOP/s", "% peak", "x naive", "x NumPy", "x PyTorch",
+DETAIL_HEADERS = ["impl", "time", "GFLOP/s", "% peak", "x naive", "x NumPy", "x PyTorch", "x ONNX Runtime",
                   "peak mem (MiB)", "compile (s)"]
 
 
 def _detail_cells(r: Row) -> list[str]:
     return [impl_name(r["impl"]), fmt_time(r["time_s"], r["scaled"]), fmt_num(r["gflops"]),
             fmt_pct(r["pct_peak"]), fmt_ratio(r["speedup_naive"]), fmt_ratio(r["speedup_numpy"]),
-            fmt_ratio(r["ratio_pytorch"]), fmt_mib(r["peak_memory_bytes"]), fmt_s(r["compile_s"])]
+            fmt_ratio(r["ratio_pytorch"]), fmt_ratio(r["ratio_onnxruntime"]), fmt_mib(r["peak_memory_bytes"]),
+            fmt_s(r["compile_s"])]
 
 
 def _detail_table(case_rows: list[Row]) -> tuple:
@@ -567,7 +579,7 @@ def _compact_table(sel: list[Row], with_pass: bool, focus: str, extra: list[str]
     impls = _order((r["impl"] for r in sel), IMPLS)
     keys = list(dict.fromkeys((r["case"], r["pass"]) for r in sel))
     titles = {"gflops": "GFLOP/s", "pct_peak": "% peak", "speedup_naive": "x naive",
-              "speedup_numpy": "x NumPy", "ratio_pytorch": "x PyTorch"}
+              "speedup_numpy": "x NumPy", "ratio_pytorch": "x PyTorch", "ratio_onnxruntime": "x ONNX Runtime"}
     fmts = {"gflops": fmt_num, "pct_peak": fmt_pct}
     headers = ["case"] + (["pass"] if with_pass else []) + [impl_name(i) for i in impls]
     headers += [f"{focus} {titles[k]}" for k in extra]
@@ -591,7 +603,7 @@ def _case_labels(sel: list[Row]) -> tuple:
     return ("ul", [[("code", case), ("text", f": {label}")] for case, label in labels if label != case])
 
 
-VERSION_KEYS = ("fastconv", "python", "numpy", "numba", "llvmlite", "scipy", "torch", "pytest",
+VERSION_KEYS = ("fastconv", "python", "numpy", "numba", "llvmlite", "scipy", "torch", "onnxruntime", "onnx", "pytest",
                 "pytest_benchmark", "pytest-benchmark")
 
 
@@ -621,7 +633,7 @@ def _machine_block(results: dict) -> list[tuple]:
     if versions:
         text = ", ".join(f"{k} {v if v else '(not installed)'}" for k, v in versions.items())
         items.append([("b", "versions:"), ("text", f" {text}")])
-    size, dtype = fc.pop("size", None), fc.pop("dtype", None)
+    size, dtype, harness = fc.pop("size", None), fc.pop("dtype", None), fc.pop("harness", None)
     if size or dtype:
         items.append([("b", "suite:"), ("text", " " + ", ".join(str(x) for x in (size, dtype) if x))])
     date = fc.pop("date", None) or results.get("datetime")
@@ -635,6 +647,12 @@ def _machine_block(results: dict) -> list[tuple]:
     if commit.get("id"):
         dirty = " (with uncommitted changes)" if commit.get("dirty") else ""
         items.append([("b", "commit:"), ("text", " "), ("code", str(commit["id"])[:12]), ("text", dirty)])
+    if harness:
+        timing = f"Times are medians of every timed call; {harness}."
+    else:
+        timing = ("Times are medians of pytest-benchmark's rounds, every library timed in one process: this run "
+                  "predates the per-process harness, and its PyTorch figures are low (in that process fastconv's "
+                  "Numba OpenMP layer had turned on nested parallelism in the runtime PyTorch shared).")
     command = "fastconv bench" + (f" --size {size}" if size else "") + (f" --dtype {dtype}" if dtype else "")
     command += " --device cuda" if "gpu" in fc else ""
     return [("ul", items),
@@ -643,10 +661,9 @@ def _machine_block(results: dict) -> list[tuple]:
                    ("text", " and this report ("), ("code", "fastconv report results.json"),
                    ("text", " renders it again, "), ("code", "fastconv compare OLD.json NEW.json"),
                    ("text", " compares two runs).")]),
-            ("p", "Times are medians of pytest-benchmark's rounds. Ratios to PyTorch are PyTorch's time over "
-                  "ours (> 1: fastconv is faster); speed-ups (x naive, x NumPy) are the peer's time over ours; "
-                  "% peak is GFLOP/s over the measured peak (the fastest round of NumPy's matmul at the largest "
-                  "square GEMM size).")]
+            ("p", timing + " Ratios to PyTorch and ONNX Runtime are the peer's time over ours (> 1: fastconv is "
+                  "faster); speed-ups (x naive, x NumPy) are the peer's time over ours; % peak is GFLOP/s over the "
+                  "measured peak (the fastest call of NumPy's matmul at the largest square GEMM size).")]
 
 
 def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
@@ -666,6 +683,10 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
          fmt_ratio(bwd["ratio_pytorch_geomean"])],
         ["best layer vs PyTorch", layer(fwd["best"], "ratio_pytorch"), layer(bwd["best"], "ratio_pytorch")],
         ["worst layer vs PyTorch", layer(fwd["worst"], "ratio_pytorch"), layer(bwd["worst"], "ratio_pytorch")],
+        ["ratio to ONNX Runtime, geomean (> 1: faster)", fmt_ratio(fwd["ratio_onnxruntime_geomean"]),
+         fmt_ratio(bwd["ratio_onnxruntime_geomean"])],
+        ["worst layer vs ONNX Runtime", layer(fwd["worst_onnxruntime"], "ratio_onnxruntime"),
+         layer(bwd["worst_onnxruntime"], "ratio_onnxruntime")],
         ["speed-up over naive, geomean", fmt_ratio(fwd["speedup_naive_geomean"]),
          fmt_ratio(bwd["speedup_naive_geomean"])],
         ["speed-up over naive, range", naive_range(fwd), naive_range(bwd)],
@@ -674,6 +695,9 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
     if fwd["layers_with_pytorch"] < fwd["layers"] or bwd["layers_with_pytorch"] < bwd["layers"]:
         notes.append(f"PyTorch ratios over {fwd['layers_with_pytorch']} (forward) and "
                      f"{bwd['layers_with_pytorch']} (backward) layers: PyTorch was not run on the others.")
+    if fwd["layers"] and fwd["layers_with_onnxruntime"] < fwd["layers"]:
+        notes.append(f"ONNX Runtime ratios over {fwd['layers_with_onnxruntime']} of {fwd['layers']} layers "
+                     "(forward only: it has no backward ops).")
     counts = head["counts"]
     peak = head["peak_gflops"]
     rec = head["peak_record"]
@@ -741,7 +765,8 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
     blocks += _machine_block(results)
     blocks += [("h", 2, "Headline")] + _headline_blocks(head, all_rows) + _gpu_headline_blocks(head["cuda"])
     if "speedup" in plots:
-        blocks.append(("img", plots["speedup"].name, "speed-up of fastconv auto over naive, NumPy and PyTorch"))
+        blocks.append(("img", plots["speedup"].name,
+                       "speed-up of fastconv auto over naive, NumPy, PyTorch and ONNX Runtime"))
     dtypes = _order((r["dtype"] for r in all_rows), [head["dtype"]])
     suites = _order((r["suite"] for r in all_rows), SUITES + GPU_SUITES)
     for suite in suites:
@@ -760,7 +785,7 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                 if tag:
                     blocks.append(("h", 3, f"GEMM{tag}"))
                 blocks.append(_compact_table(sel, False, "auto", ["gflops", "pct_peak", "speedup_numpy",
-                                                                  "ratio_pytorch"]))
+                                                                  "ratio_pytorch", "ratio_onnxruntime"]))
                 blocks.append(_case_labels(sel))
                 if not tag and "gemm_gflops" in plots:
                     blocks.append(("img", plots["gemm_gflops"].name, "GEMM GFLOP/s per size"))
@@ -770,7 +795,7 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                 if tag:
                     blocks.append(("h", 3, f"{title}{tag}"))
                 blocks.append(_compact_table(sel, True, "auto", ["speedup_naive", "speedup_numpy",
-                                                                 "ratio_pytorch"]))
+                                                                 "ratio_pytorch", "ratio_onnxruntime"]))
                 blocks.append(_case_labels(sel))
     return [b for b in blocks if not (b[0] == "ul" and not b[1])]
 
@@ -784,7 +809,7 @@ def _conv_blocks(sel: list[Row], tag: str) -> list[tuple]:
         blocks.append(("h", 3, f"conv2d {pass_}{tag}"))
         blocks.append(("p", "Overview: time of each implementation per layer, and fastconv auto's figures."))
         blocks.append(_compact_table(in_pass, False, "auto", ["gflops", "pct_peak", "speedup_naive",
-                                                              "speedup_numpy", "ratio_pytorch"]))
+                                                              "speedup_numpy", "ratio_pytorch", "ratio_onnxruntime"]))
         for case in dict.fromkeys(r["case"] for r in in_pass):  # rows are sorted by case
             case_rows = [r for r in in_pass if r["case"] == case]
             blocks.append(("h", 4, [("code", case), ("text", f": {case_rows[0]['label']} ({pass_}{tag})")]))
@@ -846,7 +871,7 @@ def _grouped_bars(ax, cases: list[str], series: list[tuple[str, str, list[float 
 
 
 def _plot_speedup(all_rows: list[Row], dtype: str, path: Path) -> bool:
-    """Speed-up bars of fastconv auto over naive, NumPy and PyTorch per conv layer."""
+    """Speed-up bars of fastconv auto over naive, NumPy, PyTorch and ONNX Runtime per conv layer."""
     auto = [r for r in all_rows if r["suite"] == "conv2d" and r["impl"] == "auto" and r["dtype"] == dtype]
     passes = _order((r["pass"] for r in auto), PASSES)
     if not passes:
@@ -859,15 +884,18 @@ def _plot_speedup(all_rows: list[Row], dtype: str, path: Path) -> bool:
         cases = [r["case"] for r in sel]
         series = [("over naive", COLORS["naive"], [r["speedup_naive"] for r in sel]),
                   ("over NumPy", COLORS["numpy"], [r["speedup_numpy"] for r in sel]),
-                  ("over PyTorch", COLORS["pytorch"], [r["ratio_pytorch"] for r in sel])]
+                  ("over PyTorch", COLORS["pytorch"], [r["ratio_pytorch"] for r in sel]),
+                  ("over ONNX Runtime", COLORS["onnxruntime"], [r["ratio_onnxruntime"] for r in sel])]
         series = [s for s in series if any(s[2])]  # a peer missing from every layer: no bars
         _grouped_bars(ax, cases, series, base=1.0)
         title = f"conv2d {pass_} ({dtype})"
-        if series and series[-1][0] == "over PyTorch":
+        names = [name for name, _, _ in series]
+        if "over PyTorch" in names:
             width = 0.8 / len(series)
+            x = (names.index("over PyTorch") - (len(series) - 1) / 2) * width
             for j, r in enumerate(sel):
                 if r["ratio_pytorch"] is None:
-                    ax.annotate("no PyTorch", (j + 0.4 - width / 2, 1), rotation=90, fontsize=7,
+                    ax.annotate("no PyTorch", (j + x, 1), rotation=90, fontsize=7,
                                 ha="center", va="bottom", color=COLORS["pytorch"])
         else:
             title += ": no PyTorch records"

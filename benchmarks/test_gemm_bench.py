@@ -1,36 +1,26 @@
 """GEMM c = a @ b on square sizes and on the im2col GEMM shapes of the conv layers: every fastconv
-algorithm, "auto", and the peers naive, NumPy (a @ b) and PyTorch (torch.mm). NumPy at the largest
-square size run is the suite's practical peak (``is_peak``)."""
+algorithm, "auto", and the peers naive, NumPy (a @ b), PyTorch (torch.mm) and ONNX Runtime (MatMul),
+each library in its own worker process. NumPy at the largest square size run is the suite's practical
+peak (``is_peak``)."""
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import pytest
 
 import fastconv as fc
 
-from . import peers
-from .cases import Gemm, gemm_cases, gemm_inputs, implementations, peak_gemm
+from .cases import gemm_cases, peak_gemm, peers_for
+from .harness import Bench
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    params = [pytest.param(case, impl, id=f"{case.name}-{impl}")
-              for case in gemm_cases(metafunc.config.getoption("fc_size")) for impl in implementations("gemm")]
-    metafunc.parametrize("case,impl", params)
+    size = metafunc.config.getoption("fc_size")
+    impls = [a for a in fc.algorithms("gemm") if a != "naive"] + ["auto"] + peers_for("gemm", "forward")
+    params = [pytest.param(Bench("gemm", case, "forward", impl, is_peak=impl == "numpy" and case == peak_gemm(size)),
+                           id=f"{case.name}-{impl}")
+              for case in gemm_cases(size) for impl in impls]
+    metafunc.parametrize("bench", params)
 
 
-def gemm_call(case: Gemm, impl: str, dtype: str) -> Callable[[], object]:
-    """One call of `impl` on the case's seeded inputs."""
-    a, b = gemm_inputs(case, dtype)
-    if impl == "pytorch":
-        return peers.torch_gemm(a, b)
-    if impl == "numpy":
-        return lambda: a @ b
-    return lambda: fc.gemm(a, b, algo=impl)
-
-
-def test_gemm(fc_bench, fc_dtype: str, pytestconfig: pytest.Config, case: Gemm, impl: str) -> None:
-    """One call: c = a @ b of the whole case by `impl` (the output allocation included)."""
-    is_peak = impl == "numpy" and case == peak_gemm(pytestconfig.getoption("fc_size"))
-    fc_bench(lambda c: gemm_call(c, impl, fc_dtype), suite="gemm", case=case, pass_="forward", impl=impl,
-             is_peak=is_peak)
+def test_gemm(fc_bench, bench: Bench) -> None:
+    """One call: c = a @ b of the whole case by the implementation (the output allocation included)."""
+    fc_bench(bench)

@@ -4,8 +4,9 @@
 
 Builds the run exactly as ``fastconv train`` does with the same options (data split, loaders with the
 same seed, so the same batches in the same order; the same initial weights), then trains the PyTorch
-twin of the model (``peers.torch_model``) with ``torch.optim``'s optimizer of the same settings, on
-Numba's thread count. Prints and writes (``history.json``) the same per-epoch record as fastconv.
+twin of the model (``peers.torch_twin``) with ``torch.optim``'s optimizer of the same settings, on
+Numba's thread count. fastconv runs no kernel in this process; PyTorch shares its OpenMP runtime (see
+``fastconv/runtime.py``), which fastconv keeps at one level of parallelism. Prints and writes (``history.json``) the same per-epoch record as fastconv.
 Only the optimizers and schedules the trainer offers are mirrored: Adam, SGD, step and cosine.
 """
 from __future__ import annotations
@@ -15,12 +16,11 @@ import json
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 
-from fastconv import train
+from fastconv import runtime, train
 
-from .peers import torch_model
+from .peers import torch_twin
 
 
 def _torch_optimizer(torch, run: train.Run, params):
@@ -38,9 +38,9 @@ def _torch_optimizer(torch, run: train.Run, params):
 def fit_torch(settings: dict, log=print) -> list[dict]:
     """Train the PyTorch twin of ``train.build_run(settings)`` and return its per-epoch history."""
     import torch
-    torch.set_num_threads(numba.get_num_threads())
+    torch.set_num_threads(runtime.num_threads())
     run = train.build_run(settings)
-    model = torch_model(run.model)
+    model = torch_twin(run.model)
     opt, scheduler = _torch_optimizer(torch, run, model.parameters())
     history = []
     for epoch in range(1, run.settings["epochs"] + 1):

@@ -28,7 +28,7 @@ class _ProgressBar:
         if report.when == "call" or (report.when == "setup" and report.skipped):
             self.bar.set_postfix_str(report.nodeid.rsplit("::", 1)[-1][:48], refresh=False)
             self.bar.update(1)
-            if self.bar.n >= self.bar.total:  # close before pytest-benchmark prints its summary
+            if self.bar.n >= self.bar.total:  # close before pytest prints its summary
                 self.bar.close()
 
     def pytest_sessionfinish(self) -> None:
@@ -36,15 +36,20 @@ class _ProgressBar:
             self.bar.close()
 
 
-def bench(size: str, dtype: str, out: Path | None, device: str = "cpu") -> int:
+def bench(size: str, dtype: str, out: Path | None, device: str = "cpu", keyword: str | None = None,
+          ops: list[str] | None = None, threads: int | None = None) -> int:
     """Run the benchmark suite of `device` (cpu, or cuda: the GPU suite, refused with exit 2 where fastconv
-    has no GPU); write results.json, pytest.log and the report into `out`."""
+    has no GPU), only the records matching pytest's ``-k`` `keyword` and the suites `ops` when given, each
+    library with `threads` threads (default: Numba's); write results.json, pytest.log, workers.log and the
+    report into `out`."""
     try:
         import pytest
-        import pytest_benchmark  # noqa: F401
         from tqdm import tqdm
     except ImportError:
         print(f"fastconv bench: {BENCH_EXTRA}", file=sys.stderr)
+        return 2
+    if threads is not None and threads < 1:
+        print(f"fastconv bench: --threads must be at least 1, got {threads}", file=sys.stderr)
         return 2
     if device == "cuda":
         from .device import require_cuda
@@ -61,11 +66,18 @@ def bench(size: str, dtype: str, out: Path | None, device: str = "cpu") -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.json"
     suite = Path(benchmarks.__file__).parent
-    args = [str(suite), f"--rootdir={suite}", "-p", "no:cacheprovider", "-q", "--benchmark-sort=name",
-            f"--benchmark-json={results}", f"--fc-size={size}", f"--fc-dtype={dtype}", f"--fc-device={device}"]
+    args = [str(suite), f"--rootdir={suite}", "-p", "no:cacheprovider", "-p", "no:benchmark", "-q",
+            f"--fc-json={results}", f"--fc-worker-log={out / 'workers.log'}", f"--fc-size={size}",
+            f"--fc-dtype={dtype}", f"--fc-device={device}"]
+    args += ["-k", keyword] if keyword else []
+    args += [f"--fc-op={op}" for op in ops or []]
+    args += [f"--fc-threads={threads}"] if threads else []
     print(f"fastconv bench: {size} {device} suite, {dtype}; pytest output in {out / 'pytest.log'}", file=sys.stderr)
     with open(out / "pytest.log", "w") as log, contextlib.redirect_stdout(log):
         code = pytest.main(args, plugins=[_ProgressBar(tqdm)])
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print(f"fastconv bench: no benchmark matches -k {keyword!r} and --op {ops}", file=sys.stderr)
+        return 2
     if code != 0:
         print(f"fastconv bench: the suite failed (pytest exit {int(code)}); see {out / 'pytest.log'}",
               file=sys.stderr)
@@ -206,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                      help="cpu: the CPU suite (default); cuda: fastconv's GPU algorithms vs PyTorch (cuDNN, "
                           "cuBLAS) on the GPU")
+    run.add_argument("-k", dest="keyword", metavar="EXPR",
+                     help="only the benchmarks whose id matches this pytest keyword expression, e.g. "
+                          "'resnet and forward' or 'vgg and (auto or pytorch)'")
+    run.add_argument("--op", action="append", choices=["conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"],
+                     help="only this suite (repeatable)")
+    run.add_argument("--threads", type=int, help="threads of every library (default: Numba's, the cores)")
     run.add_argument("--out", type=Path, help="output folder (default: bench-results/SIZE-TIMESTAMP, "
                                               "cuda-SIZE-TIMESTAMP for the GPU suite)")
 
@@ -234,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import warmup
         return warmup.command(args.dtype, progress=not args.no_progress)
     if args.command == "bench":
-        return bench(args.size, args.dtype, args.out, args.device)
+        return bench(args.size, args.dtype, args.out, args.device, args.keyword, args.op, args.threads)
     if args.command in ("train", "evaluate", "visualize"):
         try:
             return _training_command(args)

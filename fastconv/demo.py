@@ -1,11 +1,14 @@
 """`fastconv demo`: every conv2d algorithm on a few real layers, its agreement with the
-naive reference and its time, next to PyTorch's when PyTorch is installed."""
+naive reference and its time, next to PyTorch's when PyTorch is installed (timed in a process of its
+own, by the benchmark suite's harness: sharing a process with another library's thread pools is not
+how PyTorch runs for its users)."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
+from . import runtime
 from .conv import CONV2D_ALGORITHMS, conv2d
 
 # (name, x shape (N, C, H, W), K, kernel, padding)
@@ -26,15 +29,23 @@ def median_seconds(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
-def _torch_forward(x: np.ndarray, w: np.ndarray, padding: int):
-    try:
-        import torch
-    except ImportError:
+def _torch_seconds(shape: tuple[int, int, int, int], k: int, r: int, pad: int, repeat: int) -> float | None:
+    """PyTorch's median forward time on the layer, in a worker process of its own with fastconv's thread
+    count (``fastconv.benchmarks.harness``); None where PyTorch is not installed."""
+    from .benchmarks import cases, harness
+    if harness.missing("pytorch"):
         return None
-    import numba
-    torch.set_num_threads(numba.get_num_threads())
-    xt, wt = torch.from_numpy(x), torch.from_numpy(w)  # no requires_grad: no autograd graph is built
-    return lambda: torch.nn.functional.conv2d(xt, wt, padding=padding)
+    case = cases.Conv("demo", "demo", *shape, k, r, padding=pad)
+    timer = harness.Harness(runtime.num_threads(), harness.Plan(rounds=repeat, block_s=0.05))
+    try:
+        result = timer.measure([harness.Entry("demo", "pytorch", {
+            "suite": "conv2d", "case": cases.case_to_dict(case), "pass": "forward", "impl": "pytorch",
+            "dtype": "float32"})])["demo"]
+    finally:
+        timer.close()
+    if result.error is not None:
+        raise RuntimeError(f"timing PyTorch failed: {result.error}")
+    return float(np.median(result.seconds))
 
 
 def run(repeat: int = 5) -> None:
@@ -63,9 +74,7 @@ def run(repeat: int = 5) -> None:
             first_text = "-" if algo == "naive" else f"{first:.3f}"
             print(f"{name:<15}{label:<15}{first_text:>13}{seconds * 1e3:>11.2f}{flops / seconds / 1e9:>9.3g}"
                   f"{err:>11.2e}")
-        torch_fn = _torch_forward(x, w, pad)
-        if torch_fn is not None:
-            torch_fn()
-            seconds = median_seconds(torch_fn, repeat)
+        seconds = _torch_seconds(shape, k, r, pad, repeat)
+        if seconds is not None:
             print(f"{name:<15}{'pytorch':<15}{'-':>13}{seconds * 1e3:>11.2f}{flops / seconds / 1e9:>9.3g}")
     print("naive*: plain Python loops timed on one image and scaled to the batch; max |err| is against it.")

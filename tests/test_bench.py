@@ -6,14 +6,13 @@ import sys
 
 import pytest
 
-pytest.importorskip("pytest_benchmark", reason="the bench extra is not installed")
 pytest.importorskip("matplotlib", reason="the bench extra is not installed")
 pytest.importorskip("tqdm", reason="the bench extra is not installed")
 
 import fastconv as fc  # noqa: E402
 
-CONTRACT = {"suite", "case", "label", "pass", "impl", "peer", "flops", "scale", "scaled_from",
-            "first_call_s", "compile_s", "peak_memory_bytes", "threads", "dtype", "is_peak"}
+CONTRACT = {"suite", "case", "label", "pass", "impl", "peer", "library", "flops", "scale", "scaled_from",
+            "first_call_s", "compile_s", "peak_memory_bytes", "threads", "dtype", "device", "is_peak"}
 
 
 def _fastconv(*args):
@@ -135,36 +134,113 @@ def test_gpu_suite_tiny_runs():
     from fastconv import benchmarks
     suite = Path(benchmarks.__file__).parent
     done = subprocess.run([sys.executable, "-m", "pytest", str(suite / "test_cuda_bench.py"), f"--rootdir={suite}",
-                           "-p", "no:cacheprovider", "-q", "--fc-device", "cuda", "--fc-size", "tiny",
-                           "--benchmark-disable"], capture_output=True, text=True)
+                           "-p", "no:cacheprovider", "-q", "--fc-device", "cuda", "--fc-size", "tiny"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout  # torch peers skip without CUDA
 
 
 def test_report_headline_of_gpu_records(tiny_run, tmp_path):
-    """CPU tiny records relabelled as a GPU run: the headline's fractions of cuBLAS/cuDNN and the train step."""
+    """CPU tiny records relabelled as a GPU run, with PyTorch records made from ours (half the speed), so the
+    test needs no PyTorch: the headline's fractions of cuBLAS/cuDNN and the train step."""
     from fastconv.benchmarks import report
     data = json.loads((tiny_run / "results.json").read_text())
     gpu = []
     for record in data["benchmarks"]:
         info = record["extra_info"]
-        if info["impl"] in ("auto", "pytorch"):
-            record = json.loads(json.dumps(record))
-            record["extra_info"].update(suite="cuda_" + info["suite"], device="cuda",
-                                        impl="tiled" if info["suite"] == "gemm" and info["impl"] == "auto"
-                                        else info["impl"],
-                                        case="vgg" if info["suite"] == "conv2d" else info["case"])
-            gpu.append(record)
+        if info["impl"] == "auto":
+            ours = json.loads(json.dumps(record))
+            ours["extra_info"].update(suite="cuda_" + info["suite"], device="cuda",
+                                      impl="tiled" if info["suite"] == "gemm" else "auto",
+                                      case="vgg" if info["suite"] == "conv2d" else info["case"])
+            peer = json.loads(json.dumps(ours))
+            peer["extra_info"].update(impl="pytorch", peer=True)
+            peer["stats"]["median"] = ours["stats"]["median"] / 2
+            gpu += [ours, peer]
     data["benchmarks"] += gpu
     data["machine_info"]["fastconv"]["gpu"] = "NVIDIA H100"
     path = tmp_path / "gpu.json"
     path.write_text(json.dumps(data))
     cuda = report.headline(data)["cuda"]
-    assert cuda["gemm"]["case"] == "gemm-64" and cuda["gemm"]["fraction"] > 0
-    assert cuda["conv_forward"]["vgg"]["fraction"] > 0 and cuda["conv_forward"]["resnet"] is None
-    assert cuda["train_step"][0]["cpu_images_per_s"] > 0
+    assert cuda["gemm"]["case"] == "gemm-64" and cuda["gemm"]["fraction"] == pytest.approx(0.5)
+    assert cuda["conv_forward"]["vgg"]["fraction"] == pytest.approx(0.5) and cuda["conv_forward"]["resnet"] is None
+    assert cuda["train_step"][0]["cpu_images_per_s"] > 0 and cuda["train_step"][0]["ratio_pytorch"] == pytest.approx(0.5)
     report.render(path, tmp_path / "out")
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "**GPU GEMM vs cuBLAS:** gemm-64: " in markdown and "target 50%" in markdown
+    assert "**GPU GEMM vs cuBLAS:** gemm-64: 50% (tiled; target 50%: met)" in markdown
     assert "## GPU conv2d" in markdown and "--device cuda" in markdown
     assert report.headline(data)["forward"] == report.headline(json.loads((tiny_run / "results.json").read_text()))["forward"]
+
+
+def test_bench_selects_records_with_k_and_op(tmp_path):
+    done = _fastconv("bench", "--size", "tiny", "--op", "gemm", "-k", "auto or blas", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr + (tmp_path / "pytest.log").read_text()
+    infos = [r["extra_info"] for r in json.loads((tmp_path / "results.json").read_text())["benchmarks"]]
+    assert sorted((i["suite"], i["impl"]) for i in infos) == [("gemm", "auto"), ("gemm", "blas")]
+    assert _fastconv("bench", "--size", "tiny", "-k", "no_such_case", "--out", str(tmp_path / "none")).returncode == 2
+    assert _fastconv("bench", "--op", "conv3d").returncode == 2
+
+
+def test_peer_workers_load_neither_fastconv_nor_numba():
+    """Each library alone in its process: the NumPy worker (like the PyTorch and ONNX Runtime ones) has not
+    imported fastconv or Numba, the fastconv worker not PyTorch or ONNX Runtime."""
+    from fastconv.benchmarks.harness import Worker
+    numpy_worker, fastconv_worker = Worker("numpy", 1), Worker("fastconv", 1)
+    try:
+        assert numpy_worker.info["loaded"] == [] and numpy_worker.info["pid"] != fastconv_worker.info["pid"]
+        assert fastconv_worker.info["loaded"] == ["fastconv", "numba"]
+        assert fastconv_worker.info["threads"] == 1 and fastconv_worker.info["threading_layer"] in ("omp", "tbb")
+    finally:
+        numpy_worker.close()
+        fastconv_worker.close()
+
+
+def test_worker_reports_a_failed_request_and_stays_up():
+    from fastconv.benchmarks.harness import Worker, WorkerError
+    from fastconv.benchmarks.cases import case_to_dict, square_gemm
+    worker = Worker("numpy", 1)
+    try:
+        with pytest.raises(WorkerError, match="numpy has no conv3d forward implementation"):
+            worker.request({"op": "prepare", "id": "x", "suite": "conv3d", "case": case_to_dict(square_gemm(8)),
+                            "pass": "forward", "impl": "numpy", "dtype": "float32"})
+        reply = worker.request({"op": "prepare", "id": "y", "suite": "gemm", "case": case_to_dict(square_gemm(8)),
+                                "pass": "forward", "impl": "numpy", "dtype": "float32"})
+        assert reply["first_call_s"] > 0 and len(worker.request({"op": "time", "id": "y", "calls": 3})["seconds"]) == 3
+    finally:
+        worker.close()
+
+
+def test_harness_interleaves_and_rotates_the_implementations(monkeypatch):
+    """Every implementation of a group is timed in each round, the order rotated from round to round."""
+    from fastconv.benchmarks import harness
+    from fastconv.benchmarks.cases import case_to_dict, square_gemm
+    order = []
+    real = harness.Worker.request
+
+    def spy(self, message):
+        if message["op"] == "time":
+            order.append(message["id"])
+        return real(self, message)
+    monkeypatch.setattr(harness.Worker, "request", spy)
+    timer = harness.Harness(1, harness.Plan(rounds=3, block_s=0.0))
+    request = {"suite": "gemm", "case": case_to_dict(square_gemm(16)), "pass": "forward", "dtype": "float32"}
+    try:
+        results = timer.measure([harness.Entry(impl, harness.library_of(impl), {**request, "impl": impl})
+                                 for impl in ("packed", "numpy", "naive")])
+    finally:
+        timer.close()
+    assert order == ["packed", "numpy", "naive", "numpy", "naive", "packed", "naive", "packed", "numpy"]
+    assert all(r.error is None and len(r.seconds) == 3 for r in results.values())
+    assert results["naive"].threads == 1 and results["packed"].first_call_s > 0
+
+
+@pytest.mark.peers
+def test_tiny_run_times_pytorch_and_onnxruntime_each_where_it_applies(tiny_run):
+    pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0")
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed: pip install onnx onnxruntime")
+    infos = [r["extra_info"] for r in json.loads((tiny_run / "results.json").read_text())["benchmarks"]]
+    ort = {(i["suite"], i["pass"]) for i in infos if i["impl"] == "onnxruntime"}
+    torch = {(i["suite"], i["pass"]) for i in infos if i["impl"] == "pytorch"}
+    assert ort == {("conv2d", "forward"), ("max_pool2d", "forward"), ("avg_pool2d", "forward"), ("gemm", "forward")}
+    assert ("conv2d", "backward") in torch and ("train_step", "step") in torch
+    assert all(i["library"] == i["impl"] and i["threads"] >= 1 for i in infos if i["impl"] in ("pytorch", "onnxruntime"))

@@ -7,6 +7,7 @@ from hypothesis import given, strategies as st
 import fastconv as fc
 from strategies import conv_algo_takes, conv_cases, pool_cases
 
+pytestmark = pytest.mark.peers
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0")
 F = torch.nn.functional
 torch.set_num_threads(1)  # an oracle: its thread pool would only contend with ours

@@ -7,14 +7,15 @@ import pytest
 
 import fastconv as fc
 from fastconv import nn
-from fastconv.benchmarks.peers import torch_model
+from fastconv.benchmarks.peers import torch_twin
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.peers
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0")
 torch.set_num_threads(1)
 
 
 def twin(model: nn.Module, dtype) -> torch.nn.Module:
-    return torch_model(model.to(dtype))
+    return torch_twin(model.to(dtype))
 
 
 def optimizers(kind: str, model: nn.Module, tm: torch.nn.Module):

@@ -1,0 +1,262 @@
+"""The suite's measuring harness: every library in its own worker process, the peers interleaved.
+
+The pytest process only orchestrates: it never runs a measured call. Each library runs in a worker
+process of its own (``worker.py``): fastconv (its algorithms, "auto" and the naive loops), PyTorch,
+ONNX Runtime and NumPy. Timing them in one process handicapped PyTorch: fastconv's Numba OpenMP layer
+had turned on nested parallelism in the OpenMP runtime PyTorch shared with it (``fastconv/runtime.py``),
+and any library's idle pool threads spin for a while after its calls, on the cores the next library needs.
+
+``measure`` times one group (one case and pass, every selected implementation): each implementation
+is prepared (built, called once for ``first_call_s``, once more for its peak memory), then timed in
+``rounds`` rounds; in each round every implementation runs a block of calls of about ``block_s``
+seconds, in an order rotated from round to round, so that drift on a shared machine hits all alike. A
+worker answers only once its threads are idle, so no library's spinning pool overlaps another's block.
+
+A record's time is the median of its fastest round (``best_round_median``). The 2-core VMs this
+project measures on flip between a fast state and one about 1.5x slower every fraction of a second to
+a few seconds, for every library alike: the median of all calls depends on how long each library
+happened to spend in the slow state, the fastest round's median compares all in the fast one.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from .cases import Case, Train, case_to_dict, naive_slice
+
+WORKER = Path(__file__).with_name("worker.py")
+PEER_LIBRARY = {"naive": "fastconv", "numpy": "numpy", "pytorch": "pytorch", "onnxruntime": "onnxruntime"}
+OPTIONAL = {"pytorch": ("torch",), "onnxruntime": ("onnxruntime", "onnx")}  # Python packages each peer needs
+REPLY_TIMEOUT_S = 900.0  # one request: the slowest is a cold first call that compiles and autotunes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each implementation of a group is timed: ``rounds`` rounds of blocks of about ``block_s``
+    seconds (at least one call, at most ``max_calls``)."""
+    rounds: int
+    block_s: float
+    max_calls: int = 200
+
+
+PLANS = {"tiny": Plan(rounds=2, block_s=0.0), "quick": Plan(rounds=7, block_s=0.15),
+         "full": Plan(rounds=7, block_s=0.15)}
+
+
+def best_round_median(rounds: list[list[float]]) -> float:
+    """The median of the fastest round: a record's time (see the module's docstring)."""
+    return min(statistics.median(r) for r in rounds if r)
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One record of the suite: `impl` on `case` for one pass of `suite` (a "cuda_" prefix: the GPU suite),
+    on `device`; ``is_peak`` marks the record whose GFLOP/s is the machine's practical peak."""
+    suite: str
+    case: Case
+    pass_: str
+    impl: str
+    device: str = "cpu"
+    is_peak: bool = False
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        """The records measured together: every implementation of one case and pass."""
+        return (self.suite, self.case.name, self.pass_)
+
+    @property
+    def _slice(self) -> tuple[Case, float, str | None]:
+        if self.impl != "naive":
+            return self.case, 1.0, None
+        return naive_slice(self.suite, self.case, self.pass_)
+
+    @property
+    def run_case_dict(self) -> dict:
+        """The case the worker runs: the whole case, or the naive loops' reduced slice."""
+        return case_to_dict(self._slice[0])
+
+    @property
+    def scale(self) -> float:
+        """From the measured time to the whole case's: 1, or the FLOP ratio of the naive slice."""
+        return self._slice[1]
+
+    @property
+    def scaled_from(self) -> str | None:
+        return self._slice[2]
+
+    @property
+    def flops(self) -> int | None:
+        """The whole case's FLOPs for this pass (training steps: None, the fastconv worker counts them)."""
+        return None if isinstance(self.case, Train) else self.case.flops(self.pass_)
+
+
+def library_of(impl: str) -> str:
+    """The worker library that runs `impl`: a peer's own, else fastconv."""
+    return PEER_LIBRARY.get(impl, "fastconv")
+
+
+def missing(library: str) -> str | None:
+    """Why `library`'s worker cannot start here (a package not installed), or None."""
+    absent = [name for name in OPTIONAL.get(library, ()) if importlib.util.find_spec(name) is None]
+    if not absent:
+        return None
+    hint = "pip install torch==2.13.0" if "torch" in absent else "pip install onnx onnxruntime"
+    return f"{' and '.join(absent)} not installed ({hint})"
+
+
+class WorkerError(RuntimeError):
+    """A worker's request failed; ``skip``: the peer cannot run this case here (no CUDA, no float64)."""
+
+    def __init__(self, message: str, detail: str = "", skip: bool = False) -> None:
+        super().__init__(message)
+        self.detail, self.skip = detail, skip
+
+
+class Worker:
+    """One library's worker process, started with `threads` threads; ``info`` is its hello reply."""
+
+    def __init__(self, library: str, threads: int, log: IO | None = None) -> None:
+        self.library = library
+        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+               "OPENBLAS_NUM_THREADS": str(threads)}
+        self.process = subprocess.Popen([sys.executable, str(WORKER), library, str(threads)], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        self.info = self.request({"op": "hello"})
+
+    def request(self, message: dict) -> dict:
+        """Send one request and wait for its reply; WorkerError when it failed or the worker died."""
+        try:
+            self.process.stdin.write(json.dumps(message) + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # the worker is gone: reading says why
+        ready, _, _ = select.select([self.process.stdout], [], [], REPLY_TIMEOUT_S)
+        line = self.process.stdout.readline() if ready else ""
+        if not line:
+            self.process.kill()
+            raise WorkerError(f"the {self.library} worker stopped answering ({message.get('op')} request; exit code "
+                              f"{self.process.wait()}): see its stderr")
+        reply = json.loads(line)
+        if not reply.pop("ok"):
+            raise WorkerError(f"{self.library} worker: {reply['error']}", reply.get("traceback", ""),
+                              bool(reply.get("skip")))
+        return reply
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self.process.stdin.close()
+                self.process.wait(timeout=30)
+            except (BrokenPipeError, subprocess.TimeoutExpired, OSError):
+                self.process.kill()
+
+
+@dataclass
+class Entry:
+    """One record to measure: its id, the worker library and the ``prepare`` request."""
+    key: str
+    library: str
+    request: dict
+
+
+@dataclass
+class Result:
+    """What the harness measured for one entry (``error`` set instead when it failed or was skipped)."""
+    rounds: list[list[float]] = field(default_factory=list)  # the seconds of each call, round by round
+    first_call_s: float | None = None
+    peak_memory_bytes: int | None = None
+    threads: int | None = None
+    error: WorkerError | None = None
+
+
+class Harness:
+    """The worker processes of one suite run (started when first needed) and the measuring loop."""
+
+    def __init__(self, threads: int, plan: Plan, log: IO | None = None, device: str = "cpu") -> None:
+        self.threads, self.plan, self.log, self.device = threads, plan, log, device
+        self.workers: dict[str, Worker] = {}
+        self.started: dict[str, dict] = {}  # each library's hello reply, kept after the workers exit
+        self.failed: dict[str, WorkerError] = {}
+        self.models: dict[tuple, dict] = {}
+        self.tmp = tempfile.TemporaryDirectory(prefix="fastconv-bench-")
+
+    def worker(self, library: str) -> Worker:
+        """The running worker of `library`; WorkerError (skip for an optional peer) when it cannot start."""
+        if library in self.failed:
+            raise self.failed[library]
+        if library not in self.workers:
+            reason = missing(library)
+            try:
+                if reason:
+                    raise WorkerError(reason, skip=True)
+                worker = self.workers[library] = Worker(library, self.threads, self.log)
+                self.started[library] = dict(worker.info)
+                if library == "fastconv" and self.device == "cuda":
+                    self.started[library]["gpu"] = worker.request({"op": "gpu"})
+            except WorkerError as error:
+                error.skip = error.skip or library in OPTIONAL
+                self.failed[library] = error
+                raise
+        return self.workers[library]
+
+    def model(self, case: Train, dtype: str) -> dict:
+        """A training case's model from the fastconv worker: ``spec``, ``weights`` (an .npz file) and
+        ``flops_per_image``; made once per case and dtype."""
+        key = (case, dtype)
+        if key not in self.models:
+            path = str(Path(self.tmp.name) / f"{case.name}-{dtype}.npz")
+            reply = self.worker("fastconv").request({"op": "export_model", "case": case_to_dict(case), "dtype": dtype,
+                                                     "path": path})
+            self.models[key] = {"spec": reply["spec"], "weights": path, "flops_per_image": reply["flops_per_image"]}
+        return self.models[key]
+
+    def measure(self, entries: list[Entry]) -> dict[str, Result]:
+        """Prepare every entry, then time them in interleaved rounds (see the module's docstring)."""
+        results: dict[str, Result] = {}
+        calls: dict[str, int] = {}
+        for e in entries:
+            try:
+                worker = self.worker(e.library)
+                reply = worker.request({"op": "prepare", "id": e.key, **e.request})
+            except WorkerError as error:
+                results[e.key] = Result(error=error)
+                continue
+            results[e.key] = Result(first_call_s=reply["first_call_s"], peak_memory_bytes=reply["peak_memory_bytes"],
+                                    threads=worker.info["threads"])
+            calls[e.key] = min(self.plan.max_calls,
+                               max(1, math.ceil(self.plan.block_s / max(reply["estimate_s"], 1e-9))))
+        order = [e for e in entries if e.key in calls]
+        for round_ in range(self.plan.rounds):
+            shift = round_ % max(1, len(order))
+            for e in order[shift:] + order[:shift]:
+                if results[e.key].error is not None:
+                    continue
+                try:
+                    reply = self.workers[e.library].request({"op": "time", "id": e.key, "calls": calls[e.key]})
+                    results[e.key].rounds.append(reply["seconds"])
+                except WorkerError as error:
+                    results[e.key].error = error
+        for e in order:
+            if e.library in self.workers and self.workers[e.library].process.poll() is None:
+                try:
+                    self.workers[e.library].request({"op": "release", "id": e.key})
+                except WorkerError:
+                    pass
+        return results
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.close()
+        self.workers.clear()
+        self.tmp.cleanup()
