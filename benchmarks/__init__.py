@@ -32,7 +32,7 @@ Every benchmark records in ``extra_info`` (the contract between the suite and th
   N*C*OH*OW*kh*kw, for both passes; train_step: 3x the forward FLOPs of the model's convolutions
   and linear layers, 2 * outputs * weights per output)
 - ``scale``: the factor from the measured time to the whole case (1.0 unless the case was run
-  on a reduced slice: naive loops on large cases); report time = stats best_round_median * scale
+  on a reduced slice: naive loops on large cases); report time = stats median * scale
 - ``scaled_from``: None, or what was run instead, e.g. "batch 1, 16 of 256 channels"
 - ``first_call_s``: seconds of the first call in its worker process (Numba compile and, for
   "auto", the autotuner's timing included when their caches are cold); ``compile_s``: first_call_s
@@ -46,10 +46,13 @@ Every benchmark records in ``extra_info`` (the contract between the suite and th
 - ``is_peak``: true on the one benchmark whose GFLOP/s is the machine's practical peak:
   NumPy's float32 matmul at the largest square GEMM size run
 - ``images`` (train_step only): the batch size, so that images/s = images / time
+- ``alone_s``: with ``--fc-alone`` (fastconv auto, PyTorch, ONNX Runtime), the same call timed right after
+  the group, by itself in a fresh process of its library (the median of its calls); else None
 
-The record's ``stats`` hold pytest-benchmark's figures of the timed calls (median, quartiles, ...,
-``data``: every call's seconds, of the case run), each round's median (``round_medians``) and the
-record's time, the fastest round's median (``best_round_median``; see ``harness.py`` for why). The report derives: time, GFLOP/s, % of peak, speed-up over naive and over
+The record's ``stats`` hold pytest-benchmark's figures of the timed calls of the case run (min,
+median, quartiles, ``rounds``: the number of calls, ``total``: their seconds), each round's median
+(``round_medians``: how the machine drifted while the group was timed; ``harness.py`` says why that
+matters on this project's VMs). The report derives: time, GFLOP/s, % of peak, speed-up over naive and over
 NumPy, ratios to PyTorch and ONNX Runtime (the peer's time / ours: > 1 means fastconv is faster),
 images/s of training steps, peak memory, compile time.
 """

@@ -1,6 +1,6 @@
 """Check a suite run against each library timed alone: every selected record is timed again in a fresh
 process of its library, by itself, in a plain loop (``worker.py --alone``), and compared with the
-suite's time. Both sides are the median of the fastest round (``harness.py`` says why).
+suite's median.
 
     python -m fastconv.benchmarks.alone RESULTS.json [--impl auto pytorch] [-k TEXT] [--tolerance 0.15] [--repeats 3]
 
@@ -10,15 +10,13 @@ outside 1 +- tolerance: the suite's harness then distorts that library's figures
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass
 
 from . import report
 from .cases import case_to_dict, find
-from .harness import PLANS, WORKER, Harness, library_of, missing
+from .harness import ALONE_MIN_SECONDS, PLANS, Harness, library_of, missing, time_alone
 
 
 @dataclass
@@ -33,37 +31,32 @@ class Check:
         return self.suite_s / self.alone_s
 
 
-def time_alone(record: dict, threads: int, seconds: float) -> float:
-    """The record's call timed alone in a fresh process of its library for about `seconds`: the median of
-    the fastest round."""
+def time_record(record: dict, threads: int, seconds: float) -> float:
+    """A record's call timed alone in a fresh process of its library for about `seconds`
+    (``harness.time_alone``); a PyTorch training step gets its twin's weights from a fastconv worker
+    that exits before the timing."""
     info = record["extra_info"]
     case = find(info["suite"], info["case"])
     request = {"suite": info["suite"], "case": case_to_dict(case), "pass": info["pass"], "impl": info["impl"],
                "dtype": info["dtype"], "device": info.get("device", "cpu")}
-    library = library_of(info["impl"])
-    exporter = None
-    if info["suite"].endswith("train_step") and info["impl"] == "pytorch":
-        exporter = Harness(threads, PLANS["tiny"])  # its fastconv worker writes the twin's weights, then exits
-        model = exporter.model(case, info["dtype"])
-        exporter.workers.pop("fastconv").close()
-        request["model"] = {"spec": model["spec"], "weights": model["weights"]}
+    exporter = Harness(threads, PLANS["tiny"])
     try:
-        done = subprocess.run([sys.executable, str(WORKER), library, str(threads), "--alone", json.dumps(request),
-                               str(seconds)], capture_output=True, text=True, timeout=1800)
+        if info["suite"].endswith("train_step") and info["impl"] == "pytorch":
+            model = exporter.model(case, info["dtype"])
+            exporter.workers.pop("fastconv").close()
+            request["model"] = {"spec": model["spec"], "weights": model["weights"]}
+        return time_alone(library_of(info["impl"]), request, threads, seconds)
     finally:
-        if exporter is not None:
-            exporter.close()
-    if done.returncode != 0:
-        raise RuntimeError(f"timing {record['name']} alone failed:\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout)["best_round_median_s"]
+        exporter.close()
 
 
 def check(results: dict, impls: tuple[str, ...] = ("auto", "pytorch"), keyword: str = "",
           seconds: float | None = None, repeats: int = 1) -> list[Check]:
     """Time the records of `results` (a loaded results.json) whose impl is in `impls` and whose name contains
-    `keyword` alone, each for about as long as the suite timed it (or `seconds`); with `repeats` > 1 each
+    `keyword` alone, each for about as long as the suite timed it, at least ALONE_MIN_SECONDS (or `seconds`); with
+    `repeats` > 1 each
     record is timed alone that many times, round-robin over the records (a fresh process each time), and
-    the fastest kept, as the suite keeps its fastest round."""
+    the median kept."""
     threads = results["machine_info"]["fastconv"]["threads"]
     records = [r for r in results["benchmarks"]
                if r["extra_info"]["impl"] in impls and keyword in r["name"] and r["extra_info"].get("scale", 1.0) == 1.0
@@ -71,10 +64,9 @@ def check(results: dict, impls: tuple[str, ...] = ("auto", "pytorch"), keyword: 
     alone: dict[str, list[float]] = {r["name"]: [] for r in records}
     for _ in range(repeats):
         for r in records:
-            budget = seconds if seconds is not None else min(30.0, sum(r["stats"]["data"]))
-            alone[r["name"]].append(time_alone(r, threads, budget))
-    return [Check(r["name"], r["stats"].get("best_round_median", r["stats"]["median"]), min(alone[r["name"]]))
-            for r in records]
+            budget = seconds if seconds is not None else min(30.0, max(ALONE_MIN_SECONDS, r["stats"]["total"]))
+            alone[r["name"]].append(time_record(r, threads, budget))
+    return [Check(r["name"], r["stats"]["median"], statistics.median(alone[r["name"]])) for r in records]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-k", dest="keyword", default="", help="only records whose name contains this text")
     parser.add_argument("--tolerance", type=float, default=0.15, help="allowed |suite/alone - 1| (default 0.15)")
     parser.add_argument("--repeats", type=int, default=1, help="time each record alone this many times, "
-                                                               "round-robin, and keep the fastest (default 1)")
+                                                               "round-robin, and keep the median (default 1)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")

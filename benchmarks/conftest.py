@@ -7,7 +7,8 @@ minutes), full (everything, the default); ``--fc-dtype``: float32 (default) or f
 ``--fc-device``: cpu (default: every module but test_cuda_bench.py) or cuda (test_cuda_bench.py alone);
 ``--fc-op``: only these suites (repeatable); ``--fc-threads``: threads of every library (default: Numba's
 default, the machine's cores); ``--fc-json``: where to write the results (pytest-benchmark's JSON layout,
-which ``fastconv report`` reads); ``--fc-worker-log``: a file for the workers' stderr.
+which ``fastconv report`` reads); ``--fc-worker-log``: a file for the workers' stderr; ``--fc-alone``:
+check each group right after it is measured against fastconv auto, PyTorch and ONNX Runtime timed alone.
 
 Every test item is one record, parametrized by a ``harness.Bench``; the records of one case and pass
 form a group, measured together by ``harness.Harness`` when its first selected item runs (each library
@@ -30,7 +31,7 @@ import pytest
 import fastconv as fc
 
 from .cases import PEERS, SIZES
-from .harness import PLANS, Bench, Entry, Harness, Result, best_round_median, library_of
+from .harness import ALONE_IMPLS, PLANS, Bench, Entry, Harness, Result, library_of
 
 OPS = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
 VERSIONS = ("numpy", "numba", "llvmlite", "scipy", "torch", "onnxruntime", "onnx")
@@ -47,6 +48,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fc-threads", type=int, default=None, help="threads of every library (default: Numba's)")
     group.addoption("--fc-json", default=None, help="write the results to this JSON file")
     group.addoption("--fc-worker-log", default=None, help="append the worker processes' stderr to this file")
+    group.addoption("--fc-alone", action="store_true",
+                    help="after each group, time fastconv auto, PyTorch and ONNX Runtime again, each alone in a "
+                         "fresh process (extra_info alone_s): a check that the harness handicaps no library")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -116,8 +120,9 @@ def _entry(harness: Harness, item: pytest.Item, bench: Bench, dtype: str) -> Ent
 
 
 def _stats(rounds: list[list[float]]) -> dict:
-    """pytest-benchmark's stats of the timed calls (of the case run: ``scale`` times them to the whole case),
-    with ``round_medians`` and ``best_round_median``, the record's time."""
+    """pytest-benchmark's stats of the timed calls (of the case run: ``scale`` times them to the whole case;
+    without the calls themselves, hundreds of thousands in a full run), with each round's median
+    (``round_medians``: how the machine drifted while the group was timed)."""
     seconds = [s for r in rounds for s in r]
     data = sorted(seconds)
     q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0],) * 3
@@ -125,8 +130,7 @@ def _stats(rounds: list[list[float]]) -> dict:
     return {"min": data[0], "max": data[-1], "mean": mean, "stddev": statistics.stdev(data) if len(data) > 1 else 0.0,
             "median": statistics.median(data), "q1": q1, "q3": q3, "iqr": q3 - q1, "rounds": len(data),
             "iterations": 1, "total": sum(data), "ops": 1 / mean if mean > 0 else None,
-            "data": seconds, "round_medians": [statistics.median(r) for r in rounds],
-            "best_round_median": best_round_median(rounds)}
+            "round_medians": [statistics.median(r) for r in rounds]}
 
 
 @pytest.fixture
@@ -144,7 +148,7 @@ def fc_bench(request: pytest.FixtureRequest, fc_harness: Harness, fc_dtype: str)
                     entries.append(_entry(fc_harness, other, _bench(other), fc_dtype))
                 except Exception as error:  # the model export failed: every record of the group says so
                     results[other.nodeid] = Result(error=error)
-            results.update(fc_harness.measure(entries))
+            results.update(fc_harness.measure(entries, ALONE_IMPLS if request.config.getoption("fc_alone") else ()))
         result = results.pop(item.nodeid)
         if result.error is not None:
             if getattr(result.error, "skip", False):
@@ -167,10 +171,10 @@ def _record(item: pytest.Item, bench: Bench, result: Result, dtype: str, harness
     info = {"suite": bench.suite, "case": bench.case.name, "label": bench.case.label, "pass": bench.pass_,
             "impl": bench.impl, "peer": bench.impl in PEERS, "library": library_of(bench.impl), "flops": flops,
             "scale": bench.scale, "scaled_from": bench.scaled_from, "first_call_s": result.first_call_s,
-            "compile_s": max(0.0, result.first_call_s - stats["best_round_median"]) if compiled else None,
+            "compile_s": max(0.0, result.first_call_s - stats["median"]) if compiled else None,
             "peak_memory_bytes": result.peak_memory_bytes,
             "threads": None if bench.device == "cuda" else (1 if bench.impl == "naive" else result.threads),
-            "dtype": dtype, "device": bench.device, "is_peak": bench.is_peak, **extra}
+            "dtype": dtype, "device": bench.device, "is_peak": bench.is_peak, "alone_s": result.alone_s, **extra}
     return {"group": "-".join(bench.group), "name": item.name, "fullname": item.nodeid, "params": None,
             "param": item.callspec.id, "extra_info": info, "stats": stats,
             "options": {"timer": "time.perf_counter", "rounds": harness.plan.rounds, "block_s": harness.plan.block_s}}
@@ -267,12 +271,12 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     records = getattr(config, "fc_records", [])
     if not records:
         return
-    terminalreporter.section("fastconv benchmarks (median of the fastest round; each library in its own process)")
+    terminalreporter.section("fastconv benchmarks (median of the timed calls; each library in its own process)")
     for r in records:
-        s = r["stats"]
-        terminalreporter.write_line(f"{r['group']:<48} {r['extra_info']['impl']:<14} {s['best_round_median'] * 1e3:12.4f} ms "
-                                    f"(all calls: median {s['median'] * 1e3:.4f} ms, IQR {s['iqr'] * 1e3:.4f} ms, "
-                                    f"{s['rounds']} calls)")
-    spread = max((r["stats"]["median"] / r["stats"]["best_round_median"] for r in records
-                  if r["stats"]["best_round_median"] > 0), default=math.nan)
-    terminalreporter.write_line(f"largest median of all calls / fastest round's median: {spread:.2f}")
+        s, alone = r["stats"], r["extra_info"]["alone_s"]
+        check = "" if alone is None else f", alone {alone * 1e3:.4f} ms: suite/alone {s['median'] / alone:.2f}"
+        terminalreporter.write_line(f"{r['group']:<48} {r['extra_info']['impl']:<14} {s['median'] * 1e3:12.4f} ms "
+                                    f"(IQR {s['iqr'] * 1e3:.4f} ms, {s['rounds']} calls{check})")
+    drift = max((max(r["stats"]["round_medians"]) / min(r["stats"]["round_medians"]) for r in records
+                 if min(r["stats"]["round_medians"]) > 0), default=math.nan)
+    terminalreporter.write_line(f"largest spread of one record's round medians (the machine's drift): {drift:.2f}x")

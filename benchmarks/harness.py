@@ -12,10 +12,11 @@ is prepared (built, called once for ``first_call_s``, once more for its peak mem
 seconds, in an order rotated from round to round, so that drift on a shared machine hits all alike. A
 worker answers only once its threads are idle, so no library's spinning pool overlaps another's block.
 
-A record's time is the median of its fastest round (``best_round_median``). The 2-core VMs this
-project measures on flip between a fast state and one about 1.5x slower every fraction of a second to
-a few seconds, for every library alike: the median of all calls depends on how long each library
-happened to spend in the slow state, the fastest round's median compares all in the fast one.
+A record's time is the median of all its timed calls. The 2-core VMs this project measures on flip
+between a fast state and one about 1.5x slower every fraction of a second to a few seconds, alike for
+every library; rounds of short blocks, interleaved, make every implementation of a group sample those
+states alike, so the medians compare fairly within a run. Times from two runs, or from a run and a
+check made later, differ by as much as the machine drifted in between.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ import json
 import math
 import os
 import select
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,13 +49,12 @@ class Plan:
     max_calls: int = 200
 
 
-PLANS = {"tiny": Plan(rounds=2, block_s=0.0), "quick": Plan(rounds=7, block_s=0.15),
-         "full": Plan(rounds=7, block_s=0.15)}
+PLANS = {"tiny": Plan(rounds=2, block_s=0.0), "quick": Plan(rounds=15, block_s=0.07),
+         "full": Plan(rounds=15, block_s=0.07)}
+ALONE_IMPLS = ("auto", "pytorch", "onnxruntime")  # what --fc-alone times again alone: fastconv's and the peers'
+# A plain loop of about the suite's time per record (1 s) can sit in the VM's slow state from start to end.
+ALONE_MIN_SECONDS = 3.0
 
-
-def best_round_median(rounds: list[list[float]]) -> float:
-    """The median of the fastest round: a record's time (see the module's docstring)."""
-    return min(statistics.median(r) for r in rounds if r)
 
 
 @dataclass(frozen=True)
@@ -105,6 +104,22 @@ def library_of(impl: str) -> str:
     return PEER_LIBRARY.get(impl, "fastconv")
 
 
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a worker process: every library's thread pool at `threads`."""
+    return {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+            "OPENBLAS_NUM_THREADS": str(threads)}
+
+
+def time_alone(library: str, request: dict, threads: int, seconds: float) -> float:
+    """The call of a ``prepare`` `request` timed by itself in a fresh process of `library`, in a plain loop of
+    about `seconds` (``worker.py --alone``): the median of its calls."""
+    done = subprocess.run([sys.executable, str(WORKER), library, str(threads), "--alone", json.dumps(request),
+                           str(seconds)], capture_output=True, text=True, timeout=REPLY_TIMEOUT_S, env=worker_env(threads))
+    if done.returncode != 0:
+        raise WorkerError(f"timing {library} {request.get('impl')} alone failed", done.stderr[-3000:])
+    return json.loads(done.stdout)["median_s"]
+
+
 def missing(library: str) -> str | None:
     """Why `library`'s worker cannot start here (a package not installed), or None."""
     absent = [name for name in OPTIONAL.get(library, ()) if importlib.util.find_spec(name) is None]
@@ -127,10 +142,8 @@ class Worker:
 
     def __init__(self, library: str, threads: int, log: IO | None = None) -> None:
         self.library = library
-        env = {**os.environ, "NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
-               "OPENBLAS_NUM_THREADS": str(threads)}
         self.process = subprocess.Popen([sys.executable, str(WORKER), library, str(threads)], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+                                        stdout=subprocess.PIPE, stderr=log, text=True, env=worker_env(threads))
         self.info = self.request({"op": "hello"})
 
     def request(self, message: dict) -> dict:
@@ -177,6 +190,7 @@ class Result:
     first_call_s: float | None = None
     peak_memory_bytes: int | None = None
     threads: int | None = None
+    alone_s: float | None = None  # the same call timed alone in a fresh process right after (--fc-alone)
     error: WorkerError | None = None
 
 
@@ -221,8 +235,11 @@ class Harness:
             self.models[key] = {"spec": reply["spec"], "weights": path, "flops_per_image": reply["flops_per_image"]}
         return self.models[key]
 
-    def measure(self, entries: list[Entry]) -> dict[str, Result]:
-        """Prepare every entry, then time them in interleaved rounds (see the module's docstring)."""
+    def measure(self, entries: list[Entry], alone: tuple[str, ...] = ()) -> dict[str, Result]:
+        """Prepare every entry, then time them in interleaved rounds (see the module's docstring); then time
+        the entries whose impl is in `alone` again, each by itself in a fresh process (``time_alone``), for
+        as long as the rounds timed it and at least ALONE_MIN_SECONDS: a check of the harness made while
+        the machine is in the same mood."""
         results: dict[str, Result] = {}
         calls: dict[str, int] = {}
         for e in entries:
@@ -253,6 +270,14 @@ class Harness:
                     self.workers[e.library].request({"op": "release", "id": e.key})
                 except WorkerError:
                     pass
+        for e in order:
+            result = results[e.key]
+            if e.request["impl"] in alone and result.error is None:
+                seconds = max(ALONE_MIN_SECONDS, sum(sum(r) for r in result.rounds))
+                try:
+                    result.alone_s = time_alone(e.library, e.request, self.threads, seconds)
+                except WorkerError as error:
+                    result.error = error
         return results
 
     def close(self) -> None:

@@ -158,8 +158,7 @@ def rows(results: dict) -> list[Row]:
     for bench in results["benchmarks"]:
         info, stats = bench["extra_info"], bench["stats"]
         scale = float(info.get("scale") or 1.0)
-        # the harness's time: its fastest round's median (runs before 2026-11-30: the median of all rounds)
-        time_s = float(stats.get("best_round_median") or stats["median"]) * scale
+        time_s = float(stats["median"]) * scale
         best_s = float(stats.get("min") or stats["median"]) * scale
         flops = info.get("flops")
         images = info.get("images")
@@ -193,6 +192,7 @@ def rows(results: dict) -> list[Row]:
             "peak_gflops": flops / best_s / 1e9 if info.get("is_peak") and flops and best_s > 0 else None,
             "name": bench.get("name"),
             "device": str(info.get("device") or "cpu"),
+            "alone_ratio": _ratio(time_s / scale, info.get("alone_s")),
         })
     peak = max((r["peak_gflops"] for r in out if r["peak_gflops"]), default=None)
     peers: dict[tuple, dict[str, float]] = {}
@@ -264,6 +264,13 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
                          for r in all_rows if r["suite"] == "train_step" and r["impl"] == "auto"
                          and r["dtype"] == dtype]
     out["cuda"] = _gpu_headline(all_rows, dtype)
+    checked = [r for r in all_rows if r["alone_ratio"] is not None and r["dtype"] == dtype]
+    out["alone"] = None if not checked else {
+        "records": len(checked), "within_15pct": sum(abs(r["alone_ratio"] - 1) <= 0.15 for r in checked),
+        "ratio_median": sorted(r["alone_ratio"] for r in checked)[len(checked) // 2],
+        "ratio_min": min(r["alone_ratio"] for r in checked), "ratio_max": max(r["alone_ratio"] for r in checked),
+        "by_impl": {impl: _geomean([r["alone_ratio"] for r in checked if r["impl"] == impl])
+                    for impl in _order((r["impl"] for r in checked), IMPLS)}}
     peak = next((r for r in all_rows if r["peak_gflops"]), None)
     out["peak_gflops"] = peak["peak_gflops"] if peak else None
     out["peak_record"] = ({k: peak[k] for k in ("suite", "case", "impl", "dtype", "label")}
@@ -716,9 +723,15 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
         table = ("p", f"No conv2d records of fastconv auto in {head['dtype']} in this run.")
     steps = head["train_step"]
     train = [[("b", "training step"), ("text", " " + _train_headline(steps))]] if steps else []
+    a = head["alone"]
+    alone = [] if a is None else [[("b", "checked alone:"), ("text", (
+        f" {a['records']} records timed again right after their case, each alone in a fresh process: suite/alone "
+        f"median {a['ratio_median']:.2f}, range {a['ratio_min']:.2f}-{a['ratio_max']:.2f}, {a['within_15pct']} within "
+        "15%; geometric mean per implementation " + ", ".join(f"{impl_name(i)} {v:.2f}" for i, v in a["by_impl"].items())
+        + " (a library the harness handicapped would stand out)"))]]
     return [
         table,
-        ("ul", train + [[("b", "measured peak:"), ("text", f" {peak_text}")],
+        ("ul", train + alone + [[("b", "measured peak:"), ("text", f" {peak_text}")],
                         [("b", "benchmarks:"), ("text", f" {counts['benchmarks']} ({by_suite}) over "
                                                          f"{counts['cases']} cases; {counts['scaled']} scaled naive "
                                                          f"records; {counts['groups_without_pytorch']} of "

@@ -6,9 +6,8 @@
 The suite (``harness.py``) starts one worker per library and sends it requests, one JSON object per line
 on stdin; each reply is one JSON line on stdout (the libraries' own prints are sent to stderr). With
 ``--alone`` the worker times one ``prepare`` request's call (a JSON object) by itself, in a plain loop
-for about SECONDS after two untimed calls, and prints ``{"best_round_median_s", "median_s", "calls"}``
-(the loop's calls cut into ROUNDS consecutive rounds): the reference that ``alone.py`` checks the
-suite's figures against. Run as a
+for about SECONDS after two untimed calls, and prints ``{"median_s", "calls"}``: the reference that
+``alone.py`` and ``--fc-alone`` check the suite's figures against. Run as a
 script, never imported from the ``fastconv.benchmarks`` package: the PyTorch, ONNX Runtime and NumPy
 workers then load neither fastconv nor Numba (and so neither's thread pools nor OpenMP runtime), and
 the fastconv worker nothing of PyTorch's.
@@ -221,12 +220,8 @@ def serve(library: str, threads: int, requests, replies) -> None:
         replies.flush()
 
 
-ROUNDS = 7  # --alone cuts its loop into this many rounds, as many as the suite's plan times
-
-
 def alone(library: str, threads: int, request: dict, seconds: float) -> dict:
-    """`request`'s call run by itself in a plain loop for about `seconds`: the median of the fastest of
-    ROUNDS consecutive slices of the calls, and of all calls."""
+    """`request`'s call run by itself in a plain loop for about `seconds`: the median of its calls."""
     start_library(library, threads)
     fn = make_call(library, request, threads)
     fn()
@@ -237,9 +232,7 @@ def alone(library: str, threads: int, request: dict, seconds: float) -> dict:
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    rounds = np.array_split(np.array(samples), min(ROUNDS, len(samples)))
-    return {"best_round_median_s": float(min(np.median(r) for r in rounds)), "median_s": float(np.median(samples)),
-            "calls": len(samples)}
+    return {"median_s": float(np.median(samples)), "calls": len(samples)}
 
 
 def main(argv: list[str]) -> int:

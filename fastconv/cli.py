@@ -37,11 +37,12 @@ class _ProgressBar:
 
 
 def bench(size: str, dtype: str, out: Path | None, device: str = "cpu", keyword: str | None = None,
-          ops: list[str] | None = None, threads: int | None = None) -> int:
+          ops: list[str] | None = None, threads: int | None = None, alone: bool = False) -> int:
     """Run the benchmark suite of `device` (cpu, or cuda: the GPU suite, refused with exit 2 where fastconv
     has no GPU), only the records matching pytest's ``-k`` `keyword` and the suites `ops` when given, each
-    library with `threads` threads (default: Numba's); write results.json, pytest.log, workers.log and the
-    report into `out`."""
+    library with `threads` threads (default: Numba's), with `alone` each group checked against fastconv
+    auto, PyTorch and ONNX Runtime timed alone; write results.json, pytest.log, workers.log and the report
+    into `out`."""
     try:
         import pytest
         from tqdm import tqdm
@@ -72,6 +73,7 @@ def bench(size: str, dtype: str, out: Path | None, device: str = "cpu", keyword:
     args += ["-k", keyword] if keyword else []
     args += [f"--fc-op={op}" for op in ops or []]
     args += [f"--fc-threads={threads}"] if threads else []
+    args += ["--fc-alone"] if alone else []
     print(f"fastconv bench: {size} {device} suite, {dtype}; pytest output in {out / 'pytest.log'}", file=sys.stderr)
     with open(out / "pytest.log", "w") as log, contextlib.redirect_stdout(log):
         code = pytest.main(args, plugins=[_ProgressBar(tqdm)])
@@ -224,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--op", action="append", choices=["conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"],
                      help="only this suite (repeatable)")
     run.add_argument("--threads", type=int, help="threads of every library (default: Numba's, the cores)")
+    run.add_argument("--alone", action="store_true",
+                     help="after each case, time fastconv auto, PyTorch and ONNX Runtime again, each alone in a "
+                          "fresh process, and report the suite/alone ratios (a check of the harness; slower)")
     run.add_argument("--out", type=Path, help="output folder (default: bench-results/SIZE-TIMESTAMP, "
                                               "cuda-SIZE-TIMESTAMP for the GPU suite)")
 
@@ -252,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         from . import warmup
         return warmup.command(args.dtype, progress=not args.no_progress)
     if args.command == "bench":
-        return bench(args.size, args.dtype, args.out, args.device, args.keyword, args.op, args.threads)
+        return bench(args.size, args.dtype, args.out, args.device, args.keyword, args.op, args.threads, args.alone)
     if args.command in ("train", "evaluate", "visualize"):
         try:
             return _training_command(args)
