@@ -123,8 +123,7 @@ def _stats(rounds: list[list[float]]) -> dict:
     """pytest-benchmark's stats of the timed calls (of the case run: ``scale`` times them to the whole case;
     without the calls themselves, hundreds of thousands in a full run), with each round's median
     (``round_medians``: how the machine drifted while the group was timed)."""
-    seconds = [s for r in rounds for s in r]
-    data = sorted(seconds)
+    data = sorted(s for r in rounds for s in r)
     q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0],) * 3
     mean = statistics.fmean(data)
     return {"min": data[0], "max": data[-1], "mean": mean, "stddev": statistics.stdev(data) if len(data) > 1 else 0.0,

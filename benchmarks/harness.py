@@ -193,6 +193,11 @@ class Result:
     alone_s: float | None = None  # the same call timed alone in a fresh process right after (--fc-alone)
     error: WorkerError | None = None
 
+    @property
+    def seconds(self) -> list[float]:
+        """Every timed call's seconds, round after round."""
+        return [s for r in self.rounds for s in r]
+
 
 class Harness:
     """The worker processes of one suite run (started when first needed) and the measuring loop."""
@@ -273,7 +278,7 @@ class Harness:
         for e in order:
             result = results[e.key]
             if e.request["impl"] in alone and result.error is None:
-                seconds = max(ALONE_MIN_SECONDS, sum(sum(r) for r in result.rounds))
+                seconds = max(ALONE_MIN_SECONDS, sum(result.seconds))
                 try:
                     result.alone_s = time_alone(e.library, e.request, self.threads, seconds)
                 except WorkerError as error:

@@ -1,4 +1,4 @@
-"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``bench``, ``report``, ``compare``."""
+"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``warmup``, ``bench``, ``report``, ``compare``."""
 from __future__ import annotations
 
 import argparse
