@@ -46,8 +46,9 @@ Every benchmark records in ``extra_info`` (the contract between the suite and th
 - ``is_peak``: true on the one benchmark whose GFLOP/s is the machine's practical peak:
   NumPy's float32 matmul at the largest square GEMM size run
 - ``images`` (train_step only): the batch size, so that images/s = images / time
-- ``alone_s``: with ``--fc-alone`` (fastconv auto, PyTorch, ONNX Runtime), the same call timed right after
-  the group, by itself in a fresh process of its library (the median of its calls); else None
+- ``alone_s``: with ``--fc-alone`` (fastconv auto, PyTorch, ONNX Runtime), the same call timed by itself
+  in a fresh process of its library while every worker waits, three times spread over the group's
+  rounds (the median of the three medians); else None
 
 The record's ``stats`` hold pytest-benchmark's figures of the timed calls of the case run (min,
 median, quartiles, ``rounds``: the number of calls, ``total``: their seconds), each round's median

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 from . import report
 from .cases import case_to_dict, find
-from .harness import ALONE_MIN_SECONDS, PLANS, Harness, library_of, missing, time_alone
+from .harness import PLANS, Harness, library_of, missing, time_alone
+
+MIN_SECONDS = 3.0  # a plain loop of about 1 s can sit in the VM's slow state from start to end
 
 
 @dataclass
@@ -53,7 +55,7 @@ def time_record(record: dict, threads: int, seconds: float) -> float:
 def check(results: dict, impls: tuple[str, ...] = ("auto", "pytorch"), keyword: str = "",
           seconds: float | None = None, repeats: int = 1) -> list[Check]:
     """Time the records of `results` (a loaded results.json) whose impl is in `impls` and whose name contains
-    `keyword` alone, each for about as long as the suite timed it, at least ALONE_MIN_SECONDS (or `seconds`); with
+    `keyword` alone, each for about as long as the suite timed it, at least MIN_SECONDS (or `seconds`); with
     `repeats` > 1 each
     record is timed alone that many times, round-robin over the records (a fresh process each time), and
     the median kept."""
@@ -64,7 +66,7 @@ def check(results: dict, impls: tuple[str, ...] = ("auto", "pytorch"), keyword: 
     alone: dict[str, list[float]] = {r["name"]: [] for r in records}
     for _ in range(repeats):
         for r in records:
-            budget = seconds if seconds is not None else min(30.0, max(ALONE_MIN_SECONDS, r["stats"]["total"]))
+            budget = seconds if seconds is not None else min(30.0, max(MIN_SECONDS, r["stats"]["total"]))
             alone[r["name"]].append(time_record(r, threads, budget))
     return [Check(r["name"], r["stats"]["median"], statistics.median(alone[r["name"]])) for r in records]
 

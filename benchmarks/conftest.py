@@ -8,7 +8,7 @@ minutes), full (everything, the default); ``--fc-dtype``: float32 (default) or f
 ``--fc-op``: only these suites (repeatable); ``--fc-threads``: threads of every library (default: Numba's
 default, the machine's cores); ``--fc-json``: where to write the results (pytest-benchmark's JSON layout,
 which ``fastconv report`` reads); ``--fc-worker-log``: a file for the workers' stderr; ``--fc-alone``:
-check each group right after it is measured against fastconv auto, PyTorch and ONNX Runtime timed alone.
+check each group against fastconv auto, PyTorch and ONNX Runtime timed alone, spread over its rounds.
 
 Every test item is one record, parametrized by a ``harness.Bench``; the records of one case and pass
 form a group, measured together by ``harness.Harness`` when its first selected item runs (each library
@@ -49,8 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fc-json", default=None, help="write the results to this JSON file")
     group.addoption("--fc-worker-log", default=None, help="append the worker processes' stderr to this file")
     group.addoption("--fc-alone", action="store_true",
-                    help="after each group, time fastconv auto, PyTorch and ONNX Runtime again, each alone in a "
-                         "fresh process (extra_info alone_s): a check that the harness handicaps no library")
+                    help="also time fastconv auto, PyTorch and ONNX Runtime alone, each in a fresh process, three "
+                         "times spread over each group's rounds (extra_info alone_s): a check of the harness")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import select
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,8 +53,11 @@ class Plan:
 PLANS = {"tiny": Plan(rounds=2, block_s=0.0), "quick": Plan(rounds=15, block_s=0.07),
          "full": Plan(rounds=15, block_s=0.07)}
 ALONE_IMPLS = ("auto", "pytorch", "onnxruntime")  # what --fc-alone times again alone: fastconv's and the peers'
-# A plain loop of about the suite's time per record (1 s) can sit in the VM's slow state from start to end.
-ALONE_MIN_SECONDS = 3.0
+# --fc-alone times each of those records alone ALONE_CHECKS times, spread over the group's rounds (after
+# every rounds/ALONE_CHECKS rounds), about ALONE_SECONDS each: a check made minutes later, or once at one
+# moment, sees another mix of the VM's fast and slow states than the rounds did.
+ALONE_CHECKS = 3
+ALONE_SECONDS = 1.0
 
 
 
@@ -190,13 +194,18 @@ class Result:
     first_call_s: float | None = None
     peak_memory_bytes: int | None = None
     threads: int | None = None
-    alone_s: float | None = None  # the same call timed alone in a fresh process right after (--fc-alone)
+    alone: list[float] = field(default_factory=list)  # the same call's medians timed alone (--fc-alone)
     error: WorkerError | None = None
 
     @property
     def seconds(self) -> list[float]:
         """Every timed call's seconds, round after round."""
         return [s for r in self.rounds for s in r]
+
+    @property
+    def alone_s(self) -> float | None:
+        """The median of the checks alone, None without them."""
+        return statistics.median(self.alone) if self.alone else None
 
 
 class Harness:
@@ -241,10 +250,10 @@ class Harness:
         return self.models[key]
 
     def measure(self, entries: list[Entry], alone: tuple[str, ...] = ()) -> dict[str, Result]:
-        """Prepare every entry, then time them in interleaved rounds (see the module's docstring); then time
-        the entries whose impl is in `alone` again, each by itself in a fresh process (``time_alone``), for
-        as long as the rounds timed it and at least ALONE_MIN_SECONDS: a check of the harness made while
-        the machine is in the same mood."""
+        """Prepare every entry, then time them in interleaved rounds (see the module's docstring). The entries
+        whose impl is in `alone` are also timed by themselves, each in a fresh process (``time_alone``), while
+        every worker waits: ALONE_CHECKS times spread over the rounds, so that the check and the rounds see
+        the machine in the same moods."""
         results: dict[str, Result] = {}
         calls: dict[str, int] = {}
         for e in entries:
@@ -259,6 +268,7 @@ class Harness:
             calls[e.key] = min(self.plan.max_calls,
                                max(1, math.ceil(self.plan.block_s / max(reply["estimate_s"], 1e-9))))
         order = [e for e in entries if e.key in calls]
+        checks = {self.plan.rounds * (i + 1) // ALONE_CHECKS for i in range(ALONE_CHECKS)} if alone else set()
         for round_ in range(self.plan.rounds):
             shift = round_ % max(1, len(order))
             for e in order[shift:] + order[:shift]:
@@ -269,21 +279,23 @@ class Harness:
                     results[e.key].rounds.append(reply["seconds"])
                 except WorkerError as error:
                     results[e.key].error = error
+            if round_ + 1 in checks:
+                self._check_alone([e for e in order if e.request["impl"] in alone], results)
         for e in order:
             if e.library in self.workers and self.workers[e.library].process.poll() is None:
                 try:
                     self.workers[e.library].request({"op": "release", "id": e.key})
                 except WorkerError:
                     pass
-        for e in order:
-            result = results[e.key]
-            if e.request["impl"] in alone and result.error is None:
-                seconds = max(ALONE_MIN_SECONDS, sum(result.seconds))
-                try:
-                    result.alone_s = time_alone(e.library, e.request, self.threads, seconds)
-                except WorkerError as error:
-                    result.error = error
         return results
+
+    def _check_alone(self, entries: list[Entry], results: dict[str, Result]) -> None:
+        for e in entries:
+            if results[e.key].error is None:
+                try:
+                    results[e.key].alone.append(time_alone(e.library, e.request, self.threads, ALONE_SECONDS))
+                except WorkerError as error:
+                    results[e.key].error = error
 
     def close(self) -> None:
         for w in self.workers.values():

@@ -725,7 +725,7 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
     train = [[("b", "training step"), ("text", " " + _train_headline(steps))]] if steps else []
     a = head["alone"]
     alone = [] if a is None else [[("b", "checked alone:"), ("text", (
-        f" {a['records']} records timed again right after their case, each alone in a fresh process: suite/alone "
+        f" {a['records']} records also timed alone, each in a fresh process, 3 times among their case's rounds: suite/alone "
         f"median {a['ratio_median']:.2f}, range {a['ratio_min']:.2f}-{a['ratio_max']:.2f}, {a['within_15pct']} within "
         "15%; geometric mean per implementation " + ", ".join(f"{impl_name(i)} {v:.2f}" for i, v in a["by_impl"].items())
         + " (a library the harness handicapped would stand out)"))]]

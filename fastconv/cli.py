@@ -227,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only this suite (repeatable)")
     run.add_argument("--threads", type=int, help="threads of every library (default: Numba's, the cores)")
     run.add_argument("--alone", action="store_true",
-                     help="after each case, time fastconv auto, PyTorch and ONNX Runtime again, each alone in a "
-                          "fresh process, and report the suite/alone ratios (a check of the harness; slower)")
+                     help="also time fastconv auto, PyTorch and ONNX Runtime alone, each in a fresh process, three "
+                          "times per case among its rounds, and report the suite/alone ratios (a check; slower)")
     run.add_argument("--out", type=Path, help="output folder (default: bench-results/SIZE-TIMESTAMP, "
                                               "cuda-SIZE-TIMESTAMP for the GPU suite)")
 

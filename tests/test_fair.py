@@ -92,7 +92,7 @@ def test_pytorch_keeps_its_speed_in_a_process_that_uses_fastconv(order):
 
 def test_suite_figures_match_each_library_timed_alone(tmp_path):
     """fastconv's, PyTorch's and ONNX Runtime's medians in the suite (each in its worker process, interleaved)
-    against each timed alone in a fresh process right after its case (``fastconv bench --alone``), on a conv
+    against each timed alone in a fresh process among its case's rounds (``fastconv bench --alone``), on a conv
     layer and a training step, in two runs (the geometric mean of their suite/alone ratios). This VM flips
     between a fast state and one ~1.5x slower for seconds at a time, alike for every library, so each
     ratio is compared with its group's (same case and pass): such drift leaves that alone, a harness
