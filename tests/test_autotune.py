@@ -67,8 +67,10 @@ def test_an_unreadable_cache_is_ignored(tmp_path):
     path = tmp_path / "autotune.json"
     path.write_text("{not json")
     fc.set_autotune(True, cache=path)
-    assert autotune.choose("k6", 1e9, "a", {"a": sleeper(0, [], "a"), "b": sleeper(0.003, [], "b")}) == "a"
+    with pytest.warns(RuntimeWarning, match="not valid JSON"):
+        assert autotune.choose("k6", 1e9, "a", {"a": sleeper(0, [], "a"), "b": sleeper(0.003, [], "b")}) == "a"
     assert json.loads(path.read_text())  # rewritten whole
+    assert (tmp_path / "autotune.json.damaged").read_text() == "{not json"
 
 
 def test_conv2d_auto_records_its_choice_and_matches_the_reference():
