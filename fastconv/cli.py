@@ -154,7 +154,7 @@ def _training_command(args: argparse.Namespace) -> int:
     else:
         model, data = settings.get("model", "lenet5"), settings.get("data", "mnist")
         out = args.out or Path("runs") / f"{model}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train.train(settings, out, resume=args.resume, progress=not args.no_progress)
+    train.train(settings, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     return 0
 
 
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATA-TIMESTAMP; "
                                              "with --resume the checkpoint's folder)")
     tr.add_argument("--resume", type=Path, help="continue the run of this checkpoint.npz")
+    tr.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ev = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint on its test images")
@@ -261,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("train", "evaluate", "visualize"):
         try:
             return _training_command(args)
-        except (ValueError, FileNotFoundError, FloatingPointError, CudaUnavailableError) as error:
+        except (ValueError, FileNotFoundError, FloatingPointError, CudaUnavailableError, RuntimeError) as error:
             print(f"fastconv {args.command}: {error}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # during training, fit has said what the checkpoint holds
+            print(f"fastconv {args.command}: interrupted", file=sys.stderr)
+            return 130
 
     from .benchmarks import report
     for path in [args.results] if args.command == "report" else [args.old, args.new]:

@@ -34,14 +34,25 @@ def _non_negative(name: str, v: object) -> float:
 class Optimizer:
     """Holds the parameters, the learning rate ``lr`` and per-parameter state arrays."""
 
+    STATE_NAMES: tuple[str, ...] = ()  # the per-parameter state arrays the optimizer may hold
+
     def __init__(self, params, lr: float) -> None:
         self.params = list(params)
         if not self.params or not all(isinstance(p, Parameter) for p in self.params):
             raise ValueError("params must be a non-empty sequence of fastconv.nn.Parameter (model.parameters())")
-        self.lr = _non_negative("lr", lr)
+        self.lr = lr
         self.initial_lr = self.lr
         self.steps = 0
         self.state: list[dict[str, np.ndarray]] = [{} for _ in self.params]
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the next step (schedulers set it): a finite number >= 0."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr = _non_negative("lr", value)
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -73,16 +84,34 @@ class Optimizer:
             out.update({f"{i}.{k}": to(v, "cpu") for k, v in state.items()})
         return out
 
+    def state_spec(self) -> dict[str, tuple[np.dtype, tuple[int, ...], bool]]:
+        """What ``state_dict`` may hold: name -> (dtype, shape, required), for checking a checkpoint's entries
+        before reading them."""
+        spec = {"lr": (np.dtype(np.float64), (), True), "initial_lr": (np.dtype(np.float64), (), True),
+                "steps": (np.dtype(np.int64), (), True)}
+        for i, p in enumerate(self.params):
+            spec.update({f"{i}.{name}": (np.dtype(p.data.dtype), p.data.shape, False) for name in self.STATE_NAMES})
+        return spec
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.lr, self.initial_lr = float(state["lr"]), float(state["initial_lr"])
-        self.steps = int(state["steps"])
+        """Restore ``state_dict``'s arrays; raises ValueError naming the entry that does not fit (nothing changes then)."""
+        spec = self.state_spec()
+        for key, (dtype, shape, required) in spec.items():
+            if required and key not in state:
+                raise ValueError(f"optimizer state has no {key!r}")
+        for key, value in state.items():
+            if key not in spec or np.shape(value) != spec[key][1] or np.asarray(value).dtype.kind not in "iuf":
+                raise ValueError(f"optimizer state {key!r} does not fit this optimizer and model")
+        steps = state["steps"]
+        if np.asarray(steps).dtype.kind not in "iu" or not 0 <= int(steps) < 2**62:
+            raise ValueError(f"optimizer state 'steps' must be an integer >= 0, got {steps!r}")
+        lr, initial_lr = _non_negative("lr", float(state["lr"])), _non_negative("initial_lr", float(state["initial_lr"]))
+        self.lr, self.initial_lr, self.steps = lr, initial_lr, int(steps)
         self.state = [{} for _ in self.params]
         for key, value in state.items():
             index, _, name = key.partition(".")
             if name:
                 i = int(index)
-                if not 0 <= i < len(self.params) or np.shape(value) != self.params[i].data.shape:
-                    raise ValueError(f"optimizer state {key!r} does not match parameter {i} of the model")
                 value = np.array(to(value, "cpu"), dtype=self.params[i].data.dtype)
                 self.state[i][name] = to(value, "cuda") if is_device_array(self.params[i].data) else value
 
@@ -95,6 +124,8 @@ class SGD(Optimizer):
     """Stochastic gradient descent as ``torch.optim.SGD``: g = grad + weight_decay * p;
     with momentum, buf = momentum * buf + (1 - dampening) * g (buf = g on the first step) and
     g = g + momentum * buf (Nesterov) or g = buf; then p -= lr * g."""
+
+    STATE_NAMES = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False) -> None:
@@ -124,10 +155,13 @@ class Adam(Optimizer):
     m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)."""
 
+    STATE_NAMES = ("exp_avg", "exp_avg_sq")
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
-        if len(betas) != 2 or not all(0 <= _non_negative("betas", b) < 1 for b in betas):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(0 <= _non_negative("betas", b) < 1
+                                                                               for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = _non_negative("eps", eps)
@@ -169,8 +203,16 @@ class LRScheduler:
     def state_dict(self) -> dict[str, np.ndarray]:
         return {"last_epoch": np.array(self.last_epoch)}
 
+    def state_spec(self) -> dict[str, tuple[np.dtype, tuple[int, ...], bool]]:
+        """What ``state_dict`` holds: name -> (dtype, shape, required)."""
+        return {"last_epoch": (np.dtype(np.int64), (), True)}
+
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
-        self.last_epoch = int(state["last_epoch"])
+        epoch = state.get("last_epoch")
+        if set(state) != {"last_epoch"} or np.asarray(epoch).dtype.kind not in "iu" or np.shape(epoch) != () \
+                or not 0 <= int(epoch) < 2**31:
+            raise ValueError(f"scheduler state must be one integer 'last_epoch' >= 0, got {sorted(state)}")
+        self.last_epoch = int(epoch)
         self.optimizer.lr = self.lr_at(self.last_epoch)
 
 

@@ -3,30 +3,47 @@
     history = fc.train.fit(model, optimizer, train_loader, test_loader, epochs=10, out_dir="runs/lenet5")
 
 ``fit`` runs epochs of (forward, cross-entropy, backward, step), evaluates on the test loader after each,
-shows a progress bar with loss, accuracy and images/s, and (with ``out_dir``) writes ``history.json``,
-``history.csv`` and ``checkpoint.npz`` after every epoch, so an interrupted run resumes from its last epoch.
-Checkpoints hold only arrays and a JSON string: they load with ``allow_pickle=False``.
+shows a progress bar with loss, accuracy and images/s, and (with ``out_dir``) writes ``checkpoint.npz``, then
+``history.json`` and ``history.csv`` after every epoch, each atomically, under a lock on the folder, so an
+interrupted run resumes from its last epoch; Ctrl-C ends the run after the current epoch is saved.
+Checkpoints hold only arrays and a JSON string, and nothing in them is trusted: the JSON ``meta`` is checked
+field by field, and every array's header against the model it is loaded into before its data is read.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
+import os
+import signal
 import sys
+import tempfile
+import threading
 import time
 import tokenize
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: --out is not locked against other processes
+    fcntl = None
 
 import numpy as np
 
 from . import data, models, nn, optim
-from ._checks import check_int
 from .device import check_device, require_cuda, to
 
 CHECKPOINT_VERSION = 1
+MAX_META_BYTES = 16 * 2**20        # the JSON 'meta' entry (4 bytes per character)
+MAX_CHECKPOINT_BYTES = 16 * 2**30  # all entries' data together, when no model says what to expect
+Spec = dict[str, tuple[np.dtype, tuple[int, ...], bool]]  # entry name -> (dtype, shape, required)
 
 
 @dataclass
@@ -134,29 +151,56 @@ def evaluate(model: nn.Module, loader: data.DataLoader, num_classes: int) -> dic
     return {"test_loss": loss_sum / seen, "test_accuracy": float(np.trace(confusion) / seen), "confusion": confusion}
 
 
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write `path` through a temporary file of its own in the same folder (``.NAME.RANDOM.tmp``), flushed to
+    disk and renamed over `path`: readers see the old file or the new one, concurrent writers never share
+    a temporary, and an interrupted write leaves `path` as it was (and removes its temporary)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer: optim.Optimizer,
                     scheduler: optim.LRScheduler | None, meta: dict) -> Path:
-    """Write model, optimizer and scheduler state and a JSON ``meta`` (run settings, history) to one .npz."""
+    """Write model, optimizer and scheduler state and a JSON ``meta`` (run settings, history) to one .npz,
+    atomically (``_atomic_write``)."""
     arrays = {f"model/{k}": to(v, "cpu") for k, v in model.state_dict().items()}
     arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
     if scheduler is not None:
         arrays.update({f"scheduler/{k}": v for k, v in scheduler.state_dict().items()})
     arrays["meta"] = np.array(json.dumps({**meta, "version": CHECKPOINT_VERSION}))
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)  # a crash mid-write never leaves a half checkpoint behind
-    return path
+    return _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def checkpoint_spec(model: nn.Module, optimizer: optim.Optimizer, scheduler: optim.LRScheduler | None) -> Spec:
+    """The entries a checkpoint of this model, optimizer and scheduler may hold: name -> (dtype, shape, required)."""
+    spec: Spec = {f"model/{k}": (np.dtype(v.dtype), tuple(v.shape), True) for k, v in model.state_dict().items()}
+    spec.update({f"optimizer/{k}": v for k, v in optimizer.state_spec().items()})
+    if scheduler is not None:
+        spec.update({f"scheduler/{k}": v for k, v in scheduler.state_spec().items()})
+    return spec
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, expect: tuple[np.dtype, tuple] | None,
+              budget: int) -> np.ndarray:
     """One .npy entry of a checkpoint, trusting nothing in it: a format 1.0/2.0 header, a plain
     numeric or unicode dtype (no objects, so no pickle; no structured or empty dtypes), a shape of
-    non-negative ints whose byte count is then read in chunks: only bytes really present are
-    allocated, and exactly that count must be there."""
+    non-negative ints; with `expect` (dtype, shape) the entry must have that shape and a dtype of the
+    same kind. All of this is checked on the header, before the data: only then are its bytes (at most
+    `budget`) read, in chunks, so that only bytes really present are allocated, and exactly the
+    declared count must be there."""
     where = f"{path}: entry {info.filename!r}"
     with zf.open(info) as member:
         try:
@@ -170,7 +214,12 @@ def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndar
             raise ValueError(f"{where} has dtype {dtype}; a checkpoint holds plain numbers and the 'meta' string")
         if len(shape) > 32 or any(type(d) is not int or d < 0 for d in shape):
             raise ValueError(f"{where} has an invalid shape {shape}")
+        if expect is not None and (tuple(shape) != expect[1] or dtype.kind not in "biuf"
+                                   or not np.can_cast(dtype, expect[0], "same_kind")):
+            raise ValueError(f"{where} is {dtype} {tuple(shape)}; the model needs {expect[0]} {expect[1]}")
         nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes > budget:
+            raise ValueError(f"{where} declares {nbytes} bytes of data, more than the {budget} a checkpoint may hold")
         contents = data._read_at_most(member, nbytes + 1)
     if len(contents) != nbytes:
         raise ValueError(f"{where} is {'truncated' if len(contents) < nbytes else 'too long'}: its header "
@@ -179,16 +228,10 @@ def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndar
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """(meta, {'model': ..., 'optimizer': ..., 'scheduler': ...}) from a checkpoint written by save_checkpoint.
-
-    The file must be a zip (stored or deflated entries, none encrypted, no duplicate names) of
-    .npy entries named 'meta' (a 0-d unicode array holding a JSON dict with the checkpoint version)
-    and 'model/...', 'optimizer/...', 'scheduler/...'. Nothing is unpickled, and no array is
-    allocated from a declared size before its bytes are read. Raises ValueError naming the file
-    for anything else.
-    """
-    path = Path(path)
+def _read_entries(path: Path, spec: Spec | None, only_meta: bool = False) -> dict[str, np.ndarray]:
+    """The checkpoint's entries by name (without '.npy'), each checked before it is read (``_read_npy``):
+    'meta' a string of at most MAX_META_BYTES, the others against `spec` (or, without one, together at
+    most MAX_CHECKPOINT_BYTES)."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
@@ -196,28 +239,111 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, np.ndar
     if magic not in (b"PK\x03\x04", b"PK\x05\x06"):
         raise ValueError(f"{path} is not a fastconv checkpoint (.npz): it does not start as a zip file")
     arrays: dict[str, np.ndarray] = {}
+    budget = MAX_CHECKPOINT_BYTES
     try:
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                key = info.filename.removesuffix(".npy")
-                if not info.filename.endswith(".npy") or key in arrays:
+            infos = zf.infolist()
+            names = [info.filename.removesuffix(".npy") for info in infos]
+            for info, key in zip(infos, names):
+                if not info.filename.endswith(".npy") or names.count(key) > 1:
                     raise ValueError(f"{path}: unexpected or duplicate entry {info.filename!r}")
+                if spec is not None and key != "meta" and key not in spec:
+                    raise ValueError(f"{path}: entry {key!r} does not belong to this model, optimizer and schedule")
                 if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     raise ValueError(f"{path}: entry {info.filename!r} is encrypted or compressed with "
                                      f"method {info.compress_type}; only stored and deflated entries are read")
-                arrays[key] = _read_npy(path, zf, info)
+            for info, key in zip(infos, names):
+                if only_meta and key != "meta":
+                    continue
+                if key == "meta":
+                    arrays[key] = _read_npy(path, zf, info, None, MAX_META_BYTES)
+                    if arrays[key].dtype.kind != "U" or arrays[key].shape != ():
+                        raise ValueError(f"{path} is not a fastconv checkpoint: its 'meta' entry is not a JSON string")
+                else:
+                    arrays[key] = _read_npy(path, zf, info, None if spec is None else spec[key][:2], budget)
+                    budget -= arrays[key].nbytes
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, OverflowError, NotImplementedError,
             UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not a fastconv checkpoint (.npz): {type(error).__name__}: {error}") from None
-    if "meta" not in arrays or arrays["meta"].dtype.kind != "U" or arrays["meta"].shape != ():
+    if "meta" not in arrays:
         raise ValueError(f"{path} is not a fastconv checkpoint: it has no JSON 'meta' entry")
+    missing = [] if spec is None or only_meta else sorted(k for k, (_, _, required) in spec.items()
+                                                          if required and k not in arrays)
+    if missing:
+        raise ValueError(f"{path}: the checkpoint lacks {missing}")
+    return arrays
+
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "train_seconds", "images_per_second",
+                  "test_loss", "test_accuracy", "test_seconds")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def check_meta(meta: object, where: str) -> dict:
+    """A checkpoint's parsed 'meta': the version, epochs_done and a history of that many records
+    (HISTORY_FIELDS, numbers, epochs 1, 2, ...), and where present the run's settings (``check_settings``),
+    classes, mean and std. Raises ValueError naming `where` and the field."""
+    if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else meta
+        raise ValueError(f"{where}: unsupported checkpoint version {str(version)[:100]}")
+    if "settings" in meta:  # fit writes what its caller passes; fastconv train passes its settings
+        if not isinstance(meta["settings"], dict):
+            raise ValueError(f"{where}: checkpoint meta field 'settings' must be an object of training settings")
+        try:
+            check_settings(meta["settings"])
+        except ValueError as error:
+            raise ValueError(f"{where}: checkpoint meta: {error}") from None
+    done = meta.get("epochs_done")
+    if type(done) is not int or done < 0:
+        raise ValueError(f"{where}: checkpoint meta field 'epochs_done' must be an integer >= 0, got {str(done)[:50]}")
+    history = meta.get("history")
+    if not isinstance(history, list) or len(history) != done:
+        raise ValueError(f"{where}: checkpoint meta field 'history' must be a list of {done} epoch records")
+    for i, record in enumerate(history):
+        if not (isinstance(record, dict) and set(record) == set(HISTORY_FIELDS) and record["epoch"] == i + 1
+                and all(_number(record[k]) for k in HISTORY_FIELDS)):
+            raise ValueError(f"{where}: checkpoint meta field 'history' record {i} must hold the numbers "
+                             f"{list(HISTORY_FIELDS)} of epoch {i + 1}")
+    for field in ("classes", "mean", "std"):
+        value = meta.get(field)
+        kind = str if field == "classes" else Real
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, kind) for v in value)):
+            raise ValueError(f"{where}: checkpoint meta field {field!r} must be a list of "
+                             f"{'names' if field == 'classes' else 'numbers'}")
+    return meta
+
+
+def _parse_meta(path: Path, arrays: dict[str, np.ndarray]) -> dict:
     try:
         meta = json.loads(str(arrays.pop("meta")))
     except (ValueError, RecursionError) as error:  # JSONDecodeError, too many digits, too deep
         raise ValueError(f"{path}: corrupt checkpoint metadata: {str(error)[:200]}") from None
-    if not isinstance(meta, dict) or meta.get("version") != CHECKPOINT_VERSION:
-        version = meta.get("version") if isinstance(meta, dict) else meta
-        raise ValueError(f"{path}: unsupported checkpoint version {str(version)[:100]}")
+    return check_meta(meta, str(path))
+
+
+def read_meta(path: str | Path) -> dict:
+    """A checkpoint's 'meta' (``check_meta``), reading no other entry's data."""
+    path = Path(path)
+    return _parse_meta(path, _read_entries(path, None, only_meta=True))
+
+
+def load_checkpoint(path: str | Path, spec: Spec | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """(meta, {'model': ..., 'optimizer': ..., 'scheduler': ...}) from a checkpoint written by save_checkpoint.
+
+    The file must be a zip (stored or deflated entries, none encrypted, no duplicate names) of
+    .npy entries named 'meta' (a 0-d unicode array holding a JSON dict: ``check_meta``) and
+    'model/...', 'optimizer/...', 'scheduler/...'. With `spec` (``checkpoint_spec`` of the model to
+    load into) every entry's name, dtype and shape are checked before its data is read, and the
+    required ones must be there; without it, the entries may hold at most MAX_CHECKPOINT_BYTES.
+    Nothing is unpickled, and no array is allocated from a declared size before its bytes are read.
+    Raises ValueError naming the file for anything else.
+    """
+    path = Path(path)
+    arrays = _read_entries(path, spec)
+    meta = _parse_meta(path, arrays)
     parts: dict[str, dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "scheduler": {}}
     for key, value in arrays.items():
         part, _, name = key.partition("/")
@@ -230,12 +356,76 @@ def load_checkpoint(path: str | Path) -> tuple[dict, dict[str, dict[str, np.ndar
 
 
 def write_history(out_dir: Path, history: list[dict]) -> None:
-    """history.json and history.csv: one record per epoch."""
-    (out_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
-    with open(out_dir / "history.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    """history.json and history.csv: one record per epoch, each file written atomically."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(HISTORY_FIELDS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    _atomic_write(out_dir / "history.json", lambda f: f.write((json.dumps(history, indent=2) + "\n").encode()))
+    _atomic_write(out_dir / "history.csv", lambda f: f.write(text.getvalue().encode()))
+
+
+_locked_outputs: dict[Path, int] = {}  # folders this process holds the lock of, with a count (re-entrant)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.lock`` (an exclusive, non-blocking POSIX flock, re-entrant within the process) while a run
+    writes `out`; raises RuntimeError when another run holds it. Stale temporaries of interrupted writes
+    (``.checkpoint.npz.*.tmp``, ...) are removed once the lock is taken."""
+    out.mkdir(parents=True, exist_ok=True)
+    key = out.resolve()
+    if key in _locked_outputs:
+        _locked_outputs[key] += 1
+        try:
+            yield
+        finally:
+            _locked_outputs[key] -= 1
+        return
+    with open(out / ".lock", "a") as lock_file:
+        if fcntl is not None:
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RuntimeError(f"another fastconv run is writing to {out}: wait for it to end or choose another "
+                                   "--out") from None
+        for stale in [*out.glob(".checkpoint.npz.*.tmp"), *out.glob(".history.*.tmp"), out / "checkpoint.npz.tmp.npz"]:
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        _locked_outputs[key] = 1
+        try:
+            yield
+        finally:
+            del _locked_outputs[key]
+            if fcntl is not None:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+class _StopRequest:
+    """SIGINT while fit runs (main thread only): the first Ctrl-C asks to stop after the epoch is saved,
+    a second one stops at once (KeyboardInterrupt). The handler writes its notice straight to file
+    descriptor 2: a print could land inside another print to the same stream, which Python refuses."""
+
+    NOTICE = b"\nCtrl-C: finishing this epoch and saving it; press Ctrl-C again to stop at once\n"
+
+    def __init__(self) -> None:
+        self.requested, self.previous = False, None
+
+    def __call__(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        with contextlib.suppress(OSError):
+            os.write(2, self.NOTICE)
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoader, test_loader: data.DataLoader,
@@ -245,31 +435,51 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoa
     """Train until ``epochs`` epochs are done (counting those already in ``history``, for resuming).
 
     After each epoch: evaluate on ``test_loader``, step the scheduler, append to the history and, with
-    ``out_dir``, write history.json/.csv and checkpoint.npz (with ``meta`` and the history inside).
+    ``out_dir``, write checkpoint.npz (with ``meta`` and the history inside), then history.json/.csv,
+    each atomically, holding ``output_lock(out_dir)`` throughout. The checkpoint is the record of the run:
+    if the process dies between the files, the history files lag it by one epoch until the next write.
+    Ctrl-C (in the main thread) ends the run after the current epoch is saved; a second Ctrl-C raises
+    KeyboardInterrupt at once, after saying which epoch the checkpoint holds.
     Returns the history: per epoch lr, train loss/accuracy, test loss/accuracy, seconds and images/s.
     """
     history = list(history or [])
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    train_loader.epoch = len(history)
-    for epoch in range(len(history) + 1, epochs + 1):
-        lr = optimizer.lr
-        stats = train_epoch(model, optimizer, train_loader, progress=progress, desc=f"epoch {epoch}/{epochs}")
-        start = time.perf_counter()
-        result = evaluate(model, test_loader, num_classes)
-        record = {"epoch": epoch, "lr": lr, **stats, "test_loss": result["test_loss"],
-                  "test_accuracy": result["test_accuracy"], "test_seconds": time.perf_counter() - start}
-        history.append(record)
-        if scheduler is not None:
-            scheduler.step()
-        log(f"epoch {epoch}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
-            f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
-            f"{record['train_seconds']:.1f} s, {record['images_per_second']:,.0f} img/s")
+    checkpoint = out / "checkpoint.npz" if out is not None else None
+    resume = f"fastconv train --resume {checkpoint}" if checkpoint is not None else ""
+    with contextlib.ExitStack() as stack:
         if out is not None:
-            write_history(out, history)
-            save_checkpoint(out / "checkpoint.npz", model, optimizer, scheduler,
-                            {**(meta or {}), "epochs_done": epoch, "history": history})
+            stack.enter_context(output_lock(out))
+        stop = stack.enter_context(_StopRequest())
+        train_loader.epoch = len(history)
+        epoch = len(history)
+        saved = len(history) if checkpoint is not None and checkpoint.is_file() else 0
+        try:
+            for epoch in range(len(history) + 1, epochs + 1):
+                lr = optimizer.lr
+                stats = train_epoch(model, optimizer, train_loader, progress=progress, desc=f"epoch {epoch}/{epochs}")
+                start = time.perf_counter()
+                result = evaluate(model, test_loader, num_classes)
+                record = {"epoch": epoch, "lr": lr, **stats, "test_loss": result["test_loss"],
+                          "test_accuracy": result["test_accuracy"], "test_seconds": time.perf_counter() - start}
+                history.append(record)
+                if scheduler is not None:
+                    scheduler.step()
+                log(f"epoch {epoch}/{epochs}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+                    f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
+                    f"{record['train_seconds']:.1f} s, {record['images_per_second']:,.0f} img/s")
+                if out is not None:
+                    save_checkpoint(checkpoint, model, optimizer, scheduler,
+                                    {**(meta or {}), "epochs_done": epoch, "history": history})
+                    saved = epoch
+                    write_history(out, history)
+                if stop.requested and epoch < epochs:
+                    log(f"stopped after epoch {epoch} of {epochs}" + (f": {checkpoint} holds it; continue with "
+                                                                      f"{resume}" if out is not None else ""))
+                    break
+        except KeyboardInterrupt:
+            log(f"\ninterrupted in epoch {epoch}" + (f": {checkpoint} holds epoch {saved}; continue with {resume}"
+                                                     if saved else ": no epoch saved"))
+            raise
     return history
 
 
@@ -300,18 +510,61 @@ class Run:
                 "mean": list(self.dataset.mean), "std": list(self.dataset.std)}
 
 
+def _int_at_least(low: int) -> Callable[[object], bool]:
+    return lambda v: type(v) is int and low <= v < 2**63
+
+
+def _choice(*allowed: object) -> Callable[[object], bool]:
+    return lambda v: isinstance(v, str) and v in allowed
+
+
+def _finite_non_negative(v: object) -> bool:
+    return _number(v) and math.isfinite(v) and v >= 0
+
+
+def _optional(rule: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda v: v is None or rule(v)
+
+
+SETTING_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "model": (lambda v: isinstance(v, str) and v in models.MODELS, f"one of {sorted(models.MODELS)}"),
+    "data": (_choice("mnist", "cifar10"), "'mnist' or 'cifar10'"),
+    "data_dir": (_optional(lambda v: isinstance(v, str)), "a folder name or null"),
+    "train_size": (_optional(_int_at_least(1)), "an integer >= 1 or null"),
+    "test_size": (_optional(_int_at_least(1)), "an integer >= 1 or null"),
+    "epochs": (_int_at_least(1), "an integer >= 1"),
+    "batch_size": (_int_at_least(1), "an integer >= 1"),
+    "optimizer": (_choice(*DEFAULT_LR), f"one of {sorted(DEFAULT_LR)}"),
+    "lr": (_optional(_finite_non_negative), "a finite number >= 0 or null"),
+    "momentum": (_finite_non_negative, "a finite number >= 0"),
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "weight_decay": (_finite_non_negative, "a finite number >= 0"),
+    "schedule": (_choice("none", "step", "cosine"), "'none', 'step' or 'cosine'"),
+    "step_size": (_int_at_least(1), "an integer >= 1"),
+    "augment": (_optional(lambda v: isinstance(v, bool)), "true, false or null"),
+    "seed": (_int_at_least(0), "an integer >= 0"),
+    "dtype": (_choice("float32", "float64"), "'float32' or 'float64'"),
+    "device": (_choice("cpu", "cuda"), "'cpu' or 'cuda'"),
+}
+
+
+def check_settings(settings: dict) -> dict:
+    """The settings (keys of DEFAULT_SETTINGS, any subset) checked against SETTING_RULES; raises ValueError
+    naming the first setting that breaks its rule (unknown names included)."""
+    unknown = set(settings) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown training settings: {sorted(map(str, unknown))}")
+    for name, value in settings.items():
+        rule, expected = SETTING_RULES[name]
+        if not rule(value):
+            raise ValueError(f"setting {name!r} must be {expected}, got {str(value)[:100]!r}")
+    return settings
+
+
 def build_run(settings: dict) -> Run:
     """The data, model, optimizer, schedule and loaders that ``settings`` (keys of DEFAULT_SETTINGS) describe.
     Parameters are initialized from ``fc.manual_seed(settings['seed'])``."""
-    unknown = set(settings) - set(DEFAULT_SETTINGS)
-    if unknown:
-        raise ValueError(f"unknown training settings: {sorted(unknown)}")
-    s = {**DEFAULT_SETTINGS, **settings}
-    if s["optimizer"] not in DEFAULT_LR:
-        raise ValueError(f"optimizer must be one of {sorted(DEFAULT_LR)}, got {s['optimizer']!r}")
-    if s["schedule"] not in ("none", "step", "cosine"):
-        raise ValueError(f"schedule must be 'none', 'step' or 'cosine', got {s['schedule']!r}")
-    check_int("epochs", s["epochs"], 1)
+    s = {**DEFAULT_SETTINGS, **check_settings(settings)}
     if check_device(s["device"]) == "cuda":
         require_cuda()  # says why before any data is loaded
     s["lr"] = DEFAULT_LR[s["optimizer"]] if s["lr"] is None else s["lr"]
@@ -336,34 +589,56 @@ def build_run(settings: dict) -> Run:
 
 def restore(checkpoint: str | Path, **overrides) -> tuple[Run, list[dict]]:
     """The run saved in ``checkpoint`` with its weights, optimizer and schedule state, and its history.
-    ``overrides`` replace settings (such as a larger ``epochs`` to train on, or another ``data_dir``)."""
-    meta, parts = load_checkpoint(checkpoint)
+    ``overrides`` replace settings (such as a larger ``epochs`` to train on, or another ``data_dir``).
+    The checkpoint's meta is read and checked first, then every array against the rebuilt run
+    (``checkpoint_spec``) before its data is read."""
+    meta = read_meta(checkpoint)
+    if "settings" not in meta:
+        raise ValueError(f"{checkpoint}: checkpoint meta has no 'settings': only a run of fastconv train (or a "
+                         "fit given meta={'settings': ...}) can be restored")
     run = build_run({**meta["settings"], **{k: v for k, v in overrides.items() if v is not None}})
+    _, parts = load_checkpoint(checkpoint, checkpoint_spec(run.model, run.optimizer, run.scheduler))
     run.model.load_state_dict(parts["model"])
     run.optimizer.load_state_dict(parts["optimizer"])
     if run.scheduler is not None and parts["scheduler"]:
         run.scheduler.load_state_dict(parts["scheduler"])
-    return run, meta.get("history", [])
+    return run, meta["history"]
 
 
-def train(settings: dict, out_dir: str | Path, *, resume: str | Path | None = None, progress: bool = True,
-          log=print) -> list[dict]:
-    """``fastconv train``: build (or resume) a run, fit it, and write its history, checkpoint and curves."""
+def train(settings: dict, out_dir: str | Path, *, resume: str | Path | None = None, overwrite: bool = False,
+          progress: bool = True, log=print) -> list[dict]:
+    """``fastconv train``: build (or resume) a run, fit it, and write its history, checkpoint and curves.
+
+    `out_dir` is locked while the run writes it (``output_lock``). A folder that already holds a run is
+    continued only as ``resume`` of its own checkpoint, or started over (its files removed first) with
+    `overwrite`; else ValueError."""
     out = Path(out_dir)
-    if resume is not None:
-        run, history = restore(resume, **settings)
-    else:
-        run, history = build_run(settings), []
-    ds = run.dataset
-    log(f"{run.settings['model']} ({run.model.num_parameters():,} parameters) on {ds.name}: "
-        f"{len(ds.train_labels):,} train / {len(ds.test_labels):,} test images, {run.settings['optimizer']} "
-        f"lr {run.settings['lr']:g}, batch {run.settings['batch_size']}; writing to {out}")
-    history = fit(run.model, run.optimizer, run.train_loader, run.test_loader, run.settings["epochs"],
-                  scheduler=run.scheduler, num_classes=len(ds.classes), out_dir=out, meta=run.meta,
-                  history=history, progress=progress, log=log)
-    try:
-        from . import plots
-        log(f"wrote {plots.training_curves(history, out / 'curves.png')}")
-    except ImportError:
-        log('no plots: matplotlib is missing (pip install -e ".[plot]")')
+    with output_lock(out):
+        existing = out / "checkpoint.npz"
+        continuing = resume is not None and existing.exists() and existing.resolve() == Path(resume).resolve()
+        if (existing.exists() or (out / "history.json").exists()) and not continuing:
+            if not overwrite:
+                raise ValueError(f"{out} already holds a training run: continue it with --resume {existing}, or "
+                                 "pass --overwrite to replace it (or choose another --out)")
+            for name in ("checkpoint.npz", "history.json", "history.csv", "curves.png"):
+                with contextlib.suppress(FileNotFoundError):
+                    (out / name).unlink()
+        if resume is not None:
+            run, history = restore(resume, **settings)
+        else:
+            run, history = build_run(settings), []
+        ds = run.dataset
+        log(f"{run.settings['model']} ({run.model.num_parameters():,} parameters) on {ds.name}: "
+            f"{len(ds.train_labels):,} train / {len(ds.test_labels):,} test images, {run.settings['optimizer']} "
+            f"lr {run.settings['lr']:g}, batch {run.settings['batch_size']}; writing to {out}")
+        if history:
+            write_history(out, history)  # the checkpoint is the record: history files lagging it are rewritten
+        history = fit(run.model, run.optimizer, run.train_loader, run.test_loader, run.settings["epochs"],
+                      scheduler=run.scheduler, num_classes=len(ds.classes), out_dir=out, meta=run.meta,
+                      history=history, progress=progress, log=log)
+        try:
+            from . import plots
+            log(f"wrote {plots.training_curves(history, out / 'curves.png')}")
+        except ImportError:
+            log('no plots: matplotlib is missing (pip install -e ".[plot]")')
     return history

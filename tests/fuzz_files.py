@@ -1,6 +1,6 @@
 """Hostile-file fuzz harness for fastconv's file readers (issue 7).
 
-    python tests/fuzz_files.py --reader {idx,cifar10,checkpoint,all} --inputs 100000 [--seed S]
+    python tests/fuzz_files.py --reader {idx,cifar10,checkpoint,autotune,all} --inputs 100000 [--seed S]
                                [--workers 1|2] [--save DIR]
 
 Each input is a file built from seeded random choices: random bytes, or a valid file (made with
@@ -8,10 +8,13 @@ Each input is a file built from seeded random choices: random bytes, or a valid 
 truncated at field boundaries, bit-flipped, header fields overwritten with extreme values, garbage
 appended or inserted, gzip-wrapped (IDX), and, for checkpoints, rebuilt with hostile .npy members
 (pickled object arrays, huge declared shapes or item sizes, a 'meta' that is not a JSON string,
-unexpected keys, other compression methods, encrypted-flagged or duplicate zip entries).
+unexpected keys, other compression methods, encrypted-flagged or duplicate zip entries); for the
+autotune cache (issue 13), JSON of every wrong type and depth, names of every kind (unknown, empty,
+``__class__``, algorithms that do not apply), oversized and non-UTF-8 files, damaged bytes.
 
-For every input the reader must either return well-formed arrays or raise ``ValueError`` whose
-message names the file (or, for load_mnist's folder-level checks, the folder). Anything else is a
+For every input the reader must either return well-formed arrays (the autotune cache: a dict of
+dicts of bounded strings, and ``autotune.choose`` one of its candidates, with at most a warning)
+or raise ``ValueError`` whose message names the file (or, for load_mnist's folder-level checks, the folder). Anything else is a
 FINDING: another exception type, a result that is not well formed, a pickle being loaded, a run
 longer than ``LIMIT_S`` seconds, or a peak of traced memory (tracemalloc sees NumPy's buffers)
 above ``16 * justified + 1 MiB``, where `justified` is the file size plus what its gzip or zip
@@ -49,11 +52,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fastconv import nn, optim  # noqa: E402
+from fastconv import autotune, nn, optim  # noqa: E402
 from fastconv.data import load_cifar10, load_mnist, read_idx, write_cifar10, write_idx  # noqa: E402
 from fastconv.train import load_checkpoint, save_checkpoint  # noqa: E402
 
-READERS = ("idx", "cifar10", "checkpoint")
+READERS = ("idx", "cifar10", "checkpoint", "autotune")
 LIMIT_S = 2.0           # per input; a longer run is a hang
 HARD_LIMIT_S = 30.0     # stuck in C code past this: the watchdog thread dumps the stacks and exits the process
 MNIST_IMAGES, MNIST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
@@ -311,8 +314,10 @@ def setup_checkpoint(folder: Path) -> None:
     """BASE_CHECKPOINT: the members of a real checkpoint of a tiny model (save_checkpoint)."""
     model = nn.Sequential(nn.Linear(3, 2))
     optimizer = optim.Adam(model.parameters())
+    record = {"epoch": 1, "lr": 0.001, "train_loss": 2.3, "train_accuracy": 0.1, "train_seconds": 1.0,
+              "images_per_second": 100.0, "test_loss": 2.2, "test_accuracy": 0.12, "test_seconds": 0.5}
     path = save_checkpoint(folder / "base.npz", model, optimizer, optim.StepLR(optimizer, 1),
-                           {"settings": {"model": "tiny"}, "history": [{"epoch": 1}]})
+                           {"settings": {"epochs": 2}, "epochs_done": 1, "history": [record]})
     with zipfile.ZipFile(path) as zf:
         BASE_CHECKPOINT[:] = [(info.filename, zf.read(info)) for info in zf.infolist()]
     path.unlink()
@@ -368,11 +373,98 @@ def check_checkpoint(folder: Path, name: str, blob: bytes, rng: random.Random) -
                     f"entry {key!r} is {type(value)} {getattr(value, 'dtype', '')}")
 
 
+# --- the autotune cache (JSON) ----------------------------------------------------------------------
+
+TUNE_KEY = "conv2d.forward.float32.x8x16x12x12.w16x16x3x3.s(1, 1).p(1, 1, 1, 1).d(1, 1).g1.direct|winograd"
+TUNE_CANDIDATES = ("direct", "winograd")
+TUNE_NAMES = ("direct", "winograd", "naive", "im2col", "no_such_algo", "", "__class__", "__init__", "auto",
+              "direct\u0000", "x" * 65, "x" * 10_000, "DIRECT", " direct")
+TUNE_VALUES = (None, True, 0, -1, 1e308, "1e999", [], {}, [1, 2], {"a": "b"}, "x" * 500, "\ud800")
+
+
+def _tune_value(rng: random.Random, depth: int = 0) -> object:
+    """A JSON value of a random type, sometimes nested deeper."""
+    pick = rng.random()
+    if pick < 0.4 or depth > 3:
+        return rng.choice(TUNE_NAMES + TUNE_VALUES)
+    if pick < 0.7:
+        return {rng.choice((TUNE_KEY, "k", "", "x" * 500)): _tune_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    return [_tune_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+
+
+def autotune_input(rng: random.Random) -> tuple[str, bytes]:
+    """('autotune.json', bytes): random bytes; a cache for this machine naming any algorithm for the
+    problem; JSON of wrong types, deep nesting, many or long entries; damaged bytes of any of those."""
+    name, pick = "autotune.json", rng.random()
+    if pick < 0.08:
+        return name, random_blob(rng, (b"{", b"[", b'{"', b"\xef\xbb\xbf{", b"\xff\xfe"))
+    if pick < 0.12:
+        text = rng.choice(("[" * 100_000, "{" * 50_000, '{"a":' * 20_000, "1" * 100_000, '"' + "x" * 100_000,
+                           '{"m": {"k": ' + "[" * 5000 + "]" * 5000 + "}}", "NaN", "-Infinity", '{"a": 1e999999}'))
+        return name, text.encode()
+    if pick < 0.13:  # past the size bound (a multi-megabyte file: rarely)
+        return name, b'{"m": {"' + b"k" * autotune.MAX_CACHE_BYTES + b'": "direct"}}'
+    machine = autotune._machine() if rng.random() < 0.8 else rng.choice(("", "other machine", "x" * 1000))
+    if pick < 0.6:
+        stored: object = {machine: {TUNE_KEY: rng.choice(TUNE_NAMES)}}
+    elif pick < 0.7:
+        stored = {machine: {f"{TUNE_KEY}{i}": rng.choice(TUNE_NAMES) for i in range(rng.choice((10, 1000, 20_000)))}}
+    else:
+        stored = rng.choice(({machine: _tune_value(rng)}, _tune_value(rng), {machine: {TUNE_KEY: _tune_value(rng)}}))
+    blob = json.dumps(stored, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+    if rng.random() < 0.3:
+        blob = mutate_some(rng, blob, [0, 1, 2, len(blob) // 2, len(blob) - 2, len(blob) - 1, len(blob)], 2)
+    return name, blob
+
+
+def check_autotune(folder: Path, name: str, blob: bytes, rng: random.Random) -> None:
+    """read_cache must give {str: {str: str}} of bounded sizes (or ValueError naming the file); then
+    autotune.choose on the same file, with timing off, must return the remembered name only when it is a
+    candidate, else the default, and raise nothing (a damaged file is moved aside with a warning)."""
+    stored = autotune.read_cache(folder / name)
+    _expect(isinstance(stored, dict) and all(
+        isinstance(m, str) and isinstance(e, dict) and len(e) <= autotune.MAX_ENTRIES and all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= autotune.MAX_KEY_CHARS
+            and len(v) <= autotune.MAX_NAME_CHARS for k, v in e.items()) for m, e in stored.items()),
+        f"read_cache returned {stored!r:.80}")
+
+
+def choose_on(path: Path) -> str:
+    """autotune.choose for TUNE_KEY with the cache at `path`, timing off: what conv2d would run."""
+    def never() -> None:
+        raise Finding("a candidate ran with timing off")
+    autotune.set_autotune(False, cache=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return autotune.choose(TUNE_KEY, 1e9, "direct", {c: never for c in TUNE_CANDIDATES})
+    finally:
+        autotune.set_autotune(True, cache=None)
+
+
+def check_autotune_choice(folder: Path, name: str, blob: bytes, rng: random.Random) -> None:
+    """Both halves of check_autotune: the reader, then what choose makes of the file (never an exception)."""
+    try:
+        check_autotune(folder, name, blob, rng)
+    finally:
+        try:
+            chosen = choose_on(folder / name)
+        except Finding:
+            raise
+        except Exception as error:  # noqa: BLE001 - any exception from choose is a finding
+            raise Finding(f"autotune.choose raised {type(error).__name__}: {error!s:.100}") from None
+        _expect(chosen in TUNE_CANDIDATES, f"autotune.choose returned {chosen!r:.80}")
+
+
+def setup_autotune(folder: Path) -> None:
+    """Nothing beside the fuzzed file."""
+
+
 # --- the run ----------------------------------------------------------------------------------------
 
-SETUP = {"idx": setup_idx, "cifar10": setup_cifar10, "checkpoint": setup_checkpoint}
-GENERATE = {"idx": idx_input, "cifar10": cifar_input, "checkpoint": checkpoint_input}
-CHECK = {"idx": check_idx, "cifar10": check_cifar10, "checkpoint": check_checkpoint}
+SETUP = {"idx": setup_idx, "cifar10": setup_cifar10, "checkpoint": setup_checkpoint, "autotune": setup_autotune}
+GENERATE = {"idx": idx_input, "cifar10": cifar_input, "checkpoint": checkpoint_input, "autotune": autotune_input}
+CHECK = {"idx": check_idx, "cifar10": check_cifar10, "checkpoint": check_checkpoint, "autotune": check_autotune_choice}
 
 
 def _expect(condition: bool, what: str) -> None:

@@ -257,5 +257,5 @@ def test_the_trainer_builds_its_run_on_the_device():
     assert all(device.is_device_array(p.data) and device.is_device_array(p.grad) for p in run.model.parameters())
     args = cli.build_parser().parse_args(["train", "--device", "cuda"])
     assert args.device == "cuda"
-    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
+    with pytest.raises(ValueError, match="'device' must be 'cpu' or 'cuda'"):
         train.build_run({"device": "gpu", "train_size": 8, "test_size": 8})
