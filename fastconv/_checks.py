@@ -91,6 +91,9 @@ def check_array(name: str, a: object, ndims: tuple[int, ...], dtype: np.dtype | 
         raise TypeError(f"{name} must be a CUDA device array like x, got {type(a).__name__}")
     if not device and not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array: its mask would be ignored; pass "
+                        f"{name}.filled(value) or {name}.data")
     if a.ndim not in ndims:
         ranks = " or ".join(str(d) for d in ndims)
         raise ValueError(f"{name} must have {ranks} dimensions, got shape {a.shape}")
@@ -107,7 +110,10 @@ def native(dtype: np.dtype) -> np.dtype:
 
 
 def contiguous(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous, aligned, native-byte-order copy of `a` unless it already is one."""
+    """A C-contiguous, aligned, native-byte-order plain ndarray (a subclass such as np.memmap viewed as one),
+    copied unless it already is one."""
+    if type(a) is not np.ndarray:
+        a = a.view(np.ndarray)
     if a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative:
         return a
     check_fits("a contiguous copy of the input", a.shape, a.dtype)

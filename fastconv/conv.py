@@ -198,18 +198,28 @@ def _nonfinite(*arrays: np.ndarray) -> bool:
     return not all(elementwise.all_finite(a.reshape(-1)) for a in arrays)
 
 
-def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, inputs: tuple, run: Callable[[str], tuple],
-                       check_inputs: bool) -> tuple:
-    """run(algo), or run('im2col_packed') (when it fits the workspace limit) where direct, direct_simd or
-    winograd meet NaN or Inf, so that NaN and Inf come out where PyTorch puts them: those kernels multiply
-    zero weights or zero-widened lanes by the operands (inf * 0 = NaN where PyTorch gives Inf or a
-    number) and Winograd's transforms spread one Inf over its output tile. The check is one pass over the
-    inputs (`check_inputs`: the forward, whose inputs are the smaller) or over the results (backward,
-    which then runs again only when they hold NaN or Inf: finite inputs give finite results)."""
-    redo = algo not in NONFINITE_SAFE and _im2col_fits(p, itemsize)
-    if redo and check_inputs:
-        return run("im2col_packed" if _nonfinite(*inputs) else algo)
+def _safe_forward_algorithm(algo: str, p: Conv2dShape, x: np.ndarray, w: np.ndarray) -> str:
+    """`algo`, or im2col_packed (direct when its workspace does not fit) where x or w hold NaN or Inf and
+    `algo` is not NONFINITE_SAFE, or where Winograd's transforms could overflow (``winograd.within_range``).
+    One compiled pass over each input gives both its largest magnitude and whether it is finite."""
+    if algo in NONFINITE_SAFE:
+        return algo
+    x_max, w_max = elementwise.abs_max(x.reshape(-1)), elementwise.abs_max(w.reshape(-1))
+    finite = np.isfinite(x_max) and np.isfinite(w_max)
+    if finite and (algo != "winograd" or winograd.within_range(x_max, w_max, p, x.dtype)):
+        return algo
+    return "im2col_packed" if _im2col_fits(p, x.dtype.itemsize) else ("direct" if finite else algo)
+
+
+def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, run: Callable[[str], tuple]) -> tuple:
+    """run(algo), or run('im2col_packed') (when it fits the workspace limit) where the results of direct,
+    direct_simd or winograd hold NaN or Inf, so that NaN and Inf come out where PyTorch puts them: those
+    kernels multiply zero weights or zero-widened lanes by the operands (inf * 0 = NaN where PyTorch
+    gives Inf or a number). Used by backward, whose inputs are the larger: finite inputs give finite
+    results, so one pass over the results decides (the forward checks its inputs instead:
+    ``_safe_forward_algorithm``)."""
     out = run(algo)
+    redo = algo not in NONFINITE_SAFE and _im2col_fits(p, itemsize)
     return run("im2col_packed") if redo and _nonfinite(*out) else out
 
 
@@ -263,8 +273,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     w = contiguous(weight)
     if algo == "auto":
         algo = _auto("forward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][0](xb, w, bias, p))
-    y, = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, (xb, w), lambda name: (CONV2D_ALGORITHMS[name][0](xb, w, bias, p),),
-                            check_inputs=True)
+    y = CONV2D_ALGORITHMS[_safe_forward_algorithm(algo, p, xb, w)][0](xb, w, bias, p)
     return y[0] if unbatched else y
 
 
@@ -288,7 +297,6 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
         w = contiguous(weight)
         if algo == "auto":
             algo = _auto("backward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
-        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, (), lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p),
-                                    check_inputs=False)
+        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
     gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(xb.dtype)
     return (gx[0] if unbatched else gx), gw, gb

@@ -17,7 +17,9 @@ weights and biases of Conv2d and Linear), drawn from fastconv's generator: ``fc.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import threading
+from collections.abc import Callable, Iterator
 from numbers import Real
 
 import numpy as np
@@ -59,14 +61,121 @@ def _uniform(shape: tuple[int, ...], fan_in: int, dtype: np.dtype) -> Parameter:
     return Parameter(_generator.uniform(-bound, bound, shape).astype(dtype))
 
 
+def fingerprint(a: np.ndarray) -> int:
+    """A 64-bit fingerprint of a host array's contents (``kernels.elementwise.fingerprint`` over its bytes)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    word = next(t for t in (np.uint64, np.uint32, np.uint16, np.uint8) if flat.itemsize % np.dtype(t).itemsize == 0)
+    return int(elementwise.fingerprint(flat.view(word)))
+
+
+NOT_THREAD_SAFE = ("a model keeps what its last forward saw for its backward, so one model cannot train in two "
+                   "threads at once: give each thread its own model (copy the weights with load_state_dict)")
+
+
+class _Call:
+    """What a top-level call of a module saw: its thread and a fingerprint of its input and output (host
+    arrays), checked when its backward runs. `overlapped`: another thread's call ran at the same time."""
+
+    def __init__(self, x: object, y: object) -> None:
+        self.thread, self.overlapped = threading.get_ident(), False
+        self.arrays = [a for a in (x, y) if isinstance(a, np.ndarray)]
+        self.prints = [fingerprint(a) for a in self.arrays]
+
+    def check(self, name: str) -> None:
+        if self.overlapped:
+            raise RuntimeError(f"{name}.backward: forward calls of this module overlapped in two threads, so what "
+                               f"backward needs is mixed; run forward again first ({NOT_THREAD_SAFE})")
+        if self.thread != threading.get_ident():
+            raise RuntimeError(f"{name}.backward runs in another thread than its forward: {NOT_THREAD_SAFE}")
+        if [fingerprint(a) for a in self.arrays] != self.prints:
+            raise RuntimeError(f"{name}.backward: the input or output of its forward was modified in place since "
+                               "(backward needs them as they were): pass a copy to forward, or run it again")
+
+
+_running_lock = threading.Lock()
+_running: dict[int, list[int]] = {}  # id(module) -> [top-level calls in progress, calls started so far]
+
+
+def _start(module: Module, refuse: bool) -> tuple[list[int], bool, int]:
+    """Register a top-level call of `module`: (its counters, whether no other call is in progress, the
+    number it started as). With `refuse`, another call in progress raises RuntimeError."""
+    with _running_lock:
+        state = _running.setdefault(id(module), [0, 0])
+        if state[0] and refuse:
+            raise RuntimeError(f"{type(module).__name__} is running in another thread: {NOT_THREAD_SAFE}")
+        state[0] += 1
+        state[1] += 1
+        return state, state[0] == 1, state[1]
+
+
+def _finish(module: Module, state: list[int], started: int) -> bool:
+    """End a call registered by _start: whether no other call started meanwhile. Caller holds _running_lock."""
+    state[0] -= 1
+    if state[0] == 0:
+        _running.pop(id(module), None)
+    return state[1] == started
+
+
+def _checked_backward(backward: Callable[[Module, np.ndarray], np.ndarray]) -> Callable[[Module, np.ndarray], np.ndarray]:
+    """A subclass's backward, checked against its last top-level call (``_Call.check``) and run as a call of its
+    own (no other thread may call the module meanwhile). A module run by its container has no call of its own."""
+    @functools.wraps(backward)
+    def checked(self: Module, grad_y: np.ndarray) -> np.ndarray:
+        call = self.__dict__.get("_call")
+        if call is None:
+            with _running_lock:
+                busy = id(self) in _running
+            if busy:  # its own call is still running, in another thread
+                raise RuntimeError(f"{type(self).__name__} is running in another thread: {NOT_THREAD_SAFE}")
+            return backward(self, grad_y)
+        name = type(self).__name__
+        call.check(name)
+        state, _, started = _start(self, refuse=True)
+        try:
+            grad_x = backward(self, grad_y)
+        finally:
+            with _running_lock:
+                alone = _finish(self, state, started)
+        if not alone:
+            raise RuntimeError(f"{name}.backward: another thread called the module meanwhile, so the gradients are "
+                               f"wrong: {NOT_THREAD_SAFE}")
+        return grad_x
+    return checked
+
+
 class Module:
     """Base layer: subclasses set parameters, buffers (non-trained state) and child modules as
-    attributes in PyTorch's order and define ``forward`` and ``backward``."""
+    attributes in PyTorch's order and define ``forward`` and ``backward``.
+
+    ``module(x)`` is a checked call: its ``backward`` raises RuntimeError, rather than returning wrong
+    gradients, when x or the output was modified in place in between (a 64-bit fingerprint of each
+    host array), when it runs in another thread than the forward, or when another thread used the
+    module in between. One module is not thread-safe for training: in training mode a call while
+    another thread's call or backward is running raises at once; in eval mode concurrent calls
+    (inference) are allowed, and only a backward after them raises. Containers run their children
+    with ``run_child``, unchecked: what flows between layers is theirs alone."""
 
     training = True
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__:
+            cls.backward = _checked_backward(cls.__dict__["backward"])
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.forward(x)
+        state, alone, started = _start(self, refuse=self.training)
+        self._call: _Call | None = None
+        call = None
+        try:
+            y = self.forward(x)
+            call = _Call(x, y)
+        finally:
+            with _running_lock:
+                alone = _finish(self, state, started) and alone
+                if call is not None:
+                    call.overlapped = not alone
+                self._call = call
+        return y
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -185,6 +294,12 @@ class Module:
         return head + ("\n" + "\n".join(kids) + "\n)" if kids else ")")
 
 
+def run_child(child: Module, x: np.ndarray) -> np.ndarray:
+    """A container's call of a child's forward: unchecked (no ``_Call``), its backward trusting the container."""
+    child._call = None
+    return child.forward(x)
+
+
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse. Children are named '0', '1', ..."""
 
@@ -204,7 +319,7 @@ class Sequential(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         for m in self.layers:
-            x = m(x)
+            x = run_child(m, x)
         return x
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
@@ -523,7 +638,7 @@ class Residual(Module):
         self._check_unique()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        return _add(self.body(x), x if self.shortcut is None else self.shortcut(x))
+        return _add(run_child(self.body, x), x if self.shortcut is None else run_child(self.shortcut, x))
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         gx = self.body.backward(grad_y)
@@ -554,10 +669,10 @@ def _check_logits(logits: np.ndarray) -> np.ndarray:
     if is_device_array(logits):
         logits = as_device("logits", logits)
     elif not isinstance(logits, np.ndarray) or native(logits.dtype) not in FLOAT_DTYPES:
-        logits = None
-    if logits is None or logits.ndim != 2:
-        raise ValueError(f"logits must be a float32/float64 array of shape (N, classes), got "
-                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+        what = f"{logits.dtype} array" if isinstance(logits, np.ndarray) else type(logits).__name__
+        raise TypeError(f"logits must be a float32/float64 array of shape (N, classes), got a {what}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be a float32/float64 array of shape (N, classes), got shape {logits.shape}")
     return logits
 
 

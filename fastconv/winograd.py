@@ -54,6 +54,17 @@ CHUNK_TARGET_BYTES = 24 * 2**20  # preferred workspace per batch chunk: V and M 
 
 
 
+def within_range(x_abs_max: float, w_abs_max: float, p: Conv2dShape, dtype: np.dtype) -> bool:
+    """Whether no transform can overflow on inputs bounded by these maxima. Each row of B^T holds two +-1,
+    so |V| <= 4 max|x|; G's rows sum to at most 1.5 in absolute value, so |U| <= 2.25 max|w|; M sums
+    C/groups products, and A^T's rows sum to 3: |Y| <= 9 |M| <= 81 * C/groups * max|x| * max|w|
+    (direct convolution's own bound is C/groups * 9 * max|x| * max|w|). Near the top of the float
+    range the transforms would give Inf (or Inf - Inf = NaN) where the exact result is finite."""
+    limit = float(np.finfo(dtype).max)
+    return 4 * x_abs_max < limit and 2.25 * w_abs_max < limit and \
+        81.0 * (p.c // p.groups) * x_abs_max * w_abs_max < limit
+
+
 def winograd_applies(p: Conv2dShape) -> bool:
     """True when Winograd F(2x2, 3x3) can run the shape: 3x3 kernel, stride 1, dilation 1
     (any padding, any groups)."""

@@ -37,7 +37,7 @@ def relu_backward(grad_y, y, grad_x):
             out[i] = zero if yb[i] <= zero else g[i]
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     """torch.optim.SGD on flat arrays: g' = g + wd*p; buf = g' (first step) or momentum*buf + (1-dampening)*g';
     step = g' + momentum*buf (Nesterov) or buf (or g' without momentum); p -= lr * step."""
@@ -50,10 +50,11 @@ def sgd_update(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first
         p[i] -= lr * gi
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True, nogil=True, error_model="numpy")
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt):
     """torch.optim.Adam on flat arrays: g' = g + wd*p; m += (1-b1)(g' - m); v = b2 v + (1-b2) g'^2;
-    p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)."""
+    p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps). Division by zero gives Inf or NaN as in PyTorch
+    (eps = 0 where g' = 0), never an exception midway through the parameters."""
     step_size = lr / bias_correction1
     for i in range(p.size):
         gi = g[i] + weight_decay * p[i]
@@ -78,3 +79,45 @@ def all_finite(a):
             flag |= np.uint8(d != d)
         bad[b] = flag
     return not bad.any()
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def abs_max(a):
+    """max |a[i]| of the flat array a as a float64, inf when a holds NaN or Inf (0 when empty); per block,
+    without early exit, like all_finite."""
+    n = a.size
+    blocks = (n + BLOCK - 1) // BLOCK
+    bad = np.zeros(blocks, np.uint8)
+    top = np.zeros(blocks, np.float64)
+    for b in nb.prange(blocks):
+        flag = np.uint8(0)
+        m = abs(a.dtype.type(0))
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            v = a[i]
+            d = v - v
+            flag |= np.uint8(d != d)
+            m = max(m, abs(v))
+        bad[b] = flag
+        top[b] = m
+    if bad.any():
+        return np.inf
+    return top.max() if blocks else 0.0
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def fingerprint(words):
+    """sum of words[i] * (2i + 1) modulo 2^64 over the flat unsigned-integer array words (an array's bytes
+    viewed as words): any change of one word changes it (odd factors are invertible modulo 2^64), and
+    several changes cancel with probability about 2^-64."""
+    n = words.size
+    blocks = (n + BLOCK - 1) // BLOCK
+    parts = np.zeros(blocks, np.uint64)
+    for b in nb.prange(blocks):
+        h = np.uint64(0)
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            h += np.uint64(words[i]) * np.uint64(2 * i + 1)
+        parts[b] = h
+    total = np.uint64(0)
+    for b in range(blocks):
+        total += parts[b]
+    return total
