@@ -11,6 +11,7 @@ field by field, and every array's header against the model it is loaded into bef
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import io
@@ -244,8 +245,9 @@ def _read_entries(path: Path, spec: Spec | None, only_meta: bool = False) -> dic
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
             names = [info.filename.removesuffix(".npy") for info in infos]
+            counts = collections.Counter(names)
             for info, key in zip(infos, names):
-                if not info.filename.endswith(".npy") or names.count(key) > 1:
+                if not info.filename.endswith(".npy") or counts[key] > 1:
                     raise ValueError(f"{path}: unexpected or duplicate entry {info.filename!r}")
                 if spec is not None and key != "meta" and key not in spec:
                     raise ValueError(f"{path}: entry {key!r} does not belong to this model, optimizer and schedule")

@@ -24,6 +24,9 @@ import pytest
 import fastconv as fc
 from fastconv import autotune, cli, nn, optim, train
 
+sys.path.insert(0, str(Path(__file__).parent))
+import fuzz_files  # noqa: E402
+
 SMALL = ["--train-size", "256", "--test-size", "64", "--batch-size", "64", "--no-progress"]
 KILL_TRIALS = int(os.environ.get("FASTCONV_KILL_TRIALS", "3"))
 
@@ -179,16 +182,10 @@ def _replace_entry(path: Path, name: str, header: bytes, zeros: int) -> None:
                 f.write(chunk)
 
 
-def _npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (descr, shape)
-    text += " " * (-(len(text) + 11) % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode()
-
-
 def test_a_small_checkpoint_declaring_a_huge_entry_is_refused_before_decompressing(tmp_path):
     path = _lenet_checkpoint(tmp_path)
     zeros = 256 << 20
-    _replace_entry(path, "model/0.weight.npy", _npy_header((zeros // 4,)), zeros)
+    _replace_entry(path, "model/0.weight.npy", fuzz_files.npy("<f4", (zeros // 4,), b""), zeros)
     assert path.stat().st_size < 2 << 20
     tracemalloc.start()
     t0 = time.perf_counter()
