@@ -64,7 +64,7 @@ for i in range(50):
     t0 = time.perf_counter()
     torch_step()
     times.append(time.perf_counter() - t0)
-print(float(np.median(times[5:])))
+print(float(np.percentile(times[5:], 20)))
 """
 
 
@@ -76,15 +76,16 @@ def _torch_step_seconds(order: str) -> float:
 
 @pytest.mark.parametrize("order", ["fastconv-first", "torch-first"])
 def test_pytorch_keeps_its_speed_in_a_process_that_uses_fastconv(order):
-    """PyTorch's LeNet-5 Adam step, with fastconv training between its steps, against PyTorch alone: the
-    median of five alternating runs each (a 2-core VM moves one run's median by up to 40%) at least
-    SHARED_SPEED of the clean speed. It was 0.4-0.5 before fastconv kept Numba's OpenMP runtime at one
-    level of parallelism."""
+    """PyTorch's LeNet-5 Adam step, with fastconv training between its steps, against PyTorch alone: each
+    run's 20th percentile step, the fastest of five alternating runs each, at least SHARED_SPEED of the clean
+    speed. The fastest run, not the median: this 2-core VM moves one run by up to 40% (medians of five gave
+    0.80 on CI with no fault), while the fault this guards against slows every step of every run (0.4-0.5x
+    before fastconv kept Numba's OpenMP runtime at one level of parallelism)."""
     clean, shared = [], []
     for _ in range(5):
         clean.append(_torch_step_seconds("clean"))
         shared.append(_torch_step_seconds(order))
-    speed = statistics.median(clean) / statistics.median(shared)
+    speed = min(clean) / min(shared)
     print(f"{order}: PyTorch at {speed:.2f}x its speed alone", file=sys.stderr)
     assert speed >= SHARED_SPEED, f"PyTorch beside fastconv ({order}) at {speed:.2f}x its speed alone: " \
                                   f"{[round(s * 1e3, 2) for s in shared]} ms against {[round(s * 1e3, 2) for s in clean]} ms"
