@@ -1,19 +1,28 @@
 """conv2d forward (no bias) and backward (grad_x, grad_w, grad_b) on the conv layer suite:
-every fastconv algorithm (winograd on the 3x3 stride-1 layers only), "auto", and the peers naive,
+every fastconv algorithm on the layers its record says it runs, "auto", and the peers naive,
 NumPy, PyTorch and ONNX Runtime (forward), each library in its own worker process (``harness.py``)."""
 from __future__ import annotations
 
 import pytest
 
+import numpy as np
+
 import fastconv as fc
+from fastconv._checks import conv2d_shape
+from fastconv.conv import CONV2D
 
 from .cases import PASSES, Conv, conv_cases, peers_for
 from .harness import Bench
 
 
 def takes(impl: str, case: Conv) -> bool:
-    """winograd runs only 3x3 stride-1 layers; every other implementation runs every case."""
-    return impl != "winograd" or (case.r == 3 and case.stride == 1)
+    """Whether the implementation runs the case: a fastconv algorithm where its record's ``unsupported``
+    says so (winograd: 3x3 stride-1 layers); "auto" and the peers run every case."""
+    if impl not in CONV2D.names("cpu"):
+        return True
+    x = np.broadcast_to(np.float32(0), (case.n, case.c, case.h, case.w))  # zero-strided: nothing allocated
+    w = np.broadcast_to(np.float32(0), (case.k, case.c // case.groups, case.r, case.r))
+    return CONV2D["cpu", impl].unsupported(conv2d_shape(x, w, *case.args)) is None
 
 
 def implementations(pass_: str) -> list[str]:

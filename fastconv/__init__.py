@@ -16,31 +16,23 @@ from . import runtime  # noqa: F401  (first: its Numba event listener must see e
 from . import autotune, cuda, device, models, nn, optim  # noqa: F401
 from .autotune import set_autotune
 from . import device as _device
+from .algorithm import REGISTRIES
 from .config import set_workspace_limit, workspace_limit
-from .conv import CONV2D_ALGORITHMS, conv2d, conv2d_backward
-from .gemm import GEMM_ALGORITHMS, gemm
+from .conv import conv2d, conv2d_backward
+from .gemm import gemm
 from .nn import manual_seed
-from .pool import AVG_POOL2D_ALGORITHMS, MAX_POOL2D_ALGORITHMS, avg_pool2d, avg_pool2d_backward, max_pool2d, \
-    max_pool2d_backward
+from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 __version__ = "0.1.0"
-
-_ALGORITHMS = {
-    "conv2d": CONV2D_ALGORITHMS,
-    "max_pool2d": MAX_POOL2D_ALGORITHMS,
-    "avg_pool2d": AVG_POOL2D_ALGORITHMS,
-    "gemm": GEMM_ALGORITHMS,
-}
 
 
 def algorithms(op: str, device: str = "cpu") -> list[str]:
     """Names accepted by ``algo=`` for `op` ('conv2d', 'max_pool2d', 'avg_pool2d' or 'gemm') on
-    `device` ('cpu', or 'cuda' for device arrays; listing them needs no GPU)."""
-    if op not in _ALGORITHMS:
-        raise ValueError(f"op must be one of {sorted(_ALGORITHMS)}, got {op!r}")
-    if _device.check_device(device) == "cuda":
-        return list(cuda.ALGORITHMS[op])
-    return list(_ALGORITHMS[op])
+    `device` ('cpu', or 'cuda' for device arrays; listing them needs no GPU), read from the op's
+    registry (``fastconv.algorithm``)."""
+    if op not in REGISTRIES:
+        raise ValueError(f"op must be one of {sorted(REGISTRIES)}, got {op!r}")
+    return REGISTRIES[op].names(_device.check_device(device))
 
 
 __all__ = [

@@ -120,14 +120,17 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=native(a.dtype))
 
 
-def is_device(a: object) -> bool:
-    """Whether `a` is a Numba device array (what the GPU path works on)."""
-    return bool(getattr(a, "__cuda_ndarray__", False))
+def is_device_array(a: object) -> bool:
+    """Whether `a` is a GPU array: anything with __cuda_array_interface__ (Numba, CuPy, PyTorch CUDA), or a
+    device array of Numba's CUDA simulator. The one rule for "is this on the GPU" (``device.device_of``)."""
+    if isinstance(a, np.ndarray) or a is None:
+        return False
+    return hasattr(a, "__cuda_array_interface__") or bool(getattr(a, "__cuda_ndarray__", False))
 
 
 def batched(name: str, x: np.ndarray) -> tuple[np.ndarray, bool]:
     """(N, C, H, W) view of a batched or unbatched (C, H, W) input, and whether it was unbatched."""
-    check_array(name, x, (3, 4), device=is_device(x))
+    check_array(name, x, (3, 4), device=is_device_array(x))
     return (x.reshape((1, *x.shape)), True) if x.ndim == 3 else (x, False)
 
 
@@ -200,7 +203,7 @@ def conv_padding(padding: object, kernel: tuple[int, int], dilation: tuple[int, 
 def conv2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: object,
                  dilation: object, groups: object) -> Conv2dShape:
     """Validate conv2d arguments for a batched x (N, C, H, W) and return the shape rule."""
-    check_array("weight", weight, (4,), x.dtype, is_device(x))
+    check_array("weight", weight, (4,), x.dtype, is_device_array(x))
     if isinstance(groups, bool) or not isinstance(groups, Integral) or not 1 <= groups <= MAX_SIZE_ARG:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     groups = int(groups)

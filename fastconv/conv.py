@@ -1,8 +1,11 @@
-"""conv2d and its backward: validate, pick an algorithm, run its kernels.
+"""conv2d and its backward: one op on every device. Its shape rule is ``Conv2dShape`` (``_checks``), its
+algorithms are the records of ``CONV2D``, and ``conv2d`` / ``conv2d_backward`` validate once, pick a record
+for the array's device and run it.
 
-Every algorithm is a (forward, backward) pair with the same signatures:
-``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)``,
-where arrays are batched, C-contiguous and validated, and ``p`` is the ``Conv2dShape``.
+Every record has ``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x,
+grad_weight)``: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None (zero), grad_y (N, K, OH, OW),
+batched, C-contiguous, validated and on the record's device; p the ``Conv2dShape``. grad_bias is the same
+sum for every algorithm and is computed here.
 """
 from __future__ import annotations
 
@@ -11,59 +14,19 @@ from functools import partial
 
 import numpy as np
 
-from . import autotune, cuda, direct_simd, naive, runtime, winograd
-from ._checks import (Conv2dShape, batched, check_algo, check_array, check_grad, contiguous,
-                      conv2d_shape)
+from . import autotune, direct, direct_simd, naive, runtime, winograd
+from ._checks import Conv2dShape, batched, check_array, check_grad, contiguous, conv2d_shape
+from .algorithm import Algorithm, Registry
 from .config import batch_chunk, scratch, workspace_limit
-from .device import is_device_array
-from .kernels import direct, elementwise, gemm as gemm_kernels, im2col as im2col_kernels
+from .device import as_device, device_of, empty, zeros
+from .kernels import elementwise, im2col, matmul
+
+CONV2D = Registry("conv2d", __doc__)
 
 
-def _pad(x: np.ndarray, p: Conv2dShape) -> np.ndarray:
-    """x (N, C, H, W) zero-padded to (N, C, H + top + bottom, W + left + right), C-contiguous."""
-    top, _, left, _ = p.padding
-    if not any(p.padding):
-        return x
-    xp = np.zeros(p.padded_shape, x.dtype)
-    xp[:, :, top:top + p.h, left:left + p.w] = x
-    return xp
+# ---- im2col + GEMM on the CPU ------------------------------------------------------------------------
 
-
-def _forward_direct(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
-    y = np.empty(p.y_shape, x.dtype)
-    b = bias if bias is not None else np.zeros(p.k, x.dtype)
-    direct.conv2d_forward(_pad(x, p), weight, b, y, *p.stride, *p.dilation, p.groups)
-    return y
-
-
-def _backward_direct(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
-                     p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
-    top, _, left, _ = p.padding
-    gxp = np.empty(p.padded_shape, x.dtype)
-    direct.conv2d_backward_input(grad_y, weight, gxp, *p.stride, *p.dilation, p.groups)
-    gw = np.empty(weight.shape, x.dtype)
-    direct.conv2d_backward_weight(grad_y, _pad(x, p), gw, *p.stride, *p.dilation, p.groups)
-    gx = gxp if not any(p.padding) else np.ascontiguousarray(gxp[:, :, top:top + p.h, left:left + p.w])
-    return gx, gw
-
-
-def _backward_direct_simd(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
-                          p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
-    """grad_x as direct_simd's forward of grad_y with the weights flipped and transposed per group (the
-    full correlation), for stride 1 when no padding exceeds the kernel's reach; grad_weight by direct."""
-    reach_h, reach_w = p.dilation[0] * (p.r - 1), p.dilation[1] * (p.s - 1)
-    top, bottom, left, right = p.padding
-    pads = (reach_h - top, reach_h - bottom, reach_w - left, reach_w - right)
-    if p.stride != (1, 1) or min(pads) < 0:
-        return _backward_direct(grad_y, x, weight, p)
-    kg, cg = p.k // p.groups, p.c // p.groups
-    flipped = weight.reshape(p.groups, kg, cg, p.r, p.s)[:, :, :, ::-1, ::-1]
-    wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(p.c, kg, p.r, p.s)
-    q = Conv2dShape(p.n, p.k, p.oh, p.ow, p.c, p.r, p.s, p.groups, (1, 1), p.dilation, pads, p.h, p.w)
-    gx = direct_simd.forward(grad_y, wt, None, q)
-    gw = np.empty(weight.shape, x.dtype)
-    direct.conv2d_backward_weight(grad_y, _pad(x, p), gw, *p.stride, *p.dilation, p.groups)
-    return gx, gw
+CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, memory stays near the output's
 
 
 def _im2col_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
@@ -77,11 +40,12 @@ def _im2col_fixed_bytes(p: Conv2dShape, itemsize: int) -> int:
     """The packed GEMM's workspace that does not grow with the chunk: the packed weights of one group
     and one panel of at most NC columns, C/g*R*S deep."""
     crs_g, kg = (p.c // p.groups) * p.r * p.s, p.k // p.groups
-    return (kg + gemm_kernels.MR + gemm_kernels.NC) * crs_g * itemsize
+    return (kg + matmul.MR + matmul.NC) * crs_g * itemsize
 
 
-def _im2col_fits(p: Conv2dShape, itemsize: int) -> bool:
-    return _im2col_fixed_bytes(p, itemsize) + _im2col_bytes_per_image(p, itemsize) <= workspace_limit()
+def im2col_workspace_bytes(p: Conv2dShape, itemsize: int) -> int:
+    """im2col's workspace for a chunk of one image."""
+    return _im2col_fixed_bytes(p, itemsize) + _im2col_bytes_per_image(p, itemsize)
 
 
 def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
@@ -89,8 +53,6 @@ def _im2col_chunk(p: Conv2dShape, itemsize: int) -> int:
     return batch_chunk("im2col", _im2col_bytes_per_image(p, itemsize), p.n, CHUNK_BYTES,
                        _im2col_fixed_bytes(p, itemsize))
 
-
-CHUNK_BYTES = 16 * 2**20  # im2col workspace per chunk: whole GEMMs stay large, memory stays near the output's
 
 def _im2col_args(p: Conv2dShape) -> tuple[int, ...]:
     top, _, left, _ = p.padding
@@ -110,7 +72,7 @@ def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
         m = min(nb, p.n - n0)
         col = col_buf[:p.groups * crs_g * m * plane].reshape(p.groups * crs_g, m * plane)
         out = out_buf[:p.k * m * plane].reshape(p.k, m * plane)
-        im2col_kernels.im2col(x, col, n0, *_im2col_args(p))
+        im2col.im2col(x, col, n0, *_im2col_args(p))
         for g in range(p.groups):
             gemm(w2[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], out[g * kg:(g + 1) * kg], False, False)
         y[n0:n0 + m] = out.reshape(p.k, m, plane).transpose(1, 0, 2)
@@ -135,30 +97,132 @@ def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: C
         col = col_buf[:p.groups * crs_g * m * plane].reshape(p.groups * crs_g, m * plane)
         gy = gy_buf[:p.k * m * plane].reshape(p.k, m * plane)
         gy.reshape(p.k, m, plane)[...] = grad_y[n0:n0 + m].reshape(m, p.k, plane).transpose(1, 0, 2)
-        im2col_kernels.im2col(x, col, n0, *_im2col_args(p))
+        im2col.im2col(x, col, n0, *_im2col_args(p))
         for g in range(p.groups):
             col_g, gy_g = col[g * crs_g:(g + 1) * crs_g], gy[g * kg:(g + 1) * kg]
             gemm(gy_g, col_g, gw_chunk, False, True)
             gw[g * kg:(g + 1) * kg] += gw_chunk
             gemm(w2[g * kg:(g + 1) * kg], gy_g, col_g, True, False)  # col_g is consumed: reuse it for dcol_g
-        im2col_kernels.col2im(col, gx, n0, *_im2col_args(p))
+        im2col.col2im(col, gx, n0, *_im2col_args(p))
     return gx, gw.reshape(weight.shape)
 
 
-CONV2D_ALGORITHMS = {
-    "naive": (naive.conv2d, naive.conv2d_backward),
-    "direct": (_forward_direct, _backward_direct),
-    "direct_simd": (direct_simd.forward, _backward_direct_simd),
-    "im2col": (partial(_forward_im2col, gemm=gemm_kernels.gemm_blas),
-               partial(_backward_im2col, gemm=gemm_kernels.gemm_blas)),
-    "im2col_packed": (partial(_forward_im2col, gemm=gemm_kernels.gemm_packed),
-                      partial(_backward_im2col, gemm=gemm_kernels.gemm_packed)),
-    "winograd": (winograd.forward, _backward_direct_simd),
-}
+# ---- direct and im2col + GEMM on the GPU (numba.cuda kernels, fastconv.kernels.cuda_*) ---------------
+
+def _cuda_kernels():
+    from .kernels import cuda_conv, cuda_matmul  # numba.cuda is imported only when a GPU is used
+    return cuda_conv, cuda_matmul
+
+
+def _cuda_conv_args(p: Conv2dShape) -> tuple[int, ...]:
+    """stride, top/left padding and dilation in the GPU kernels' order (sh, sw, pt, pl, dh, dw)."""
+    return (*p.stride, p.padding[0], p.padding[2], *p.dilation)
+
+
+def _forward_direct_cuda(x, weight, bias, p: Conv2dShape):
+    cuda_conv, _ = _cuda_kernels()
+    y = empty(p.y_shape, x.dtype)
+    b = bias if bias is not None else zeros((p.k,), x.dtype, "cuda")
+    cuda_conv.direct_forward(x, weight, b, y, *_cuda_conv_args(p), p.groups)
+    return y
+
+
+def _backward_direct_cuda(grad_y, x, weight, p: Conv2dShape):
+    cuda_conv, _ = _cuda_kernels()
+    gx, gw = empty(p.x_shape, x.dtype), empty(weight.shape, x.dtype)
+    cuda_conv.direct_backward_input(grad_y, weight, gx, *_cuda_conv_args(p), p.groups)
+    cuda_conv.direct_backward_weight(grad_y, x, gw, *_cuda_conv_args(p), p.groups)
+    return gx, gw
+
+
+def _cuda_im2col_args(p: Conv2dShape) -> tuple[int, ...]:
+    return (p.padding[0], p.padding[2], *p.stride, *p.dilation, p.r, p.s, p.oh, p.ow)
+
+
+def cuda_im2col_workspace_bytes(p: Conv2dShape, itemsize: int) -> int:
+    """The column matrix (C*R*S rows) and the GEMM's K output rows, OH*OW wide, per image (the tiled GPU
+    GEMM reads its operands in place: no packed copies, unlike the CPU's)."""
+    return (p.c * p.r * p.s + p.k) * p.oh * p.ow * itemsize
+
+
+def _cuda_chunk(p: Conv2dShape, itemsize: int) -> int:
+    """Images per chunk: as many as the workspace limit allows (one big GEMM keeps a GPU busy)."""
+    return batch_chunk("im2col", cuda_im2col_workspace_bytes(p, itemsize), p.n, workspace_limit())
+
+
+def _columns(buf, cols: int):
+    """The first `cols` columns of a (rows, width) buffer as a C-contiguous (rows, cols) array (reusing it)."""
+    return buf.reshape(buf.size)[:buf.shape[0] * cols].reshape(buf.shape[0], cols)
+
+
+def _forward_im2col_cuda(x, weight, bias, p: Conv2dShape):
+    """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group out_g = w_g @ col_g; y = out + bias."""
+    cuda_conv, cuda_matmul = _cuda_kernels()
+    crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
+    nb = _cuda_chunk(p, x.dtype.itemsize)
+    col_all, out_all = empty((p.c * p.r * p.s, nb * plane), x.dtype), empty((p.k, nb * plane), x.dtype)
+    w2 = weight.reshape(p.k, crs_g)
+    b = bias if bias is not None else zeros((p.k,), x.dtype, "cuda")
+    y = empty(p.y_shape, x.dtype)
+    for n0 in range(0, p.n, nb):
+        m = min(nb, p.n - n0)
+        col, out = _columns(col_all, m * plane), _columns(out_all, m * plane)
+        cuda_conv.im2col(x, col, n0, *_cuda_im2col_args(p))
+        for g in range(p.groups):
+            cuda_matmul.gemm(w2[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], out[g * kg:(g + 1) * kg],
+                             False, False)
+        cuda_conv.kn_to_nchw(out, b, y, n0)
+    return y
+
+
+def _backward_im2col_cuda(grad_y, x, weight, p: Conv2dShape):
+    """Per chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x = col2im(dcol)."""
+    cuda_conv, cuda_matmul = _cuda_kernels()
+    crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
+    nb = _cuda_chunk(p, x.dtype.itemsize)
+    col_all, gy_all = empty((p.c * p.r * p.s, nb * plane), x.dtype), empty((p.k, nb * plane), x.dtype)
+    w2 = weight.reshape(p.k, crs_g)
+    gw = empty((p.k, crs_g), x.dtype)
+    gx = empty(p.x_shape, x.dtype)
+    for n0 in range(0, p.n, nb):
+        m = min(nb, p.n - n0)
+        col, gy = _columns(col_all, m * plane), _columns(gy_all, m * plane)
+        cuda_conv.nchw_to_kn(grad_y, gy, n0)
+        cuda_conv.im2col(x, col, n0, *_cuda_im2col_args(p))
+        for g in range(p.groups):
+            col_g, gy_g = col[g * crs_g:(g + 1) * crs_g], gy[g * kg:(g + 1) * kg]
+            cuda_matmul.gemm(gy_g, col_g, gw[g * kg:(g + 1) * kg], False, True, 1.0 if n0 else 0.0)
+            cuda_matmul.gemm(w2[g * kg:(g + 1) * kg], gy_g, col_g, True, False)  # col_g becomes dcol_g
+        cuda_conv.col2im(col, gx, n0, *_cuda_im2col_args(p))
+    return gx, gw.reshape(weight.shape)
+
+
+# ---- the records -------------------------------------------------------------------------------------
+
+def _never(p: Conv2dShape) -> bool:
+    return False
+
+
+CONV2D.add(Algorithm("naive", "cpu", naive.conv2d, naive.conv2d_backward, reference=True))
+CONV2D.add(Algorithm("direct", "cpu", direct.forward, direct.backward, nonfinite_safe=False))
+CONV2D.add(Algorithm("direct_simd", "cpu", direct_simd.forward, direct_simd.backward, nonfinite_safe=False))
+# BLAS-backed im2col is never timed: its thread pool keeps spinning after each call and slows the
+# kernels that follow (timing it alone would flatter it).
+CONV2D.add(Algorithm("im2col", "cpu", partial(_forward_im2col, gemm=matmul.gemm_blas),
+                     partial(_backward_im2col, gemm=matmul.gemm_blas),
+                     workspace_bytes=im2col_workspace_bytes, timed=_never))
+CONV2D.add(Algorithm("im2col_packed", "cpu", partial(_forward_im2col, gemm=matmul.gemm_packed),
+                     partial(_backward_im2col, gemm=matmul.gemm_packed), workspace_bytes=im2col_workspace_bytes))
+CONV2D.add(Algorithm("winograd", "cpu", winograd.forward, direct_simd.backward, unsupported=winograd.unsupported,
+                     workspace_bytes=winograd.workspace_bytes, timed=winograd.worth_timing,
+                     within_range=winograd.within_range, nonfinite_safe=False))
+CONV2D.add(Algorithm("direct", "cuda", _forward_direct_cuda, _backward_direct_cuda))
+CONV2D.add(Algorithm("im2col", "cuda", _forward_im2col_cuda, _backward_im2col_cuda,
+                     workspace_bytes=cuda_im2col_workspace_bytes))
 
 
 def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
-    """The algorithm ``algo="auto"`` runs for a problem too small to time (or with timing off).
+    """The algorithm ``algo="auto"`` runs on the CPU for a problem too small to time (or with timing off).
 
     Measured on the benchmark layers (2-core AVX2 machine, float32, see the README): direct wins
     on depthwise and on small stride-1 layers (LeNet, the CIFAR CNN, ResNet 3x3 at 64 channels);
@@ -170,27 +234,30 @@ def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
     if cg == 1 and p.groups > 1:
         return "direct"
     deep_or_strided = p.stride != (1, 1) or p.r * p.s == 1 or cg * p.r * p.s >= 1024
-    fits = _im2col_fits(p, itemsize)
-    return "im2col_packed" if deep_or_strided and fits else "direct"
+    return "im2col_packed" if deep_or_strided and CONV2D["cpu", "im2col_packed"].fits(p, itemsize) else "direct"
 
 
-def _prepare(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, groups, algo: str,
-             ) -> tuple[np.ndarray, bool, Conv2dShape]:
-    check_algo("conv2d", algo, list(CONV2D_ALGORITHMS))
-    xb, unbatched = batched("x", x)
-    p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
-    if algo.startswith("im2col") and p.n:
-        _im2col_chunk(p, x.dtype.itemsize)
-    if algo == "winograd":
-        if not winograd.winograd_applies(p):
-            raise ValueError(f"algo='winograd' needs a 3x3 kernel, stride 1 and dilation 1, got kernel "
-                             f"{(p.r, p.s)}, stride {p.stride}, dilation {p.dilation}")
-        if p.n:
-            winograd.chunk_images(p, x.dtype.itemsize)
-    return contiguous(xb), unbatched, p
+SMALL_FLOPS = 2**22  # below this a conv is a few microseconds of work: one direct kernel beats five launches
 
 
-NONFINITE_SAFE = ("naive", "im2col", "im2col_packed")
+def _cuda_rule(p: Conv2dShape, itemsize: int) -> str:
+    """``auto`` on the GPU: im2col + tiled GEMM whenever one image's workspace fits the limit (the
+    GEMM reuses every input through shared memory), except for tiny problems, where direct's single
+    launch wins."""
+    return "im2col" if CONV2D["cuda", "im2col"].fits(p, itemsize) and p.flops >= SMALL_FLOPS else "direct"
+
+
+CONV2D.rules.update(cpu=choose_conv2d_algorithm, cuda=_cuda_rule)
+
+
+# ---- the dispatcher ----------------------------------------------------------------------------------
+
+def _safe_algorithm(p: Conv2dShape, itemsize: int) -> str | None:
+    """The first timed CPU algorithm that is nonfinite_safe and runs p within the workspace limit."""
+    for a in CONV2D.records("cpu"):
+        if a.nonfinite_safe and not a.reference and a.timed(p) and a.runs(p, itemsize):
+            return a.name
+    return None
 
 
 def _nonfinite(*arrays: np.ndarray) -> bool:
@@ -199,52 +266,67 @@ def _nonfinite(*arrays: np.ndarray) -> bool:
 
 
 def _safe_forward_algorithm(algo: str, p: Conv2dShape, x: np.ndarray, w: np.ndarray) -> str:
-    """`algo`, or im2col_packed (direct when its workspace does not fit) where x or w hold NaN or Inf and
-    `algo` is not NONFINITE_SAFE, or where Winograd's transforms could overflow (``winograd.within_range``).
-    One compiled pass over each input gives both its largest magnitude and whether it is finite."""
-    if algo in NONFINITE_SAFE:
+    """`algo`, or a nonfinite_safe algorithm (direct when none fits the workspace limit) where x or w hold
+    NaN or Inf and `algo` is not nonfinite_safe, or where `algo`'s transforms could overflow (its record's
+    ``within_range``). One compiled pass over each input gives both its largest magnitude and whether it is
+    finite."""
+    record = CONV2D["cpu", algo]
+    if record.nonfinite_safe and record.within_range is None:
         return algo
     x_max, w_max = elementwise.abs_max(x.reshape(-1)), elementwise.abs_max(w.reshape(-1))
     finite = np.isfinite(x_max) and np.isfinite(w_max)
-    if finite and (algo != "winograd" or winograd.within_range(x_max, w_max, p, x.dtype)):
+    in_range = record.within_range is None or record.within_range(x_max, w_max, p, x.dtype)
+    if (finite or record.nonfinite_safe) and in_range:
         return algo
-    return "im2col_packed" if _im2col_fits(p, x.dtype.itemsize) else ("direct" if finite else algo)
+    return _safe_algorithm(p, x.dtype.itemsize) or ("direct" if finite else algo)
 
 
 def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, run: Callable[[str], tuple]) -> tuple:
-    """run(algo), or run('im2col_packed') (when it fits the workspace limit) where the results of direct,
-    direct_simd or winograd hold NaN or Inf, so that NaN and Inf come out where PyTorch puts them: those
-    kernels multiply zero weights or zero-widened lanes by the operands (inf * 0 = NaN where PyTorch
-    gives Inf or a number). Used by backward, whose inputs are the larger: finite inputs give finite
-    results, so one pass over the results decides (the forward checks its inputs instead:
+    """run(algo), or run() of a nonfinite_safe algorithm (when one fits the workspace limit) where the results
+    of an unsafe one hold NaN or Inf, so that NaN and Inf come out where PyTorch puts them: direct,
+    direct_simd and winograd multiply zero weights or zero-widened lanes by the operands (inf * 0 = NaN
+    where PyTorch gives Inf or a number). Used by backward, whose inputs are the larger: finite inputs give
+    finite results, so one pass over the results decides (the forward checks its inputs instead:
     ``_safe_forward_algorithm``)."""
     out = run(algo)
-    redo = algo not in NONFINITE_SAFE and _im2col_fits(p, itemsize)
-    return run("im2col_packed") if redo and _nonfinite(*out) else out
+    if CONV2D["cpu", algo].nonfinite_safe:
+        return out
+    safe = _safe_algorithm(p, itemsize)
+    return run(safe) if safe is not None and _nonfinite(*out) else out
 
 
 def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
-    """What ``auto`` times: every compiled algorithm that handles the shape within the workspace limit.
-    BLAS-backed im2col is left out: its thread pool keeps spinning after each call and slows the
-    kernels that follow (timing it alone would flatter it)."""
-    names = ["direct", "direct_simd"]
-    if _im2col_fits(p, itemsize):
-        names.append("im2col_packed")
-    if (winograd.winograd_applies(p) and p.c // p.groups >= winograd.GROUPED_GEMM_MIN
-            and winograd.workspace_bytes_per_image(p, itemsize) <= workspace_limit()):
-        names.append("winograd")  # (with fewer channels per group its products are plain loops: measured slow)
-    return names
+    """What ``auto`` times on the CPU (``Registry.candidates``)."""
+    return CONV2D.candidates(p, itemsize, "cpu")
 
 
-def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, run: Callable[[str], object]) -> str:
-    """The algorithm ``algo="auto"`` runs for this problem: measured once per process (``fastconv.autotune``),
-    with ``choose_conv2d_algorithm`` as the rule for small problems or when timing is off."""
+def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, device: str, run: Callable[[str], object]) -> str:
+    """The algorithm ``algo="auto"`` runs for this problem: on the CPU measured once per process
+    (``fastconv.autotune``) among the candidates, with the CPU rule for small problems or when timing is
+    off; on the GPU the GPU rule."""
+    if device != "cpu":
+        return CONV2D.rule(p, dtype.itemsize, device)
     names = _candidates(p, dtype.itemsize)
     key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
            f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}.{'|'.join(names)}")  # new candidates: re-time
     flops = p.flops * (2 if pass_ == "backward" else 1)
-    return autotune.choose(key, flops, choose_conv2d_algorithm(p, dtype.itemsize),
+    return autotune.choose(key, flops, CONV2D.rule(p, dtype.itemsize, "cpu"),
                            {name: (lambda name=name: run(name)) for name in names})
+
+
+def _prepare(x, weight, stride, padding, dilation, groups, algo: str):
+    """Validate the arguments shared by forward and backward: (device, batched x, weight, unbatched, p)."""
+    device = device_of(x)
+    CONV2D.check(algo, device)
+    if device == "cuda":
+        x, weight = as_device("x", x), as_device("weight", weight)
+    xb, unbatched = batched("x", x)
+    p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
+    if algo != "auto":
+        CONV2D.require(algo, device, p, xb.dtype.itemsize if p.n else None)
+    if device == "cpu":
+        xb = contiguous(xb)
+    return device, xb, weight, unbatched, p
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
@@ -260,21 +342,23 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     of ``fastconv.algorithms('conv2d')``. On device arrays (``fastconv.device``) it runs on the GPU,
     with ``fastconv.algorithms('conv2d', device='cuda')``, and returns a device array.
     """
-    if is_device_array(x):
-        return cuda.conv2d(x, weight, bias, stride, padding, dilation, groups, algo=algo)
-    xb, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     if bias is not None:
-        check_array("bias", bias, (1,), xb.dtype)
+        bias = as_device("bias", bias) if device == "cuda" else bias
+        check_array("bias", bias, (1,), xb.dtype, device=device == "cuda")
         if bias.shape != (p.k,):
             raise ValueError(f"bias must have shape ({p.k},), got {bias.shape}")
-        bias = contiguous(bias)
+        bias = contiguous(bias) if device == "cpu" else bias
     if p.n == 0:
-        return np.zeros(p.y_shape[1:] if unbatched else p.y_shape, xb.dtype)
-    w = contiguous(weight)
-    if algo == "auto":
-        algo = _auto("forward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][0](xb, w, bias, p))
-    y = CONV2D_ALGORITHMS[_safe_forward_algorithm(algo, p, xb, w)][0](xb, w, bias, p)
-    return y[0] if unbatched else y
+        y = zeros(p.y_shape, xb.dtype, device)
+    else:
+        w = contiguous(weight) if device == "cpu" else weight
+        if algo == "auto":
+            algo = _auto("forward", p, xb.dtype, device, lambda name: CONV2D[device, name].forward(xb, w, bias, p))
+        if device == "cpu":
+            algo = _safe_forward_algorithm(algo, p, xb, w)
+        y = CONV2D[device, algo].forward(xb, w, bias, p)
+    return y.reshape(p.y_shape[1:]) if unbatched else y
 
 
 def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, stride=1, padding=0,
@@ -286,17 +370,25 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     grad_x like x, grad_weight like weight, grad_bias (K,) = grad_y summed over N, OH, OW.
     Arguments and algorithms as in ``conv2d`` (device arrays in, device arrays out).
     """
-    if is_device_array(x):
-        return cuda.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, algo=algo)
-    xb, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
-    gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype)
-    gy = contiguous(gy[None] if unbatched else gy)
+    device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    gy = as_device("grad_y", grad_y) if device == "cuda" else grad_y
+    gy = check_grad("grad_y", gy, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype, device=device == "cuda")
+    gy = contiguous(gy.reshape(p.y_shape)) if device == "cpu" else gy.reshape(p.y_shape)
     if p.n == 0:
-        gx, gw = np.zeros(p.x_shape, xb.dtype), np.zeros(weight.shape, xb.dtype)
+        gx, gw = zeros(p.x_shape, xb.dtype, device), zeros(weight.shape, xb.dtype, device)
     else:
-        w = contiguous(weight)
+        w = contiguous(weight) if device == "cpu" else weight
+        run = lambda name: CONV2D[device, name].backward(gy, xb, w, p)  # noqa: E731
         if algo == "auto":
-            algo = _auto("backward", p, xb.dtype, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
-        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, lambda name: CONV2D_ALGORITHMS[name][1](gy, xb, w, p))
-    gb = gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(xb.dtype)
-    return (gx[0] if unbatched else gx), gw, gb
+            algo = _auto("backward", p, xb.dtype, device, run)
+        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, run) if device == "cpu" else run(algo)
+    gb = _channel_sum(gy, device)
+    return (gx.reshape(p.x_shape[1:]) if unbatched else gx), gw, gb
+
+
+def _channel_sum(gy, device: str):
+    """grad_bias (K,): grad_y (N, K, OH, OW) summed over N, OH, OW (in float64 on the CPU)."""
+    if device == "cpu":
+        return gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
+    from .cuda import channel_sum
+    return channel_sum(gy)

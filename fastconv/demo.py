@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from . import runtime
-from .conv import CONV2D_ALGORITHMS, conv2d
+from ._checks import conv2d_shape
+from .conv import CONV2D, conv2d
 
 # (name, x shape (N, C, H, W), K, kernel, padding)
 LAYERS = [
@@ -58,12 +59,14 @@ def run(repeat: int = 5) -> None:
         reference = conv2d(x[:1], w, padding=pad, algo="naive")
         n, _, h, wd = shape
         flops = 2 * n * k * (h + 2 * pad - r + 1) * (wd + 2 * pad - r + 1) * shape[1] * r * r
-        for algo in CONV2D_ALGORITHMS:
-            if algo == "naive":
-                seconds = median_seconds(lambda: conv2d(x[:1], w, padding=pad, algo="naive"), 1) * n
-                first, err, label = 0.0, 0.0, "naive*"
-            elif algo == "winograd" and r != 3:
-                print(f"{name:<15}{algo:<15}{'(3x3 kernels only)':>30}")
+        p = conv2d_shape(x, w, 1, pad, 1, 1)
+        for record in CONV2D.records("cpu"):
+            algo = record.name
+            if record.reference:
+                seconds = median_seconds(lambda: conv2d(x[:1], w, padding=pad, algo=algo), 1) * n
+                first, err, label = 0.0, 0.0, f"{algo}*"
+            elif record.unsupported(p) is not None:
+                print(f"{name:<15}{algo:<15}  ({record.unsupported(p)})")
                 continue
             else:
                 t0 = time.perf_counter()
@@ -71,7 +74,7 @@ def run(repeat: int = 5) -> None:
                 first = time.perf_counter() - t0
                 seconds = median_seconds(lambda: conv2d(x, w, padding=pad, algo=algo), repeat)
                 err, label = float(np.abs(y[:1] - reference).max()), algo
-            first_text = "-" if algo == "naive" else f"{first:.3f}"
+            first_text = "-" if record.reference else f"{first:.3f}"
             print(f"{name:<15}{label:<15}{first_text:>13}{seconds * 1e3:>11.2f}{flops / seconds / 1e9:>9.3g}"
                   f"{err:>11.2e}")
         seconds = _torch_seconds(shape, k, r, pad, repeat)

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, native
+from ._checks import FLOAT_DTYPES, is_device_array, native
 
 DEVICES = ("cpu", "cuda")
 
@@ -69,12 +69,9 @@ def simulated() -> bool:
     return cuda_available() and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
-def is_device_array(a: object) -> bool:
-    """Whether `a` is a GPU array (anything with __cuda_array_interface__, or a simulator array)."""
-    if isinstance(a, np.ndarray) or a is None:
-        return False
-    return hasattr(a, "__cuda_array_interface__") or (
-        "numba.cuda" in sys.modules and bool(getattr(a, "__cuda_ndarray__", False)))
+def device_of(a: object) -> str:
+    """'cuda' for a GPU array (``is_device_array``), else 'cpu': where an op taking `a` runs."""
+    return "cuda" if is_device_array(a) else "cpu"
 
 
 def as_device(name: str, a: object, kinds: str = "f") -> object:
@@ -129,6 +126,17 @@ def empty(shape: tuple[int, ...], dtype: np.dtype) -> object:
             raise ValueError(f"a device array of shape {tuple(shape)} would need {nbytes / 2**30:.2f} GiB, "
                              f"more than the GPU's {free / 2**30:.2f} GiB free (of {total / 2**30:.1f} GiB)")
     return cuda.device_array(shape, np.dtype(dtype))
+
+
+def zeros(shape: tuple[int, ...], dtype: np.dtype, device: str) -> object:
+    """A zero-filled array on `device` ('cpu': NumPy, 'cuda': a device array)."""
+    if device == "cpu":
+        return np.zeros(shape, dtype)
+    a = empty(shape, dtype)
+    if a.size:
+        from .kernels import cuda_elementwise
+        cuda_elementwise.fill(a.reshape(a.size), 0)
+    return a
 
 
 def synchronize() -> None:

@@ -1,8 +1,8 @@
-"""Direct conv2d forward with explicit SIMD vectors (``fastconv.kernels.direct_simd``).
+"""Direct conv2d with explicit SIMD vectors (``fastconv.kernels.conv_direct_simd``), forward and backward.
 
-``forward(x, weight, bias, p) -> y`` has the signature of conv.py's algorithms: x (N, C, H, W)
-batched, C-contiguous, validated; weight (K, C/groups, R, S) C-contiguous; bias (K,) or None;
-p the ``Conv2dShape``. It runs every valid shape (any stride, dilation, padding, groups and
+``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)`` have
+the signatures of conv2d's algorithms (``fastconv.conv``): x (N, C, H, W) batched, C-contiguous, validated;
+weight (K, C/groups, R, S) C-contiguous; bias (K,) or None; p the ``Conv2dShape``. It runs every valid shape (any stride, dilation, padding, groups and
 kernel size), float32 and float64. It is fast when K/groups is large (blocks of MR = 6 output channels; a last partial block computes zero
 channels) and C/groups*R*S is not tiny; depthwise layers waste 5/6 of the work.
 
@@ -19,19 +19,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import direct
 from ._checks import Conv2dShape
 from .config import scratch
-from .kernels import direct_simd as kernels
+from .kernels import conv_direct_simd
 
 BATCH_PREFERENCE = 0.85     # the batch kernel runs when its lane use * this beats the row kernel's
 
 
-def pack_weights(weight: np.ndarray, groups: int) -> np.ndarray:
+def packed_weights(weight: np.ndarray, groups: int) -> np.ndarray:
     """(K, Cg, R, S) -> flat (groups*KBg, T, MR): wp[(kb*T + t)*MR + m] (see the kernel doc)."""
     k, cg, r, s = weight.shape
-    kbg = -(-(k // groups) // kernels.MR)
-    wp = np.empty(groups * kbg * cg * r * s * kernels.MR, weight.dtype)
-    kernels.pack_weights(weight, groups, wp)
+    kbg = -(-(k // groups) // conv_direct_simd.MR)
+    wp = np.empty(groups * kbg * cg * r * s * conv_direct_simd.MR, weight.dtype)
+    conv_direct_simd.pack_channel_blocks(weight, groups, wp)
     return wp
 
 
@@ -52,20 +53,20 @@ def forward_batch(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p:
     top, bottom, left, right = p.padding
     hp, wp = p.h + top + bottom, p.w + left + right
     dtype = x.dtype
-    nb = kernels.NV * kernels.lanes_for(dtype.itemsize)
+    nb = conv_direct_simd.NV * conv_direct_simd.lanes_for(dtype.itemsize)
     blocks = -(-p.n // nb)
     xi = scratch("direct_simd.input", blocks * p.c * hp * wp * nb, dtype)
-    kernels.interleave_batch(x, xi, top, left, hp, wp, nb)
-    wpk = pack_weights(weight, p.groups)
+    conv_direct_simd.interleave_batch(x, xi, top, left, hp, wp, nb)
+    wpk = packed_weights(weight, p.groups)
     (dh, dw) = p.dilation
     cg = p.c // p.groups
     offs = ((np.arange(cg)[:, None, None] * (hp * wp) + np.arange(p.r)[None, :, None] * (dh * wp)
              + np.arange(p.s)[None, None, :] * dw) * nb).reshape(-1).astype(np.int64)
     b = bias if bias is not None else np.zeros(p.k, dtype)
-    block_taps = max(1, kernels.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
+    block_taps = max(1, conv_direct_simd.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
     y = np.empty(p.y_shape, dtype)
-    kernels.conv2d_forward_batch(xi, wpk, offs, b, y, p.c, hp, wp, *p.stride, p.groups,
-                                 kernels.SEGMENT_POSITIONS, block_taps)
+    conv_direct_simd.forward_interleaved(xi, wpk, offs, b, y, p.c, hp, wp, *p.stride, p.groups,
+                                         conv_direct_simd.SEGMENT_POSITIONS, block_taps)
     return y
 
 
@@ -77,25 +78,25 @@ def forward_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: 
     hq, wq = -(-hp // sh), -(-wp // sw)
     dtype = x.dtype
     body = p.n * p.c * sh * sw * hq * wq
-    xq = scratch("direct_simd.input", body + kernels.tail_elements(wq, dtype.itemsize), dtype)
+    xq = scratch("direct_simd.input", body + conv_direct_simd.tail_elements(wq, dtype.itemsize), dtype)
     if (sh, sw) == (1, 1) and not any(p.padding):
         xq[:body] = x.reshape(-1)                  # nothing to pad or split: one copy
     else:
-        kernels.phase_split(x, xq, top, left, sh, sw, hq, wq)
+        conv_direct_simd.phase_split(x, xq, top, left, sh, sw, hq, wq)
     xq[body:] = 0
-    wpk = pack_weights(weight, p.groups)
+    wpk = packed_weights(weight, p.groups)
     offs = tap_offsets(p, hq, wq)
     b = bias if bias is not None else np.zeros(p.k, dtype)
     seg_rows = _segment_rows(p.oh, wq)
     y = np.empty(p.y_shape, dtype)
-    block_taps = max(1, kernels.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
-    kernels.conv2d_forward(xq, wpk, offs, b, y, p.c, sh * sw, hq, wq, p.groups, seg_rows, block_taps)
+    block_taps = max(1, conv_direct_simd.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
+    conv_direct_simd.forward_phases(xq, wpk, offs, b, y, p.c, sh * sw, hq, wq, p.groups, seg_rows, block_taps)
     return y
 
 
 def _segment_rows(oh: int, wq: int) -> int:
     """Output rows per work item of the row kernel: about SEGMENT positions, equal segments."""
-    rows = max(1, min(oh, -(-kernels.SEGMENT // wq)))
+    rows = max(1, min(oh, -(-conv_direct_simd.SEGMENT // wq)))
     segments = -(-oh // rows)
     return -(-oh // segments)
 
@@ -104,7 +105,7 @@ def rows_efficiency(p: Conv2dShape, itemsize: int) -> float:
     """Fraction of the row kernel's computed positions that are real outputs."""
     sw = p.stride[1]
     wq = -(-(p.w + p.padding[2] + p.padding[3]) // sw)
-    vw = kernels.NV * kernels.lanes_for(itemsize)
+    vw = conv_direct_simd.NV * conv_direct_simd.lanes_for(itemsize)
     seg_rows = _segment_rows(p.oh, wq)
     computed = 0
     for oh0 in range(0, p.oh, seg_rows):
@@ -115,7 +116,7 @@ def rows_efficiency(p: Conv2dShape, itemsize: int) -> float:
 
 def batch_efficiency(p: Conv2dShape, itemsize: int) -> float:
     """Fraction of the batch kernel's vector lanes that hold real images."""
-    nb = kernels.NV * kernels.lanes_for(itemsize)
+    nb = conv_direct_simd.NV * conv_direct_simd.lanes_for(itemsize)
     return p.n / (-(-p.n // nb) * nb)
 
 
@@ -132,3 +133,19 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
     if choose_kernel(p, x.dtype.itemsize) == "batch":
         return forward_batch(x, weight, bias, p)
     return forward_rows(x, weight, bias, p)
+
+
+def backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
+    """grad_x as this forward of grad_y with the weights flipped and transposed per group (the full
+    correlation), for stride 1 when no padding exceeds the kernel's reach (else direct's); grad_weight by
+    direct."""
+    reach_h, reach_w = p.dilation[0] * (p.r - 1), p.dilation[1] * (p.s - 1)
+    top, bottom, left, right = p.padding
+    pads = (reach_h - top, reach_h - bottom, reach_w - left, reach_w - right)
+    if p.stride != (1, 1) or min(pads) < 0:
+        return direct.backward(grad_y, x, weight, p)
+    kg, cg = p.k // p.groups, p.c // p.groups
+    flipped = weight.reshape(p.groups, kg, cg, p.r, p.s)[:, :, :, ::-1, ::-1]
+    wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(p.c, kg, p.r, p.s)
+    q = Conv2dShape(p.n, p.k, p.oh, p.ow, p.c, p.r, p.s, p.groups, (1, 1), p.dilation, pads, p.h, p.w)
+    return forward(grad_y, wt, None, q), direct.backward_weight(grad_y, x, weight, p)

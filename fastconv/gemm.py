@@ -1,14 +1,19 @@
-"""Matrix product c = a @ b with a choice of kernel."""
+"""Matrix product c = a @ b on every device: the records of ``GEMM`` have ``forward(a, b) -> c`` for
+validated 2-D operands of one dtype on the record's device, a (M, K), b (K, N), c (M, N) new; ``backward``
+is None (the products of a backward pass are GEMMs themselves: ``fastconv.nn.Linear``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
 
-from . import cuda, naive
-from ._checks import check_algo, check_array, check_fits, contiguous, native
-from .device import is_device_array
-from .kernels import gemm as gemm_kernels
+from . import naive
+from ._checks import check_array, check_fits, contiguous, native
+from .algorithm import Algorithm, Registry
+from .device import as_device, device_of, empty
+from .kernels import matmul
+
+GEMM = Registry("gemm", __doc__)
 
 
 def _operand(a: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -19,7 +24,7 @@ def _operand(a: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def _compiled(kernel) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """(a, b) -> a @ b through a kernel ``kernel(a, b, c, trans_a, trans_b)`` of kernels/gemm.py."""
+    """(a, b) -> a @ b through a kernel ``kernel(a, b, c, trans_a, trans_b)`` of kernels/matmul.py."""
     def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a_kernel, trans_a = _operand(a)
         b_kernel, trans_b = _operand(b)
@@ -29,11 +34,19 @@ def _compiled(kernel) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return run
 
 
-GEMM_ALGORITHMS = {
-    "naive": lambda a, b: naive.gemm(contiguous(a), contiguous(b)),
-    "blas": _compiled(gemm_kernels.gemm_blas),
-    "packed": _compiled(gemm_kernels.gemm_packed),
-}
+def _tiled_cuda(a, b):
+    """The shared-memory tiled GEMM of ``fastconv.kernels.cuda_matmul`` on C-contiguous device operands."""
+    from .kernels import cuda_matmul  # numba.cuda is imported only when a GPU is used
+    c = empty((a.shape[0], b.shape[1]), a.dtype)
+    cuda_matmul.gemm(a, b, c, False, False)
+    return c
+
+
+GEMM.add(Algorithm("naive", "cpu", lambda a, b: naive.gemm(contiguous(a), contiguous(b)), None, reference=True))
+GEMM.add(Algorithm("blas", "cpu", _compiled(matmul.gemm_blas), None))
+GEMM.add(Algorithm("packed", "cpu", _compiled(matmul.gemm_packed), None))
+GEMM.add(Algorithm("tiled", "cuda", _tiled_cuda, None))
+GEMM.rules.update(cpu=lambda shape, itemsize: "blas", cuda=lambda shape, itemsize: "tiled")
 
 
 def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
@@ -44,14 +57,17 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     Transposed views (Fortran-ordered operands) are read in place, without a copy.
     On device arrays: 'auto' or 'tiled' (shared-memory tiled GEMM on the GPU), C-contiguous operands.
     """
-    if is_device_array(a):
-        return cuda.gemm(a, b, algo=algo)
-    check_algo("gemm", algo, list(GEMM_ALGORITHMS))
-    check_array("a", a, (2,))
-    check_array("b", b, (2,), a.dtype)
+    device = device_of(a)
+    GEMM.check(algo, device)
+    if device == "cuda":
+        a, b = as_device("a", a), as_device("b", b)
+    check_array("a", a, (2,), device=device == "cuda")
+    check_array("b", b, (2,), a.dtype, device=device == "cuda")
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions must agree: a is {a.shape}, b is {b.shape}")
     check_fits("gemm output", (a.shape[0], b.shape[1]), a.dtype)
-    if min(a.shape + b.shape) == 0:
+    shape = (a.shape[0], a.shape[1], b.shape[1])
+    if device == "cpu" and min(shape) == 0:
         return np.zeros((a.shape[0], b.shape[1]), native(a.dtype))
-    return GEMM_ALGORITHMS["blas" if algo == "auto" else algo](a, b)
+    name = GEMM.rule(shape, a.dtype.itemsize, device) if algo == "auto" else algo
+    return GEMM[device, name].forward(a, b)

@@ -115,9 +115,11 @@ def max_pool2d(x: np.ndarray, p: Pool2dShape) -> tuple[np.ndarray, np.ndarray]:
             np.array(idx, dtype=np.int64).reshape(p.y_shape))
 
 
-def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape) -> np.ndarray:
-    """grad_x (N, C, H, W): each grad_y element goes to the position its max came from."""
-    _, idx = max_pool2d(x, p)
+def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape,
+                        indices: np.ndarray | None = None) -> np.ndarray:
+    """grad_x (N, C, H, W): each grad_y element goes to the position its max came from (`indices`, or
+    found again from x when None)."""
+    idx = max_pool2d(x, p)[1] if indices is None else indices
     gyl, il = grad_y.tolist(), idx.tolist()
     gx = _zeros(p.n, p.c, p.h * p.w)
     for n in range(p.n):

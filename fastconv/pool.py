@@ -1,8 +1,13 @@
-"""Max and average pooling, forward and backward, with the semantics of torch.nn.functional.
+"""Max and average pooling, forward and backward, with the semantics of torch.nn.functional, on every
+device. The shape rule is ``Pool2dShape`` (``_checks``); the algorithms are the records of ``MAX_POOL2D``
+and ``AVG_POOL2D``; the public functions validate once and run the record of the array's device.
 
-Every algorithm is a (forward, backward) pair over batched, C-contiguous, validated arrays
-and the ``Pool2dShape`` ``p``; ``naive`` is the plain-Python reference, ``direct`` the
-compiled window loop.
+``MAX_POOL2D`` records: ``forward(x, p) -> (y, indices)`` and ``backward(grad_y, x, p, indices) -> grad_x``
+(indices None: found again from x). ``AVG_POOL2D`` records: ``forward(x, p, count_include_pad,
+divisor_override) -> y`` and ``backward(grad_y, x, p, count_include_pad, divisor_override) -> grad_x``.
+x, grad_x (N, C, H, W); y, grad_y, indices (N, C, OH, OW), indices int64 h*W + w within each plane;
+batched, C-contiguous, validated, on the record's device; p the ``Pool2dShape``; divisor_override
+None or a non-zero int. ``naive`` is the plain-Python reference, ``direct`` the compiled window loop.
 """
 from __future__ import annotations
 
@@ -10,63 +15,112 @@ from numbers import Integral
 
 import numpy as np
 
-from . import cuda, naive
-from ._checks import MAX_SIZE_ARG, Pool2dShape, batched, check_algo, check_grad, contiguous, pool2d_shape
-from .device import is_device_array
-from .kernels import pool as pool_kernels
+from . import naive
+from ._checks import MAX_SIZE_ARG, Pool2dShape, batched, check_grad, contiguous, pool2d_shape
+from .algorithm import Algorithm, Registry
+from .device import as_device, device_of, empty, zeros
+from .kernels import pooling
+
+MAX_POOL2D = Registry("max_pool2d", __doc__)
+AVG_POOL2D = Registry("avg_pool2d", __doc__)
 
 
 def _max_forward_direct(x: np.ndarray, p: Pool2dShape) -> tuple[np.ndarray, np.ndarray]:
     y = np.empty(p.y_shape, x.dtype)
     idx = np.empty(p.y_shape, np.int64)
-    pool_kernels.max_pool2d_forward(x, y, idx, *p.kernel, *p.stride, *p.padding, *p.dilation)
+    pooling.max_pool2d_forward(x, y, idx, *p.kernel, *p.stride, *p.padding, *p.dilation)
     return y, idx
 
 
-def _max_backward_direct(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape) -> np.ndarray:
-    _, idx = _max_forward_direct(x, p)
+def _max_backward_direct(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape, indices: np.ndarray | None) -> np.ndarray:
+    idx = _max_forward_direct(x, p)[1] if indices is None else indices
     gx = np.empty(x.shape, x.dtype)
-    pool_kernels.max_pool2d_backward(grad_y, idx, gx)
+    pooling.max_pool2d_backward(grad_y, idx, gx)
     return gx
 
 
 def _avg_forward_direct(x: np.ndarray, p: Pool2dShape, count_include_pad: bool,
                         divisor_override: int | None) -> np.ndarray:
     y = np.empty(p.y_shape, x.dtype)
-    pool_kernels.avg_pool2d_forward(x, y, *p.kernel, *p.stride, *p.padding, count_include_pad,
-                                    divisor_override or 0)
+    pooling.avg_pool2d_forward(x, y, *p.kernel, *p.stride, *p.padding, count_include_pad, divisor_override or 0)
     return y
 
 
 def _avg_backward_direct(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape, count_include_pad: bool,
                          divisor_override: int | None) -> np.ndarray:
     gx = np.empty(x.shape, x.dtype)
-    pool_kernels.avg_pool2d_backward(grad_y, gx, *p.kernel, *p.stride, *p.padding, count_include_pad,
-                                     divisor_override or 0)
+    pooling.avg_pool2d_backward(grad_y, gx, *p.kernel, *p.stride, *p.padding, count_include_pad,
+                                divisor_override or 0)
     return gx
 
 
-MAX_POOL2D_ALGORITHMS = {
-    "naive": (naive.max_pool2d, naive.max_pool2d_backward),
-    "direct": (_max_forward_direct, _max_backward_direct),
-}
-AVG_POOL2D_ALGORITHMS = {
-    "naive": (naive.avg_pool2d, naive.avg_pool2d_backward),
-    "direct": (_avg_forward_direct, _avg_backward_direct),
-}
+def _cuda_pooling():
+    from .kernels import cuda_pooling  # numba.cuda is imported only when a GPU is used
+    return cuda_pooling
 
 
-def _prepare(op: str, algorithms: dict, x: np.ndarray, kernel_size, stride, padding, dilation,
-             ceil_mode, algo: str) -> tuple[np.ndarray, bool, Pool2dShape, str]:
-    check_algo(op, algo, list(algorithms))
+def _max_forward_cuda(x, p: Pool2dShape):
+    y, idx = empty(p.y_shape, x.dtype), empty(p.y_shape, np.int64)
+    _cuda_pooling().max_pool2d_forward(x, y, idx, *p.kernel, *p.stride, *p.padding, *p.dilation)
+    return y, idx
+
+
+def _max_backward_cuda(grad_y, x, p: Pool2dShape, indices):
+    idx = _max_forward_cuda(x, p)[1] if indices is None else indices
+    gx = empty(x.shape, x.dtype)
+    _cuda_pooling().max_pool2d_backward(grad_y, idx, gx)
+    return gx
+
+
+def _avg_forward_cuda(x, p: Pool2dShape, count_include_pad: bool, divisor_override: int | None):
+    y = empty(p.y_shape, x.dtype)
+    _cuda_pooling().avg_pool2d_forward(x, y, *p.kernel, *p.stride, *p.padding, count_include_pad,
+                                       divisor_override or 0)
+    return y
+
+
+def _avg_backward_cuda(grad_y, x, p: Pool2dShape, count_include_pad: bool, divisor_override: int | None):
+    gx = empty(x.shape, x.dtype)
+    _cuda_pooling().avg_pool2d_backward(grad_y, gx, *p.kernel, *p.stride, *p.padding, count_include_pad,
+                                        divisor_override or 0)
+    return gx
+
+
+def _direct(p: Pool2dShape, itemsize: int) -> str:
+    return "direct"
+
+
+MAX_POOL2D.add(Algorithm("naive", "cpu", naive.max_pool2d, naive.max_pool2d_backward, reference=True))
+MAX_POOL2D.add(Algorithm("direct", "cpu", _max_forward_direct, _max_backward_direct))
+MAX_POOL2D.add(Algorithm("direct", "cuda", _max_forward_cuda, _max_backward_cuda))
+AVG_POOL2D.add(Algorithm("naive", "cpu", naive.avg_pool2d, naive.avg_pool2d_backward, reference=True))
+AVG_POOL2D.add(Algorithm("direct", "cpu", _avg_forward_direct, _avg_backward_direct))
+AVG_POOL2D.add(Algorithm("direct", "cuda", _avg_forward_cuda, _avg_backward_cuda))
+for _registry in (MAX_POOL2D, AVG_POOL2D):
+    _registry.rules.update(cpu=_direct, cuda=_direct)
+
+
+def _prepare(registry: Registry, x, kernel_size, stride, padding, dilation, ceil_mode, algo: str):
+    """(device, batched C-contiguous x, unbatched, p, the algorithm's name)."""
+    device = device_of(x)
+    registry.check(algo, device)
+    if device == "cuda":
+        x = as_device("x", x)
     xb, unbatched = batched("x", x)
     p = pool2d_shape(xb, kernel_size, stride, padding, dilation, ceil_mode)
-    return contiguous(xb), unbatched, p, ("direct" if algo == "auto" else algo)
+    if device == "cpu":
+        xb = contiguous(xb)
+    return device, xb, unbatched, p, (registry.rule(p, xb.dtype.itemsize, device) if algo == "auto" else algo)
 
 
-def _grad(grad_y: np.ndarray, p: Pool2dShape, unbatched: bool, dtype: np.dtype) -> np.ndarray:
-    gy = check_grad("grad_y", grad_y, p.y_shape[1:] if unbatched else p.y_shape, dtype)
-    return contiguous(gy[None] if unbatched else gy)
+def _grad(grad_y, p: Pool2dShape, unbatched: bool, dtype: np.dtype, device: str):
+    gy = as_device("grad_y", grad_y) if device == "cuda" else grad_y
+    gy = check_grad("grad_y", gy, p.y_shape[1:] if unbatched else p.y_shape, dtype, device=device == "cuda")
+    return contiguous(gy.reshape(p.y_shape)) if device == "cpu" else gy.reshape(p.y_shape)
+
+
+def _unbatch(a, p: Pool2dShape, unbatched: bool):
+    return a.reshape(a.shape[1:]) if unbatched else a
 
 
 def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -80,16 +134,13 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
     and with ``return_indices`` also int64 indices h*W + w into each input plane.
     NaN propagates: a window holding NaN yields NaN. Device arrays run on the GPU.
     """
-    if is_device_array(x):
-        return cuda.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, algo=algo)
-    xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
-                                      padding, dilation, ceil_mode, algo)
+    device, xb, unbatched, p, algo = _prepare(MAX_POOL2D, x, kernel_size, stride, padding, dilation, ceil_mode,
+                                              algo)
     if p.n == 0:
-        y, idx = np.zeros(p.y_shape, xb.dtype), np.zeros(p.y_shape, np.int64)
+        y, idx = zeros(p.y_shape, xb.dtype, device), zeros(p.y_shape, np.int64, device)
     else:
-        y, idx = MAX_POOL2D_ALGORITHMS[algo][0](xb, p)
-    if unbatched:
-        y, idx = y[0], idx[0]
+        y, idx = MAX_POOL2D[device, algo].forward(xb, p)
+    y, idx = _unbatch(y, p, unbatched), _unbatch(idx, p, unbatched)
     return (y, idx) if return_indices else y
 
 
@@ -99,25 +150,27 @@ def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
     """Gradient of ``max_pool2d`` with respect to x: each grad_y element is added at the input
     position its maximum came from. grad_y is shaped like max_pool2d's output; returns x's shape.
     ``indices``: the ones ``max_pool2d(..., return_indices=True)`` returned for this x, which
-    spares recomputing the maxima (as PyTorch's backward takes them); each must lie in [0, H*W)."""
-    if is_device_array(x):
-        return cuda.max_pool2d_backward(grad_y, x, kernel_size, stride, padding, dilation, ceil_mode,
-                                        indices=indices, algo=algo)
-    xb, unbatched, p, algo = _prepare("max_pool2d", MAX_POOL2D_ALGORITHMS, x, kernel_size, stride,
-                                      padding, dilation, ceil_mode, algo)
-    gy = _grad(grad_y, p, unbatched, xb.dtype)
+    spares recomputing the maxima (as PyTorch's backward takes them); each must lie in [0, H*W) (on the
+    GPU they are trusted to)."""
+    device, xb, unbatched, p, algo = _prepare(MAX_POOL2D, x, kernel_size, stride, padding, dilation, ceil_mode,
+                                              algo)
+    gy = _grad(grad_y, p, unbatched, xb.dtype, device)
     if p.n == 0:
-        gx = np.zeros(xb.shape, xb.dtype)
-    elif indices is not None:
-        gx = _scatter(gy, _indices(indices, p, unbatched), p, algo)
+        gx = zeros(xb.shape, xb.dtype, device)
     else:
-        gx = MAX_POOL2D_ALGORITHMS[algo][1](gy, xb, p)
-    return gx[0] if unbatched else gx
+        idx = None if indices is None else _indices(indices, p, unbatched, device)
+        gx = MAX_POOL2D[device, algo].backward(gy, xb, p, idx)
+    return _unbatch(gx, p, unbatched)
 
 
-def _indices(indices: object, p: Pool2dShape, unbatched: bool) -> np.ndarray:
+def _indices(indices: object, p: Pool2dShape, unbatched: bool, device: str):
     """Validated int64 C-contiguous (N, C, OH, OW) indices into each input plane."""
     shape = p.y_shape[1:] if unbatched else p.y_shape
+    if device == "cuda":
+        idx = as_device("indices", indices, kinds="i")
+        if idx.shape != shape or idx.dtype != np.int64:
+            raise ValueError(f"indices must be an int64 device array of the output's shape, got {idx.dtype} {idx.shape}")
+        return idx.reshape(p.y_shape)
     if not isinstance(indices, np.ndarray) or indices.dtype.kind not in "iu" or indices.shape != shape:
         raise ValueError(f"indices must be an integer array of the output's shape {shape}, got "
                          f"{getattr(indices, 'dtype', type(indices).__name__)} {getattr(indices, 'shape', '')}")
@@ -128,18 +181,7 @@ def _indices(indices: object, p: Pool2dShape, unbatched: bool) -> np.ndarray:
     return idx
 
 
-def _scatter(gy: np.ndarray, idx: np.ndarray, p: Pool2dShape, algo: str) -> np.ndarray:
-    """gx with each gy element added at its index (NumPy's add.at for 'naive', the compiled loop otherwise)."""
-    gx = np.zeros((p.n, p.c, p.h, p.w), gy.dtype)
-    if algo == "naive":
-        planes = np.arange(p.n * p.c)[:, None]
-        np.add.at(gx.reshape(p.n * p.c, -1), (planes, idx.reshape(p.n * p.c, -1)), gy.reshape(p.n * p.c, -1))
-    else:
-        pool_kernels.max_pool2d_backward(gy, idx, gx)
-    return gx
-
-
-def _check_avg_args(count_include_pad: object, divisor_override: object) -> None:
+def _check_avg_args(count_include_pad: object, divisor_override: object) -> tuple[bool, int | None]:
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"count_include_pad must be a bool, got {count_include_pad!r}")
     if divisor_override is not None:
@@ -148,6 +190,7 @@ def _check_avg_args(count_include_pad: object, divisor_override: object) -> None
         if divisor_override == 0 or abs(divisor_override) > MAX_SIZE_ARG:
             raise ValueError(f"divisor_override must be None or a non-zero int of magnitude at most "
                              f"{MAX_SIZE_ARG}, got {divisor_override!r}")
+    return bool(count_include_pad), None if divisor_override is None else int(divisor_override)
 
 
 def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
@@ -160,18 +203,10 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
     (``count_include_pad``) or by the number of input elements in it. Output size as max_pool2d
     with dilation 1. Device arrays run on the GPU.
     """
-    _check_avg_args(count_include_pad, divisor_override)
-    if is_device_array(x):
-        return cuda.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-                               algo=algo)
-    xb, unbatched, p, algo = _prepare("avg_pool2d", AVG_POOL2D_ALGORITHMS, x, kernel_size, stride,
-                                      padding, 1, ceil_mode, algo)
-    if p.n == 0:
-        y = np.zeros(p.y_shape, xb.dtype)
-    else:
-        y = AVG_POOL2D_ALGORITHMS[algo][0](xb, p, bool(count_include_pad),
-                                           None if divisor_override is None else int(divisor_override))
-    return y[0] if unbatched else y
+    divisor = _check_avg_args(count_include_pad, divisor_override)
+    device, xb, unbatched, p, algo = _prepare(AVG_POOL2D, x, kernel_size, stride, padding, 1, ceil_mode, algo)
+    y = zeros(p.y_shape, xb.dtype, device) if p.n == 0 else AVG_POOL2D[device, algo].forward(xb, p, *divisor)
+    return _unbatch(y, p, unbatched)
 
 
 def avg_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,
@@ -179,16 +214,8 @@ def avg_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
                         divisor_override: int | None = None, *, algo: str = "auto") -> np.ndarray:
     """Gradient of ``avg_pool2d`` with respect to x: each grad_y element divided by its window's
     divisor and added to every input position of the window. Returns x's shape."""
-    _check_avg_args(count_include_pad, divisor_override)
-    if is_device_array(x):
-        return cuda.avg_pool2d_backward(grad_y, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                        divisor_override, algo=algo)
-    xb, unbatched, p, algo = _prepare("avg_pool2d", AVG_POOL2D_ALGORITHMS, x, kernel_size, stride,
-                                      padding, 1, ceil_mode, algo)
-    gy = _grad(grad_y, p, unbatched, xb.dtype)
-    if p.n == 0:
-        gx = np.zeros(xb.shape, xb.dtype)
-    else:
-        gx = AVG_POOL2D_ALGORITHMS[algo][1](gy, xb, p, bool(count_include_pad),
-                                            None if divisor_override is None else int(divisor_override))
-    return gx[0] if unbatched else gx
+    divisor = _check_avg_args(count_include_pad, divisor_override)
+    device, xb, unbatched, p, algo = _prepare(AVG_POOL2D, x, kernel_size, stride, padding, 1, ceil_mode, algo)
+    gy = _grad(grad_y, p, unbatched, xb.dtype, device)
+    gx = zeros(xb.shape, xb.dtype, device) if p.n == 0 else AVG_POOL2D[device, algo].backward(gy, xb, p, *divisor)
+    return _unbatch(gx, p, unbatched)

@@ -12,6 +12,7 @@ left out: they compile per device, and only where one is present.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import sys
 import time
 from collections.abc import Callable
@@ -21,13 +22,15 @@ from numba import types
 from numba.core.registry import CPUDispatcher
 from tqdm import tqdm
 
-from . import nn, optim
+from . import kernels as kernel_package, nn, optim
 from ._checks import conv2d_shape, float_dtype
-from .conv import conv2d, conv2d_backward
-from .gemm import gemm
+from .conv import CONV2D, conv2d, conv2d_backward
+from .gemm import GEMM, gemm
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
-KERNEL_MODULES = ("direct", "direct_simd", "elementwise", "gemm", "pool", "winograd")  # fastconv.kernels.*, CPU
+def kernel_modules() -> list[str]:
+    """The CPU kernel modules of fastconv.kernels (every module but the GPU's cuda_*)."""
+    return [m.name for m in pkgutil.iter_modules(kernel_package.__path__) if not m.name.startswith("cuda_")]
 
 
 def _conv(algo: str, x: np.ndarray, w: np.ndarray, padding: int = 0, groups: int = 1,
@@ -76,13 +79,13 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
 
     x, w = normal(2, 3, 6, 6), normal(4, 3, 3, 3)
     out = []
-    for algo in ("direct", "direct_simd", "im2col", "im2col_packed"):  # direct_simd: the row kernel
-        forward, backward = _conv(algo, x, w, padding=1)
-        out += [(f"conv2d {algo} forward", forward), (f"conv2d {algo} backward", backward)]
+    for record in CONV2D.records("cpu"):  # every compiled algorithm, forward and backward (direct_simd: the row kernel)
+        if not record.reference:
+            forward, backward = _conv(record.name, x, w, padding=1)
+            out += [(f"conv2d {record.name} forward", forward), (f"conv2d {record.name} backward", backward)]
     # direct_simd's batch kernel runs on small output planes with a batch of at least one block of
-    # vectors of images (32 float32 with AVX-512). Winograd's backward is direct_simd's.
+    # vectors of images (32 float32 with AVX-512).
     out.append(("conv2d direct_simd batch forward", _conv("direct_simd", normal(32, 2, 4, 4), normal(6, 2, 3, 3))[0]))
-    out.append(("conv2d winograd forward", _conv("winograd", x, w, padding=1)[0]))
     # few channels per group: Winograd's fused grouped products instead of the packed GEMM
     out.append(("conv2d winograd grouped forward", _conv("winograd", normal(2, 4, 6, 6), normal(4, 1, 3, 3),
                                                          padding=1, groups=4)[0]))
@@ -96,9 +99,9 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
         ("max_pool2d backward indices", lambda: max_pool2d_backward(grad_y, maps, 2, indices=indices)),
         ("avg_pool2d forward", lambda: avg_pool2d(maps, 3, 2, padding=1, count_include_pad=False)),
         ("avg_pool2d backward", lambda: avg_pool2d_backward(grad_y, maps, 2)),
-        ("gemm blas", lambda: gemm(normal(3, 4), normal(4, 5), algo="blas")),
-        ("gemm packed", lambda: gemm(normal(3, 4), normal(4, 5), algo="packed")),
     ]
+    out += [(f"gemm {name}", lambda name=name: gemm(normal(3, 4), normal(4, 5), algo=name))
+            for name in GEMM.names("cpu") if not GEMM["cpu", name].reference]
     out += _layers(d)
     return [(f"{label} {d}", call) for label, call in out]
 
@@ -109,7 +112,7 @@ def kernels() -> dict[str, CPUDispatcher]:
     Helpers called only from other kernels are left out: they compile into their callers, and get
     no signatures of their own when a caller is loaded from Numba's cache."""
     found = {}
-    for name in KERNEL_MODULES:
+    for name in kernel_modules():
         module = importlib.import_module(f"fastconv.kernels.{name}")
         found.update({f"{name}.{attr}": value for attr, value in vars(module).items()
                       if isinstance(value, CPUDispatcher) and value.py_func.__module__ == module.__name__})
@@ -156,7 +159,7 @@ def run(dtypes: tuple[str, ...] = ("float32", "float64"), progress: bool = True)
     found = kernels()
     missing = _missing(names, found)
     # where Numba's cache locator put them: next to the source, NUMBA_CACHE_DIR or a user-wide folder
-    cache_dir = str(found["direct.conv2d_forward"]._cache.cache_path)
+    cache_dir = str(found["conv_direct.forward_padded"]._cache.cache_path)
     return {"dtypes": names, "calls": len(calls), "seconds": seconds,
             "kernels": sorted(name for name in found if name not in missing), "missing": missing,
             "cache_dir": cache_dir}

@@ -1,19 +1,19 @@
 """Winograd F(2x2, 3x3) conv2d forward (Lavin & Gray), float32 and float64.
 
-``forward(x, weight, bias, p) -> y`` has the signature of conv.py's algorithms: x (N, C, H, W)
-batched, C-contiguous, validated; weight (K, C/groups, 3, 3); bias (K,) or None; p the
-``Conv2dShape``. ``winograd_applies(p)`` says whether it can run a shape: 3x3 kernels, stride 1,
-dilation 1, any padding (int, pair, 'same', 'valid') and any groups. (It says nothing about
-speed: see "When it pays" below.)
+``forward(x, weight, bias, p) -> y`` has the signature of conv2d's algorithms (``fastconv.conv``): x
+(N, C, H, W) batched, C-contiguous, validated; weight (K, C/groups, 3, 3); bias (K,) or None; p the
+``Conv2dShape``. ``unsupported(p)`` says why it cannot run a shape, or None: it runs 3x3 kernels, stride 1,
+dilation 1, any padding (int, pair, 'same', 'valid') and any groups. ``worth_timing(p)`` is what ``auto``
+knows of its speed (see "When it pays" below). Its backward is direct_simd's.
 
-Steps (kernels and layouts in ``fastconv.kernels.winograd``):
+Steps (kernels and layouts in ``fastconv.kernels.conv_winograd``):
   1. U = G g G^T for every (k, c): (16, K, C/groups), once per call, then packed as the B
      operand of fastconv's GEMM micro-kernel.
   2. per batch chunk of nb images: V = B^T d B for every 4x4 input tile (stride 2; zero padding
      and ragged last tiles read zeros): (16, C, T), T = nb * ceil(OH/2) * ceil(OW/2).
   3. for the 16 points xi (and each group): M[xi] (T x K/groups) = V[xi]^T @ U[xi]^T, the
      FLOPs, by our own packed SIMD GEMM (Numba's thread pool; never BLAS): all 16 x groups
-     products run in one parallel loop built from fastconv.kernels.gemm's packing routines and
+     products run in one parallel loop built from fastconv.kernels.matmul's packing routines and
      micro-kernel (16 x groups calls of gemm_packed measured 2-14% slower on a quiet machine, far
      slower on a busy one: each call is two thread-pool barriers). Grouped layers with fewer than
      GROUPED_GEMM_MIN channels per group use one plain fused loop (grouped_products).
@@ -46,7 +46,7 @@ import numpy as np
 
 from ._checks import Conv2dShape
 from .config import batch_chunk, scratch
-from .kernels import gemm as gemm_kernels, winograd as kernels
+from .kernels import conv_winograd, simd
 
 POINTS = 16               # transform points of F(2x2, 3x3): 4x4 tiles
 GROUPED_GEMM_MIN = 16     # channels per group below which grouped layers use grouped_products
@@ -65,10 +65,19 @@ def within_range(x_abs_max: float, w_abs_max: float, p: Conv2dShape, dtype: np.d
         81.0 * (p.c // p.groups) * x_abs_max * w_abs_max < limit
 
 
-def winograd_applies(p: Conv2dShape) -> bool:
-    """True when Winograd F(2x2, 3x3) can run the shape: 3x3 kernel, stride 1, dilation 1
-    (any padding, any groups)."""
-    return (p.r, p.s) == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1)
+def unsupported(p: Conv2dShape) -> str | None:
+    """None when Winograd F(2x2, 3x3) can run the shape (3x3 kernel, stride 1, dilation 1; any padding,
+    any groups), else why not."""
+    if (p.r, p.s) == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1):
+        return None
+    return (f"needs a 3x3 kernel, stride 1 and dilation 1, got kernel {(p.r, p.s)}, stride {p.stride}, "
+            f"dilation {p.dilation}")
+
+
+def worth_timing(p: Conv2dShape) -> bool:
+    """Whether ``auto`` times it: with fewer than GROUPED_GEMM_MIN channels per group its products are
+    plain loops (``use_grouped_products``), measured slower than direct."""
+    return p.c // p.groups >= GROUPED_GEMM_MIN
 
 
 def _tiles(p: Conv2dShape) -> tuple[int, int]:
@@ -76,7 +85,7 @@ def _tiles(p: Conv2dShape) -> tuple[int, int]:
     return (p.oh + 1) // 2, (p.ow + 1) // 2
 
 
-def workspace_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
+def workspace_bytes(p: Conv2dShape, itemsize: int) -> int:
     """Winograd's workspace per image: V (16 x C x tiles) and M (16 x K x tiles)."""
     th, tw = _tiles(p)
     return POINTS * (p.c + p.k) * th * tw * itemsize
@@ -85,7 +94,7 @@ def workspace_bytes_per_image(p: Conv2dShape, itemsize: int) -> int:
 def chunk_images(p: Conv2dShape, itemsize: int) -> int:
     """Images per batch chunk: within the workspace limit and CHUNK_TARGET_BYTES (measured: V and M
     kept within L3 run 5-10% faster than whole-batch chunks)."""
-    return batch_chunk("winograd", workspace_bytes_per_image(p, itemsize), p.n, CHUNK_TARGET_BYTES)
+    return batch_chunk("winograd", workspace_bytes(p, itemsize), p.n, CHUNK_TARGET_BYTES)
 
 
 def use_grouped_products(p: Conv2dShape) -> bool:
@@ -96,7 +105,7 @@ def use_grouped_products(p: Conv2dShape) -> bool:
 
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
     """y (N, K, OH, OW) = conv2d(x, weight, bias) by Winograd F(2x2, 3x3), for a shape where
-    ``winograd_applies`` (conv2d checks it)."""
+    ``unsupported`` is None (conv2d checks it)."""
     dtype = x.dtype
     y = np.empty(p.y_shape, dtype)
     if p.n == 0:
@@ -107,25 +116,25 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
     top, _, left, _ = p.padding
     groups, cg, kg = p.groups, p.c // p.groups, p.k // p.groups
     grouped = use_grouped_products(p)
-    nr = 2 * (gemm_kernels.VECTOR_BYTES // dtype.itemsize)  # columns of a packed B sliver
+    nr = 2 * (simd.VECTOR_BYTES // dtype.itemsize)  # columns of a packed B sliver
     u_size = POINTS * p.k * cg
     pack_size = 0 if grouped else POINTS * groups * cg * (-(-kg // nr) * nr)
     buf = scratch("winograd", u_size + pack_size + POINTS * (p.c + p.k) * nb * tiles, dtype)
     u = buf[:u_size].reshape(POINTS, p.k, cg)
-    kernels.filter_transform(weight, u)
+    conv_winograd.filter_transform(weight, u)
     if not grouped:
         b_pack = buf[u_size:u_size + pack_size].reshape(POINTS, groups, -1)
-        kernels.pack_weights(u, b_pack)
+        conv_winograd.pack_transformed_filters(u, b_pack)
     b = bias if bias is not None else np.zeros(p.k, dtype)
     work = buf[u_size + pack_size:]
     for n0 in range(0, p.n, nb):
         t = min(nb, p.n - n0) * tiles
         v = work[:POINTS * p.c * t].reshape(POINTS, p.c, t)
         m = work[POINTS * p.c * t:POINTS * (p.c + p.k) * t].reshape(POINTS, groups, t, kg)
-        kernels.input_transform(x, v, n0, top, left, th, tw)
+        conv_winograd.input_transform(x, v, n0, top, left, th, tw)
         if grouped:
-            kernels.grouped_products(u, v, m)
+            conv_winograd.grouped_products(u, v, m)
         else:
-            kernels.products(v, b_pack, m)
-        kernels.output_transform(m, b, y, n0, th, tw)
+            conv_winograd.products(v, b_pack, m)
+        conv_winograd.output_transform(m, b, y, n0, th, tw)
     return y

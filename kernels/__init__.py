@@ -7,14 +7,18 @@ disk (``cache=True``); importing this package compiles nothing. Every CPU kernel
 GIL while it runs (Numba ``nogil=True``, Cython ``nogil``), so Python threads calling ops at once
 run their kernels in parallel.
 
-- ``cuda_conv``, ``cuda_gemm``, ``cuda_pool``, ``cuda_elementwise``: the GPU kernels (numba.cuda), imported
-  only when a device array reaches an op: direct and im2col convolution, the tiled GEMM, pooling, and the
-  elementwise pieces, reductions, losses and optimizer updates of a training step.
-- ``direct``: direct convolution, forward and backward (Numba).
-- ``direct_simd``: direct convolution forward with explicit SIMD register tiles (Numba).
-- ``elementwise``: ReLU forward and backward, SGD and Adam updates (Numba).
-- ``gemm``: matrix products, BLAS through Numba and our own packed GEMM (Numba).
+Modules are named for what they compute (no name repeats a module of ``fastconv``):
+
+- ``conv_direct``: direct convolution over a zero-padded input, forward and backward (Numba).
+- ``conv_direct_simd``: direct convolution forward with explicit SIMD register tiles (Numba).
+- ``conv_winograd``: Winograd F(2x2, 3x3) transforms and their batched products (Numba).
 - ``im2col``: im2col / col2im (Cython, releases the GIL, OpenMP when built with it).
-- ``pool``: max and average pooling, forward and backward (Numba).
-- ``winograd``: Winograd F(2x2, 3x3) transforms and their batched products (Numba).
+- ``matmul``: matrix products, BLAS through Numba and our own packed GEMM (Numba).
+- ``simd``: the SIMD vector type and intrinsics (load, store, broadcast, FMA) of the register-tiled kernels.
+- ``pooling``: max and average pooling, forward and backward (Numba); ``pool_windows``: the window rules
+  it shares with ``cuda_pooling``, written once.
+- ``elementwise``: ReLU forward and backward, SGD and Adam updates, finiteness checks (Numba).
+- ``cuda_conv``, ``cuda_matmul``, ``cuda_pooling``, ``cuda_elementwise``: the GPU kernels (numba.cuda),
+  imported only when a device array reaches an op: direct and im2col convolution, the tiled GEMM, pooling,
+  and the elementwise pieces, reductions, losses and optimizer updates of a training step.
 """

@@ -24,7 +24,7 @@ from numba import cuda
 
 from .cuda_elementwise import launch
 
-KPT = 4            # output channels per thread in conv2d_forward: each input load feeds KPT FMAs
+KPT = 4            # output channels per thread in direct_forward: each input load feeds KPT FMAs
 
 
 @functools.cache
@@ -71,7 +71,7 @@ def _forward_kernel(dtype):
     return forward
 
 
-def conv2d_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups):
+def direct_forward(x, w, b, y, sh, sw, pt, pl, dh, dw, groups):
     """y (N, K, OH, OW) = conv2d(x, w) + b[k], overwriting y; b is a (K,) device array (zeros for no bias).
 
     One thread per (image, KPT output channels of one group, output pixel), pixel fastest.
@@ -119,7 +119,7 @@ def _backward_input_kernel(dtype):
     return backward_input
 
 
-def conv2d_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
+def direct_backward_input(gy, w, gx, sh, sw, pt, pl, dh, dw, groups):
     """gx (N, C, H, W) = d loss / d x for gy = d loss / d y (N, K, OH, OW), overwriting gx.
 
     Gather form: one thread per gx element sums gy[n, k, oh, ow] * w[k, c', r, s] over the
@@ -156,7 +156,7 @@ def _backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
     gw[k, c, r, s] = acc
 
 
-def conv2d_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
+def direct_backward_weight(gy, x, gw, sh, sw, pt, pl, dh, dw, groups):
     """gw (K, C/groups, R, S) = d loss / d w, overwriting gw:
 
     gw[k, c, r, s] = sum over n, oh, ow of gy[n, k, oh, ow] * x[n, g*C/groups + c, h, w].

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import assume, strategies as st
 
 import fastconv as fc
+from fastconv._checks import conv2d_shape
+from fastconv.conv import CONV2D
 
 DTYPES = [np.float32, np.float64]
 
@@ -146,12 +148,14 @@ def pool_cases(draw, dilation: bool = True, max_batch: int = 2, dtypes=DTYPES) -
 
 
 def conv_algo_takes(algo: str, case: ConvCase) -> bool:
-    """Whether conv2d's `algo` takes the case. winograd takes only 3x3 kernels at stride 1 and dilation 1;
-    for any other case this checks that it refuses with a ValueError."""
-    weight, kw = case.weight, case.kwargs
-    if algo != "winograd" or (weight.shape[2:] == (3, 3) and kw.get("stride", 1) in (1, (1, 1))
-                              and kw.get("dilation", 1) in (1, (1, 1))):
+    """Whether conv2d's `algo` takes the case, as its record says (``unsupported``); for a case it does not
+    take, this checks that asking for it raises a ValueError naming it."""
+    kw = case.kwargs
+    x = case.x if case.x.ndim == 4 else case.x[None]
+    p = conv2d_shape(x, case.weight, kw.get("stride", 1), kw.get("padding", 0), kw.get("dilation", 1),
+                     kw.get("groups", 1))
+    if CONV2D["cpu", algo].unsupported(p) is None:
         return True
-    with pytest.raises(ValueError, match="winograd"):
-        fc.conv2d(case.x, weight, **kw, algo=algo)
+    with pytest.raises(ValueError, match=algo):
+        fc.conv2d(case.x, case.weight, **kw, algo=algo)
     return False

@@ -18,8 +18,8 @@ def test_algorithms_lists_every_algorithm():
 def test_import_compiles_nothing():
     code = (
         "import numba, fastconv, fastconv.kernels as k\n"
-        "from fastconv.kernels import direct, gemm, pool\n"
-        "found = [f for m in (direct, gemm, pool) for f in vars(m).values()\n"
+        "from fastconv.kernels import conv_direct, matmul, pooling\n"
+        "found = [f for m in (conv_direct, matmul, pooling) for f in vars(m).values()\n"
         "         if isinstance(f, numba.core.dispatcher.Dispatcher)]\n"
         "assert found and all(not f.signatures for f in found), [f.signatures for f in found]\n"
         "print(len(found))\n"
@@ -64,4 +64,4 @@ def test_demo_runs_every_algorithm(monkeypatch, capsys):
     for layer in ("tiny 5x5", "tiny 3x3"):
         for algo in fc.algorithms("conv2d"):
             assert re.search(rf"^{layer}\s+{algo}\*?\s", out, re.M), (layer, algo)
-    assert re.search(r"^tiny 5x5\s+winograd\s+\(3x3 kernels only\)", out, re.M)
+    assert re.search(r"^tiny 5x5\s+winograd\s+\(needs a 3x3 kernel, stride 1 and dilation 1", out, re.M)

@@ -87,11 +87,11 @@ def test_im2col_chunks_the_batch_under_the_workspace_limit(algo):
     g = rng.standard_normal((7, 5, 9, 8)).astype(np.float32)
     expected = fc.conv2d(x, w, padding=1, algo="direct")
     expected_grads = fc.conv2d_backward(g, x, w, padding=1, algo="direct")
-    from fastconv.kernels import gemm as gemm_kernels
+    from fastconv.kernels import matmul
     # per image: the columns (C*R*S rows), the GEMM output (K rows), the packed GEMM's copies (K + C*R*S rows);
     # whatever the chunk: the packed weights and one packed panel, C*R*S deep
     per_image = (3 * 9 + 5 + 5 + 3 * 9) * 9 * 8 * 4
-    fixed = (5 + gemm_kernels.MR + gemm_kernels.NC) * 3 * 9 * 4
+    fixed = (5 + matmul.MR + matmul.NC) * 3 * 9 * 4
     old = fc.workspace_limit()
     try:
         for limit in (fixed + per_image, fixed + 2 * per_image + 1, fixed + 3 * per_image):

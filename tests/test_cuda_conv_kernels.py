@@ -13,7 +13,7 @@ if not cuda.is_available():
 import fastconv  # noqa: E402
 from fastconv import naive  # noqa: E402
 from fastconv._checks import Conv2dShape  # noqa: E402
-from fastconv.kernels import cuda_conv, cuda_gemm  # noqa: E402
+from fastconv.kernels import cuda_conv, cuda_matmul  # noqa: E402
 from fastconv.kernels import im2col as cpu_im2col  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
@@ -61,7 +61,7 @@ def test_conv2d_forward(case, dtype):
     rng, x, weight, p = conv_case(case, dtype)
     bias = randn(rng, (p.k,), dtype)
     y = cuda.to_device(np.full(p.y_shape, np.nan, dtype))
-    cuda_conv.conv2d_forward(cuda.to_device(x), cuda.to_device(weight), cuda.to_device(bias), y, *geometry(p))
+    cuda_conv.direct_forward(cuda.to_device(x), cuda.to_device(weight), cuda.to_device(bias), y, *geometry(p))
     np.testing.assert_allclose(y.copy_to_host(), naive.conv2d(x, weight, bias, p), rtol=rtol(dtype), atol=rtol(dtype))
 
 
@@ -74,8 +74,8 @@ def test_conv2d_backward(case, dtype):
     d_gy, d_x, d_w = cuda.to_device(gy), cuda.to_device(x), cuda.to_device(weight)
     gx = cuda.to_device(np.full(x.shape, np.nan, dtype))
     gw = cuda.to_device(np.full(weight.shape, np.nan, dtype))
-    cuda_conv.conv2d_backward_input(d_gy, d_w, gx, *geometry(p))
-    cuda_conv.conv2d_backward_weight(d_gy, d_x, gw, *geometry(p))
+    cuda_conv.direct_backward_input(d_gy, d_w, gx, *geometry(p))
+    cuda_conv.direct_backward_weight(d_gy, d_x, gw, *geometry(p))
     np.testing.assert_allclose(gx.copy_to_host(), gx_ref, rtol=rtol(dtype), atol=rtol(dtype))
     np.testing.assert_allclose(gw.copy_to_host(), gw_ref, rtol=rtol(dtype), atol=rtol(dtype))
 
@@ -138,16 +138,16 @@ def test_gemm_edges(trans_a, trans_b, beta, dtype):
     """M, N, K not multiples of the tile; beta 0 must ignore NaN in c."""
     a, b, c, sa, sb = gemm_operands(70, 65, 19, trans_a, trans_b, dtype)
     d_c = cuda.to_device(c if beta else np.full(c.shape, np.nan, dtype))
-    cuda_gemm.gemm(cuda.to_device(sa), cuda.to_device(sb), d_c, trans_a, trans_b, beta)
+    cuda_matmul.gemm(cuda.to_device(sa), cuda.to_device(sb), d_c, trans_a, trans_b, beta)
     np.testing.assert_allclose(d_c.copy_to_host(), a @ b + beta * c, rtol=rtol(dtype), atol=rtol(dtype))
 
 
 def test_gemm_several_blocks():
     """More than one block tile along M and N (block offsets), several K slabs."""
-    a, b, c, sa, sb = gemm_operands(cuda_gemm.BM + 3, cuda_gemm.BN + 2, cuda_gemm.BK + 1,
+    a, b, c, sa, sb = gemm_operands(cuda_matmul.BM + 3, cuda_matmul.BN + 2, cuda_matmul.BK + 1,
                                     True, False, np.float64)
     d_c = cuda.to_device(c)
-    cuda_gemm.gemm(cuda.to_device(sa), cuda.to_device(sb), d_c, True, False, 1.0)
+    cuda_matmul.gemm(cuda.to_device(sa), cuda.to_device(sb), d_c, True, False, 1.0)
     np.testing.assert_allclose(d_c.copy_to_host(), a @ b + c, rtol=1e-10)
 
 
@@ -156,7 +156,7 @@ def test_gemm_empty_k(beta):
     c = np.arange(6, dtype=np.float32).reshape(2, 3)
     d_c = cuda.to_device(c if beta else np.full(c.shape, np.nan, np.float32))
     a, b = cuda.to_device(np.zeros((2, 0), np.float32)), cuda.to_device(np.zeros((0, 3), np.float32))
-    cuda_gemm.gemm(a, b, d_c, False, False, beta)
+    cuda_matmul.gemm(a, b, d_c, False, False, beta)
     np.testing.assert_array_equal(d_c.copy_to_host(), beta * c)
 
 
@@ -165,8 +165,8 @@ def test_import_compiles_nothing():
     code = (
         "import functools, sys\n"
         "from numba import cuda\n"
-        "from fastconv.kernels import cuda_conv, cuda_gemm\n"
-        "for mod in (cuda_conv, cuda_gemm):\n"
+        "from fastconv.kernels import cuda_conv, cuda_matmul\n"
+        "for mod in (cuda_conv, cuda_matmul):\n"
         "    for name, obj in vars(mod).items():\n"
         "        if isinstance(obj, functools._lru_cache_wrapper):\n"
         "            assert obj.cache_info().currsize == 0, name\n"
@@ -179,7 +179,7 @@ def test_matches_api_direct():
     """One end-to-end check against the public CPU API (algo='direct')."""
     rng, x, weight, p = conv_case(CONV_CASES[0], np.float64, seed=3)
     y = cuda.to_device(np.empty(p.y_shape))
-    cuda_conv.conv2d_forward(cuda.to_device(x), cuda.to_device(weight), cuda.to_device(np.zeros(p.k)), y,
+    cuda_conv.direct_forward(cuda.to_device(x), cuda.to_device(weight), cuda.to_device(np.zeros(p.k)), y,
                              *geometry(p))
     ref = fastconv.conv2d(x, weight, None, stride=p.stride, padding=(p.padding[0], p.padding[2]),
                           dilation=p.dilation, groups=p.groups, algo="direct")

@@ -1,4 +1,4 @@
-"""GPU pooling and elementwise kernels (fastconv.kernels.cuda_pool, cuda_elementwise) against the CPU ones.
+"""GPU pooling and elementwise kernels (fastconv.kernels.cuda_pooling, cuda_elementwise) against the CPU ones.
 
 Runs on a real GPU, or under Numba's CUDA simulator (tests/conftest.py picks it when no driver is
 found), which runs every CUDA thread as a Python thread: shapes stay tiny.
@@ -15,7 +15,7 @@ if not cuda.is_available():
 import fastconv  # noqa: E402
 from fastconv import nn  # noqa: E402
 from fastconv._checks import pool2d_shape  # noqa: E402
-from fastconv.kernels import cuda_elementwise, cuda_pool, elementwise, pool  # noqa: E402
+from fastconv.kernels import cuda_elementwise, cuda_pooling, elementwise, pooling  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
@@ -70,15 +70,15 @@ def test_max_pool2d_matches_cpu_bitwise(shape, k, s, p, d, ceil, specials, dtype
 
     y = cuda.device_array(ps.y_shape, dtype)
     idx = cuda.device_array(ps.y_shape, np.int64)
-    cuda_pool.max_pool2d_forward(cuda.to_device(x), y, idx, *ps.kernel, *ps.stride, *ps.padding, *ps.dilation)
+    cuda_pooling.max_pool2d_forward(cuda.to_device(x), y, idx, *ps.kernel, *ps.stride, *ps.padding, *ps.dilation)
     _same(y.copy_to_host(), want_y)
     _same(idx.copy_to_host(), want_idx)
 
     gy = _rand(rng, ps.y_shape, dtype)
     want_gx = np.empty(shape, dtype)
-    pool.max_pool2d_backward(gy, want_idx, want_gx)
+    pooling.max_pool2d_backward(gy, want_idx, want_gx)
     gx = cuda.to_device(np.full(shape, 7, dtype))  # stale values must be overwritten
-    cuda_pool.max_pool2d_backward(cuda.to_device(gy), cuda.to_device(want_idx), gx)
+    cuda_pooling.max_pool2d_backward(cuda.to_device(gy), cuda.to_device(want_idx), gx)
     _same(gx.copy_to_host(), want_gx)
 
 
@@ -101,12 +101,12 @@ def test_avg_pool2d_matches_cpu_bitwise(shape, k, s, p, ceil, include_pad, overr
     args = (*ps.kernel, *ps.stride, *ps.padding, include_pad, override or 0)
 
     y = cuda.device_array(ps.y_shape, dtype)
-    cuda_pool.avg_pool2d_forward(cuda.to_device(x), y, *args)
+    cuda_pooling.avg_pool2d_forward(cuda.to_device(x), y, *args)
     _same(y.copy_to_host(), fastconv.avg_pool2d(x, k, s, p, ceil, include_pad, override))
 
     gy = _rand(rng, ps.y_shape, dtype)
     gx = cuda.to_device(np.full(shape, 7, dtype))
-    cuda_pool.avg_pool2d_backward(cuda.to_device(gy), gx, *args)
+    cuda_pooling.avg_pool2d_backward(cuda.to_device(gy), gx, *args)
     _same(gx.copy_to_host(), fastconv.avg_pool2d_backward(gy, x, k, s, p, ceil, include_pad, override))
 
 

@@ -184,11 +184,11 @@ def test_two_threads_run_kernels_in_parallel(name):
     gemm_packed allocates its packing workspace on each call, so the two threads also take page faults
     at once. The kernels are called on preallocated arrays: the ops around them also allocate their
     outputs (that is the allocator, not the GIL). test_kernels_release_the_gil is the strict check."""
-    from fastconv.kernels import direct, gemm
+    from fastconv.kernels import conv_direct, matmul
     xp, w, b, y = rand(16, 32, 30, 30), rand(32, 32, 3, 3), rand(32), np.empty((16, 32, 28, 28), np.float32)
     a, c = rand(512, 512), np.empty((512, 512), np.float32)
-    kernel = {"direct": lambda: direct.conv2d_forward(xp, w, b, y, 1, 1, 1, 1, 1),
-              "gemm_packed": lambda: gemm.gemm_packed(a, a, c, False, False)}[name]
+    kernel = {"direct": lambda: conv_direct.forward_padded(xp, w, b, y, 1, 1, 1, 1, 1),
+              "gemm_packed": lambda: matmul.gemm_packed(a, a, c, False, False)}[name]
 
     def one():
         numba.set_num_threads(1)

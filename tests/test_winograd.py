@@ -30,7 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import fastconv as fc
 from fastconv import naive, winograd
-from fastconv.kernels import winograd as wk
+from fastconv.kernels import conv_winograd as wk
 from fastconv._checks import conv2d_shape
 from strategies import assert_close
 
@@ -139,7 +139,7 @@ def winograd_cases(draw):
 def test_forward_matches_naive(case):
     x, w, b, padding, groups = case
     p = _shape(x, w, padding, groups)
-    assert winograd.winograd_applies(p)
+    assert winograd.unsupported(p) is None
     y = winograd.forward(x, w, b, p)
     assert y.dtype == x.dtype
     _check(y, x, w, b, p)
@@ -228,7 +228,7 @@ def test_applies(kernel, stride, dilation, padding, groups, applies):
     x = np.zeros((1, 4, 9, 9), np.float32)
     w = np.zeros((4, 4 // groups) + kernel, np.float32)
     p = _shape(x, w, padding, groups, stride, dilation)
-    assert winograd.winograd_applies(p) is applies
+    assert (winograd.unsupported(p) is None) is applies
     if not applies:
         with pytest.raises(ValueError, match="3x3 kernel, stride 1 and dilation 1"):
             fc.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups, algo="winograd")
@@ -242,7 +242,7 @@ def test_batch_chunks_under_the_workspace_limit(dtype):
     b = rng.standard_normal(5).astype(dtype)
     p = _shape(x, w, 1)
     per_image = 16 * (3 + 5) * 5 * 4 * np.dtype(dtype).itemsize  # 16 x (C + K) x tiles
-    assert winograd.workspace_bytes_per_image(p, np.dtype(dtype).itemsize) == per_image
+    assert winograd.workspace_bytes(p, np.dtype(dtype).itemsize) == per_image
     expected = winograd.forward(x, w, b, p)
     reference = _reference(x, w, b, p)
     _check(expected, x, w, b, p, reference)
@@ -324,7 +324,7 @@ def test_real_layers_against_direct(x_shape, k, padding):
 def test_import_compiles_nothing():
     code = (
         "import numba, fastconv.winograd\n"
-        "from fastconv.kernels import winograd as k\n"
+        "from fastconv.kernels import conv_winograd as k\n"
         "found = [f for f in vars(k).values() if isinstance(f, numba.core.dispatcher.Dispatcher)]\n"
         "assert found and all(not f.signatures for f in found), [f.signatures for f in found]\n"
         "print(len(found))\n"

@@ -119,7 +119,7 @@ def _interleave(a, nb, Wp, lead, pitch):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
-def conv2d_forward(xp, w, b, y, sh, sw, dh, dw, groups):
+def forward_padded(xp, w, b, y, sh, sw, dh, dw, groups):
     """y[n,k,oh,ow] = b[k] + sum_{c,r,s} w[k,c,r,s] * xp[n, g*Cg+c, oh*sh+r*dh, ow*sw+s*dw].
 
     xp (N, C, Hp, Wp) padded input, w (K, Cg, R, S), b (K,), y (N, K, OH, OW) overwritten.
@@ -177,7 +177,7 @@ def conv2d_forward(xp, w, b, y, sh, sw, dh, dw, groups):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
-def conv2d_backward_input(gy, w, gxp, sh, sw, dh, dw, groups):
+def backward_input_padded(gy, w, gxp, sh, sw, dh, dw, groups):
     """gxp[n, g*Cg+c, ih, iw] = sum of w[k,c,r,s] * gy[n,k,oh,ow] over k in group g and all
     (oh, ow, r, s) with ih = oh*sh + r*dh, iw = ow*sw + s*dw.
 
@@ -242,7 +242,7 @@ def conv2d_backward_input(gy, w, gxp, sh, sw, dh, dw, groups):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
-def conv2d_backward_weight(gy, xp, gw, sh, sw, dh, dw, groups):
+def backward_weight_padded(gy, xp, gw, sh, sw, dh, dw, groups):
     """gw[k,c,r,s] = sum_{n,oh,ow} gy[n,k,oh,ow] * xp[n, g*Cg+c, oh*sh+r*dh, ow*sw+s*dw].
 
     gy (N, K, OH, OW), xp (N, C, Hp, Wp) padded input, gw (K, Cg, R, S) overwritten.

@@ -1,4 +1,4 @@
-"""Max and average pooling on the GPU (numba.cuda), bit for bit the semantics of ``kernels/pool.py``.
+"""Max and average pooling on the GPU (numba.cuda), bit for bit the semantics of ``kernels/pooling.py``.
 
 x, gx: (N, C, H, W) float32 or float64; y, gy: (N, C, OH, OW) of the same dtype;
 idx: (N, C, OH, OW) int64, flat index h*W + w of each max within its input plane.
@@ -10,37 +10,18 @@ import math
 
 from numba import cuda
 
+from . import pool_windows
 from .cuda_elementwise import launch
 
 
-@cuda.jit(device=True)
-def _taps(o, in_len, k, stride, pad, dil):
-    """Valid tap range [t0, t1) of output o: 0 <= o*stride - pad + t*dil < in_len."""
-    b = o * stride - pad
-    t0 = 0 if b >= 0 else (dil - 1 - b) // dil
-    t1 = max(min(k, (in_len - 1 - b) // dil + 1), 0)
-    return t0, t1
-
-
-@cuda.jit(device=True)
-def _avg_window(o, in_len, k, stride, pad):
-    """Clipped window [lo, hi) of output o and its padded extent (PyTorch's pool_size factor)."""
-    start = o * stride - pad
-    end = min(start + k, in_len + pad)
-    return max(start, 0), min(end, in_len), end - start
-
-
-@cuda.jit(device=True)
-def _avg_divisor(divisor_override, count_include_pad, padded_size, inside_size):
-    """The override if non-zero, else the window size with or without padding."""
-    if divisor_override != 0:
-        return divisor_override
-    return padded_size if count_include_pad else inside_size
+_taps = cuda.jit(device=True)(pool_windows.tap_range)
+_avg_window = cuda.jit(device=True)(pool_windows.avg_window)
+_avg_divisor = cuda.jit(device=True)(pool_windows.avg_divisor)
 
 
 @cuda.jit(cache=True)
 def _max_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
-    """One thread per output; the scan of kernels/pool.py (strict > max, then the last NaN wins)."""
+    """One thread per output; the scan of kernels/pooling.py (strict > max, then the last NaN wins)."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     for o in range(cuda.grid(1), y.size, cuda.gridsize(1)):
@@ -159,7 +140,7 @@ def max_pool2d_backward(gy, idx, gx):
 
 
 def avg_pool2d_forward(x, y, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override):
-    """y = (sum over the clipped window, accumulated in x's dtype) / divisor, as kernels/pool.py.
+    """y = (sum over the clipped window, accumulated in x's dtype) / divisor, as kernels/pooling.py.
 
     divisor = divisor_override if non-zero (0 means None), else the window size counted with
     padding (clipped to [-p, L + p)) if count_include_pad, else without it.

@@ -14,31 +14,31 @@ Numba's negative-index fix-ups.
 import numba as nb
 import numpy as np
 
+from . import pool_windows
+
+_tap_range = nb.njit(cache=True, nogil=True)(pool_windows.tap_range)
+_avg_window = nb.njit(cache=True, nogil=True)(pool_windows.avg_window)
+_avg_divisor = nb.njit(cache=True, nogil=True)(pool_windows.avg_divisor)
+
 
 @nb.njit(cache=True, nogil=True)
 def _taps(out_len, in_len, k, stride, pad, dil):
-    """Valid tap range [t0[o], t1[o]) of each output o: 0 <= o*stride - pad + t*dil < in_len."""
+    """``tap_range`` of every output o: arrays t0, t1."""
     t0 = np.empty(out_len, np.int64)
     t1 = np.empty(out_len, np.int64)
     for o in range(out_len):
-        b = o * stride - pad
-        t0[o] = 0 if b >= 0 else (dil - 1 - b) // dil
-        t1[o] = max(min(k, (in_len - 1 - b) // dil + 1), 0)
+        t0[o], t1[o] = _tap_range(o, in_len, k, stride, pad, dil)
     return t0, t1
 
 
 @nb.njit(cache=True, nogil=True)
 def _avg_bounds(out_len, in_len, k, stride, pad):
-    """Clipped window [lo[o], hi[o]) and padded extent (PyTorch's pool_size factor) of each output o."""
+    """``avg_window`` of every output o: arrays lo, hi, extent."""
     lo = np.empty(out_len, np.int64)
     hi = np.empty(out_len, np.int64)
     ext = np.empty(out_len, np.int64)
     for o in range(out_len):
-        start = o * stride - pad
-        end = min(start + k, in_len + pad)
-        ext[o] = end - start
-        lo[o] = max(start, 0)
-        hi[o] = min(end, in_len)
+        lo[o], hi[o], ext[o] = _avg_window(o, in_len, k, stride, pad)
     return lo, hi, ext
 
 
@@ -104,14 +104,6 @@ def max_pool2d_backward(gy, idx, gx):
         gxp[:] = 0
         for o in range(OH * OW):
             gxp[np.uint64(ip[o])] += gyp[o]
-
-
-@nb.njit(cache=True, nogil=True)
-def _avg_divisor(divisor_override, count_include_pad, padded_size, inside_size):
-    """PyTorch's divisor: the override if non-zero, else the window size with or without padding."""
-    if divisor_override != 0:
-        return divisor_override
-    return padded_size if count_include_pad else inside_size
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)

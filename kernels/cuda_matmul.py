@@ -4,7 +4,7 @@ Layouts: ``a``, ``b``, ``c`` are C-contiguous 2-D device arrays of one dtype
 (float32 or float64). ``op(a)`` is (M, K): ``a`` stored (M, K), or stored (K, M)
 and read transposed in place when ``trans_a``; ``op(b)`` is (K, N): ``b`` stored
 (K, N), or (N, K) when ``trans_b``; ``c`` is (M, N). Same convention as
-``gemm_packed`` in ``kernels/gemm.py``, plus ``beta``.
+``gemm_packed`` in ``kernels/matmul.py``, plus ``beta``.
 
 Tiling: a block of 16 x 16 = 256 threads computes a BM x BN = 128 x 128 tile of C.
 K is walked in slabs of BK = 8: each thread stages LOADS = 4 elements of each

@@ -3,8 +3,8 @@
 Two kernels share one micro-kernel (``_chunk_6x2``: MR = 6 output channels x NV = 2 vectors,
 12 vector accumulators held in registers, per tap NV vector loads, MR weight broadcasts and
 MR*NV fmas; 12 ymm with AVX2, 12 zmm with AVX-512):
-- ``conv2d_forward`` ("rows"): vectors along runs of output positions of one image;
-- ``conv2d_forward_batch`` ("batch"): vectors along a block of NB = NV*LANES images at one
+- ``forward_phases`` ("rows"): vectors along runs of output positions of one image;
+- ``forward_interleaved`` ("batch"): vectors along a block of NB = NV*LANES images at one
   output position, for small output planes (wide vectors would be mostly padding) with N >= NB.
 
 Layouts (all C-contiguous, one float dtype per call, float32 or float64):
@@ -41,7 +41,7 @@ positions, channel block), every vector load aligned to the image block.
 import numpy as np
 from numba import njit, prange
 
-from .gemm import VECTOR_BYTES, vector_broadcast, vector_fma, vector_load, vector_store, vector_zeros
+from .simd import VECTOR_BYTES, vector_broadcast, vector_fma, vector_load, vector_store, vector_zeros
 
 MR = 6            # output channels per block (broadcast weights)
 NV = 2            # vectors along the output positions per chunk
@@ -89,7 +89,7 @@ def phase_split(x, xq, top, left, sh, sw, hq, wq):
 
 
 @njit(cache=True, nogil=True)
-def pack_weights(w, groups, wp):
+def pack_channel_blocks(w, groups, wp):
     """wp[(kb*T + t)*MR + m] = w[g*Kg + (kb % KBg)*MR + m] at tap t = (c, r, s), zero past Kg
     (the wp layout above); wp has groups*KBg*T*MR elements."""
     K, Cg, R, S = w.shape
@@ -179,7 +179,7 @@ def _chunk_6x2(xq, x_off, wp, w_off, offs, t0, t1, tile, t_off, ld, accumulate):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def conv2d_forward(xq, wp, offs, b, y, channels, phases, hq, wq, groups, seg_rows, block_taps):
+def forward_phases(xq, wp, offs, b, y, channels, phases, hq, wq, groups, seg_rows, block_taps):
     """y[n, k, oh, ow] = b[k] + sum over taps of w * xpad (layouts in the module docstring).
 
     channels = C, phases = SH*SW, seg_rows output rows per work item, block_taps taps (a
@@ -256,13 +256,13 @@ def interleave_batch(x, xi, top, left, hp, wp, nb):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def conv2d_forward_batch(xi, wp, offs, b, y, channels, hp, wpitch, sh, sw, groups, seg_len,
+def forward_interleaved(xi, wp, offs, b, y, channels, hp, wpitch, sh, sw, groups, seg_len,
                          block_taps):
-    """Same result as conv2d_forward, vectorised along blocks of NB = NV*LANES images.
+    """Same result as forward_phases, vectorised along blocks of NB = NV*LANES images.
 
-    xi: interleave_batch's layout with nb = NB; wp, b, y as for conv2d_forward; offs[t] =
+    xi: interleave_batch's layout with nb = NB; wp, b, y as for forward_phases; offs[t] =
     (c*hp*wpitch + r*DH*wpitch + s*DW)*NB for t = (c, r, s) of a group. A chunk is one output
-    position (oh, ow) x NB images: the micro-kernel of conv2d_forward with x_off =
+    position (oh, ow) x NB images: the micro-kernel of forward_phases with x_off =
     ((blk*C + g*Cg)*hp*wpitch + oh*SH*wpitch + ow*SW)*NB, every load aligned to the block.
     Parallel over (image block, segment of seg_len output positions, channel block), channel
     block innermost; block_taps taps per pass over a segment's chunks."""

@@ -3,7 +3,7 @@
 For 3x3 kernels, stride 1, dilation 1. Each 4x4 patch d of the zero-padded input gives a
 2x2 block of the output: Y = A^T [ sum_c (G g G^T) * (B^T d B) ] A, with * element-wise over
 the 16 transform points. The sum over input channels is, for each of the 16 points, one matrix
-product: ``products`` runs all of them in one parallel loop with fastconv.kernels.gemm's packing
+product: ``products`` runs all of them in one parallel loop with fastconv.kernels.matmul's packing
 routines and SIMD micro-kernel (the caller may instead call gemm_packed once per point), and
 ``grouped_products`` is a plain loop for grouped layers with few channels per group.
 
@@ -24,7 +24,7 @@ Layouts (all C-contiguous, one float dtype per call; xi = 4*i + j names point (i
      past the padded input and drops the output row/column past OH/OW).
 - m: (16, groups, T, Kg) per-point products, tile-major:
      m[xi, g] = v[xi, g*Cg:(g+1)*Cg].T @ u[xi, g*Kg:(g+1)*Kg].T   (T x Kg).
-- b_pack: (16, groups, Cg * Kg_pad) op(b) = u[xi, g*Kg:(g+1)*Kg].T packed as fastconv.kernels.gemm's
+- b_pack: (16, groups, Cg * Kg_pad) op(b) = u[xi, g*Kg:(g+1)*Kg].T packed as fastconv.kernels.matmul's
      B panel (one panel of all Kg columns, padded to Kg_pad, a multiple of NR = 2 SIMD vectors):
      KC-deep slice pc at pc * Kg_pad, its sliver of columns j0.. at + j0 * kc, element (p, j) at
      + p * NR + j.
@@ -39,7 +39,7 @@ call and are cached on disk.
 import numpy as np
 from numba import njit, prange
 
-from .gemm import A_BLOCK_BYTES, KC, MR, VECTOR_BYTES, compute_block, pack_a_sliver, pack_b_sliver
+from .matmul import A_BLOCK_BYTES, KC, MR, VECTOR_BYTES, compute_block, pack_a_sliver, pack_b_sliver
 
 WORK_BLOCKS = 64       # parallel work blocks per kernel call (each allocates its scratch once)
 PRODUCT_TILES = 4096   # elements of grouped_products' accumulator block (Kg x tiles), L1-sized
@@ -139,7 +139,7 @@ def input_transform(x, v, n0, top, left, TH, TW):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pack_weights(u, b_pack):
+def pack_transformed_filters(u, b_pack):
     """b_pack[xi, g] = u[xi, g*Kg:(g+1)*Kg].T (Cg x Kg) in gemm's packed-B layout.
 
     groups = b_pack.shape[1]; parallel over the (xi, g, KC slice, NR sliver) slivers."""
