@@ -13,7 +13,7 @@ and is cached on disk for later processes.
 from __future__ import annotations
 
 from . import runtime  # noqa: F401  (first: its Numba event listener must see every compile)
-from . import autotune, cuda, device, models, nn, optim  # noqa: F401
+from . import autotune, device, models, nn, optim  # noqa: F401
 from .autotune import set_autotune
 from . import device as _device
 from .algorithm import REGISTRIES
@@ -36,7 +36,7 @@ def algorithms(op: str, device: str = "cpu") -> list[str]:
 
 
 __all__ = [
-    "algorithms", "avg_pool2d", "cuda", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
+    "algorithms", "avg_pool2d", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
     "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
     "workspace_limit",
 ]

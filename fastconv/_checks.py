@@ -8,6 +8,7 @@ what is allowed.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -91,7 +92,7 @@ def check_array(name: str, a: object, ndims: tuple[int, ...], dtype: np.dtype | 
         raise TypeError(f"{name} must be a CUDA device array like x, got {type(a).__name__}")
     if not device and not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if isinstance(a, np.ma.MaskedArray):
+    if _is_masked(a):
         raise TypeError(f"{name} must be a plain numpy.ndarray, got a masked array: its mask would be ignored; pass "
                         f"{name}.filled(value) or {name}.data")
     if a.ndim not in ndims:
@@ -102,6 +103,13 @@ def check_array(name: str, a: object, ndims: tuple[int, ...], dtype: np.dtype | 
     if dtype is not None and native(a.dtype) != native(dtype):
         raise TypeError(f"{name} must have the input's dtype {native(dtype)}, got {native(a.dtype)}")
     return a
+
+
+def _is_masked(a: object) -> bool:
+    """Whether `a` is a numpy.ma masked array (asked without importing numpy.ma, which NumPy loads lazily:
+    a masked array exists only once it is loaded)."""
+    ma = sys.modules.get("numpy.ma")
+    return ma is not None and isinstance(a, ma.MaskedArray)
 
 
 def native(dtype: np.dtype) -> np.dtype:

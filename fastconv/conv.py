@@ -390,5 +390,5 @@ def _channel_sum(gy, device: str):
     """grad_bias (K,): grad_y (N, K, OH, OW) summed over N, OH, OW (in float64 on the CPU)."""
     if device == "cpu":
         return gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
-    from .cuda import channel_sum
-    return channel_sum(gy)
+    from .array_ops import OPS
+    return OPS["cuda"].channel_sum(gy)

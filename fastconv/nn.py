@@ -10,7 +10,9 @@ names, so weights move between the two unchanged::
     model.backward(grad)
 
 ``model.to("cuda")`` moves parameters, gradients and buffers to the GPU (``fastconv.device``): the
-model then takes and returns device arrays, and every layer runs its numba.cuda kernels there.
+model then takes and returns device arrays. Each forward and backward is written once: it asks
+``fastconv.array_ops.ops_for(x)`` for the operations of the device x lives on (NumPy and Numba kernels
+on the CPU, numba.cuda kernels on the GPU) and makes the same calls on both.
 
 Parameters start as PyTorch initializes them (Kaiming-uniform: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
 weights and biases of Conv2d and Linear), drawn from fastconv's generator: ``fc.manual_seed(seed)``.
@@ -24,12 +26,10 @@ from numbers import Real
 
 import numpy as np
 
-from ._checks import (FLOAT_DTYPES, check_array, check_grad, check_int, contiguous, conv_padding, float_dtype,
-                      native, pair, pool2d_args)
-from . import cuda
+from ._checks import FLOAT_DTYPES, check_int, conv_padding, float_dtype, native, pair, pool2d_args
+from .array_ops import ArrayOps, ops_for
 from .conv import conv2d, conv2d_backward
-from .device import as_device, check_device, is_device_array, to
-from .gemm import gemm
+from .device import check_device, to
 from .kernels import elementwise
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
@@ -46,11 +46,9 @@ class Parameter:
     """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype, zeros at first)."""
 
     def __init__(self, data: np.ndarray) -> None:
-        if is_device_array(data):
-            self.data, self.grad = as_device("data", data), cuda.zeros(data.shape, data.dtype)
-        else:
-            self.data = np.ascontiguousarray(data, dtype=native(data.dtype))
-            self.grad = np.zeros_like(self.data)
+        ops = ops_for(data)
+        self.data = ops.array("data", data)
+        self.grad = ops.zeros(self.data.shape, self.data.dtype)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
@@ -228,13 +226,10 @@ class Module:
         if missing or unexpected:
             raise ValueError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
         for name, target in own.items():
-            value = to(state[name], "cpu") if is_device_array(state[name]) else np.asarray(state[name])
+            value = ops_for(state[name]).to_host(state[name])
             if value.shape != target.shape:
                 raise ValueError(f"{name} must have shape {target.shape}, got {value.shape}")
-            if is_device_array(target):
-                target.copy_to_device(np.ascontiguousarray(value, dtype=target.dtype))
-            else:
-                target[...] = value
+            ops_for(target).assign(target, value)
 
     def zero_grad(self) -> None:
         for p in self.parameters():
@@ -263,7 +258,8 @@ class Module:
             def convert(a):
                 if np.dtype(a.dtype).kind != "f":
                     return a
-                return to(to(a, "cpu").astype(d), "cuda") if is_device_array(a) else a.astype(d)
+                ops = ops_for(a)
+                return ops.from_host(ops.to_host(a).astype(d))
         for p in self.parameters():
             p.data, p.grad = convert(p.data), convert(p.grad)
         for module in self.modules():
@@ -275,7 +271,7 @@ class Module:
     def device(self) -> str:
         """'cuda' when the parameters live on the GPU, else 'cpu'."""
         params = self.parameters()
-        return "cuda" if params and is_device_array(params[0].data) else "cpu"
+        return ops_for(params[0].data).device if params else "cpu"
 
     def modules(self) -> Iterator[Module]:
         yield self
@@ -385,29 +381,20 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}) needs x of shape "
                              f"(N, {self.in_features}), got {x.shape}")
-        if is_device_array(x):
-            self.x = as_device("x", x)
-            y = cuda.matmul(self.x, self.weight.data, trans_b=True)
-            if self.bias is not None:
-                cuda.add_channel_bias(y, self.bias.data)
-            return y
-        self.x = x
-        y = gemm(x, self.weight.data.T, algo="packed")
+        ops = ops_for(x)
+        self.x = ops.array("x", x)
+        y = ops.matmul(self.x, self.weight.data, trans_b=True)
         if self.bias is not None:
-            y += self.bias.data
+            ops.add_channel_bias(y, self.bias.data)
         return y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        if is_device_array(grad_y):
-            grad_y = as_device("grad_y", grad_y)
-            cuda.matmul(grad_y, self.x, trans_a=True, out=self.weight.grad)
-            if self.bias is not None:
-                cuda.channel_sum(grad_y, out=self.bias.grad)
-            return cuda.matmul(grad_y, self.weight.data)
-        self.weight.grad += gemm(grad_y.T, self.x, algo="packed")
+        ops = ops_for(grad_y)
+        grad_y = ops.array("grad_y", grad_y)
+        ops.matmul(grad_y, self.x, trans_a=True, out=self.weight.grad)
         if self.bias is not None:
-            self.bias.grad += grad_y.sum(axis=0)
-        return gemm(grad_y, self.weight.data, algo="packed")
+            ops.channel_sum(grad_y, out=self.bias.grad)
+        return ops.matmul(grad_y, self.weight.data)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -418,22 +405,11 @@ class ReLU(Module):
     The gradient passes where the output is not <= 0 (positive or NaN, as PyTorch)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if is_device_array(x):
-            self.y = cuda.relu(as_device("x", x))
-            return self.y
-        x = contiguous(check_array("x", x, tuple(range(1, 33))))
-        self.y = np.empty_like(x)
-        elementwise.relu_forward(x, self.y)
+        self.y = ops_for(x).relu(x)
         return self.y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        if is_device_array(self.y):
-            grad_y = check_grad("grad_y", as_device("grad_y", grad_y), self.y.shape, self.y.dtype, device=True)
-            return cuda.relu_backward(grad_y, self.y)
-        grad_y = contiguous(check_grad("grad_y", grad_y, self.y.shape, self.y.dtype))
-        grad_x = np.empty_like(grad_y)
-        elementwise.relu_backward(grad_y, self.y, grad_x)
-        return grad_x
+        return ops_for(self.y).relu_backward(grad_y, self.y)
 
 
 class MaxPool2d(Module):
@@ -480,17 +456,11 @@ class GlobalAvgPool2d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
             raise ValueError(f"GlobalAvgPool2d needs x of shape (N, C, H, W), got {x.shape}")
-        self.x_shape = x.shape
-        if is_device_array(x):
-            self.x = x
-            return avg_pool2d(x, x.shape[2:])
-        return x.mean(axis=(2, 3), keepdims=True)
+        self.x = x
+        return avg_pool2d(x, x.shape[2:])
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        n, c, h, w = self.x_shape
-        if is_device_array(grad_y):
-            return avg_pool2d_backward(grad_y, self.x, (h, w))
-        return np.broadcast_to(grad_y / (h * w), self.x_shape).copy()
+        return avg_pool2d_backward(grad_y, self.x, self.x.shape[2:])
 
 
 class Flatten(Module):
@@ -516,17 +486,17 @@ class Dropout(Module):
         if not self.training or self.p == 0:
             self.mask = None
             return x
+        ops = ops_for(x)
+        x = ops.array("x", x)
         keep = _generator.random(x.shape) >= self.p  # drawn on the host: the same masks on every device
-        self.mask = (keep / (1 - self.p) if self.p < 1 else keep * 0.0).astype(x.dtype)
-        if is_device_array(x):
-            self.mask = to(self.mask, "cuda")
-            return cuda.mul(as_device("x", x), self.mask)
-        return x * self.mask
+        self.mask = ops.from_host((keep / (1 - self.p) if self.p < 1 else keep * 0.0).astype(x.dtype))
+        return ops.mul(x, self.mask)
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         if self.mask is None:
             return grad_y
-        return cuda.mul(as_device("grad_y", grad_y), self.mask) if is_device_array(grad_y) else grad_y * self.mask
+        ops = ops_for(grad_y)
+        return ops.mul(ops.array("grad_y", grad_y), self.mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -563,68 +533,32 @@ class BatchNorm2d(Module):
         count = x.size // x.shape[1]
         if self.training and count < 2:
             raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got {x.shape}")
-        if is_device_array(x):
-            return self._forward_cuda(as_device("x", x), count)
-        shape = (1, -1, 1, 1)
+        ops = ops_for(x)
+        x = ops.array("x", x)
         if self.training:
-            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
-            var = ((x - mean.reshape(shape).astype(x.dtype)) ** 2).mean(axis=(0, 2, 3), dtype=np.float64)
-            self._update_running(mean, var, count)
+            mean, var = ops.batch_statistics(x)
+            self._update_running(ops, mean, var, count)
         else:
-            mean, var = self.running_mean, self.running_var
-        self.invstd = (1 / np.sqrt(var + self.eps)).astype(x.dtype)
-        self.xhat = (x - mean.reshape(shape).astype(x.dtype)) * self.invstd.reshape(shape)
-        self.batch_stats = self.training
-        return self.xhat * self.weight.data.reshape(shape) + self.bias.data.reshape(shape)
+            mean, var = ops.to_host(self.running_mean), ops.to_host(self.running_var)
+        invstd = 1 / np.sqrt(var + self.eps)
+        self.invstd, self.batch_stats = invstd.astype(x.dtype), self.training
+        self.xhat = ops.normalize(x, mean, invstd)
+        return ops.channel_affine(self.xhat, self.weight.data, self.bias.data)
 
-    def _update_running(self, mean: np.ndarray, var: np.ndarray, count: int) -> None:
+    def _update_running(self, ops: ArrayOps, mean: np.ndarray, var: np.ndarray, count: int) -> None:
         m = self.momentum
         for name, new in (("running_mean", mean), ("running_var", var * count / (count - 1))):
             old = getattr(self, name)
-            value = ((1 - m) * to(old, "cpu") + m * new).astype(old.dtype)
-            if is_device_array(old):
-                old.copy_to_device(value)
-            else:
-                old[...] = value
+            ops.assign(old, ((1 - m) * ops.to_host(old) + m * new).astype(old.dtype))
         self.num_batches_tracked += 1
 
-    def _forward_cuda(self, x, count: int):
-        """The forward on the GPU: per-channel sums on the device, the C statistics on the host."""
-        if self.training:
-            mean = to(cuda.channel_sum(x), "cpu").astype(np.float64) / count
-            centered = cuda.channel_affine(x, to(np.ones(x.shape[1], x.dtype), "cuda"), to(-mean.astype(x.dtype), "cuda"))
-            var = to(cuda.channel_sum(cuda.mul(centered, centered)), "cpu").astype(np.float64) / count
-            self._update_running(mean, var, count)
-        else:
-            mean, var = to(self.running_mean, "cpu").astype(np.float64), to(self.running_var, "cpu").astype(np.float64)
-        invstd = 1 / np.sqrt(var + self.eps)
-        self.invstd, self.count, self.batch_stats = invstd.astype(x.dtype), count, self.training
-        self.xhat = cuda.channel_affine(x, to(self.invstd, "cuda"), to((-mean * invstd).astype(x.dtype), "cuda"))
-        return cuda.channel_affine(self.xhat, self.weight.data, self.bias.data)
-
-    def _backward_cuda(self, grad_y):
-        cuda.channel_sum(grad_y, out=self.bias.grad)
-        cuda.channel_sum(cuda.mul(grad_y, self.xhat), out=self.weight.grad)
-        scale = (to(self.weight.data, "cpu") * self.invstd).astype(self.invstd.dtype)
-        g = cuda.channel_affine(grad_y, to(scale, "cuda"), to(np.zeros_like(scale), "cuda"))
-        if not self.batch_stats:
-            return g
-        mean_g = to(cuda.channel_sum(g), "cpu") / self.count
-        mean_gxhat = to(cuda.channel_sum(cuda.mul(g, self.xhat)), "cpu") / self.count
-        return cuda.batch_norm_backward_input(g, self.xhat, to(mean_g, "cuda"), to(mean_gxhat, "cuda"))
-
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        if is_device_array(grad_y):
-            return self._backward_cuda(as_device("grad_y", grad_y))
-        shape = (1, -1, 1, 1)
-        self.bias.grad += grad_y.sum(axis=(0, 2, 3))
-        self.weight.grad += (grad_y * self.xhat).sum(axis=(0, 2, 3))
-        g = grad_y * (self.weight.data * self.invstd).reshape(shape)
-        if not self.batch_stats:
-            return g
-        g_mean = g.mean(axis=(0, 2, 3), keepdims=True)
-        gx_mean = (g * self.xhat).mean(axis=(0, 2, 3), keepdims=True)
-        return g - g_mean - self.xhat * gx_mean
+        ops = ops_for(grad_y)
+        grad_y = ops.array("grad_y", grad_y)
+        ops.channel_sum(grad_y, out=self.bias.grad)
+        ops.channel_sum(ops.mul(grad_y, self.xhat), out=self.weight.grad)
+        scale = (ops.to_host(self.weight.data) * self.invstd).astype(self.invstd.dtype)
+        return ops.batch_norm_backward(grad_y, self.xhat, scale, self.batch_stats)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -646,43 +580,38 @@ class Residual(Module):
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return cuda.add(as_device("a", a), as_device("b", b)) if is_device_array(a) else a + b
+    ops = ops_for(a)
+    return ops.add(ops.array("a", a), ops.array("b", b))
 
 
 def accumulate(dst: np.ndarray, src: np.ndarray) -> None:
     """dst += src in place, on the CPU or the GPU (where dst lives)."""
-    if is_device_array(dst):
-        cuda.add(dst, as_device("src", src), dst)
-    else:
-        dst += src
+    ops = ops_for(dst)
+    ops.add(dst, ops.array("src", src), out=dst)
 
 
 def fill(a: np.ndarray, value: float) -> None:
     """a[...] = value in place, on the CPU or the GPU."""
-    if is_device_array(a):
-        cuda.fill(a, value)
-    else:
-        a.fill(value)
+    ops_for(a).fill(a, value)
 
 
 def _check_logits(logits: np.ndarray) -> np.ndarray:
-    if is_device_array(logits):
-        logits = as_device("logits", logits)
-    elif not isinstance(logits, np.ndarray) or native(logits.dtype) not in FLOAT_DTYPES:
-        what = f"{logits.dtype} array" if isinstance(logits, np.ndarray) else type(logits).__name__
-        raise TypeError(f"logits must be a float32/float64 array of shape (N, classes), got a {what}")
+    """logits as a float (N, classes) array of its device (TypeError/ValueError say what is wrong)."""
+    message = "logits must be a float32/float64 array of shape (N, classes), got"
+    if not hasattr(logits, "shape"):
+        raise TypeError(f"{message} a {type(logits).__name__}")
+    logits = ops_for(logits).array("logits", logits)
+    if native(logits.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{message} a {logits.dtype} array")
     if logits.ndim != 2:
-        raise ValueError(f"logits must be a float32/float64 array of shape (N, classes), got shape {logits.shape}")
+        raise ValueError(f"{message} shape {logits.shape}")
     return logits
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Class probabilities (N, classes) from logits (N, classes), computed stably (max subtracted)."""
     logits = _check_logits(logits)
-    if is_device_array(logits):
-        return cuda.softmax(logits)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return ops_for(logits).softmax(logits)
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -696,45 +625,26 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     """
     logits = _check_logits(logits)
     n, classes = logits.shape
-    if is_device_array(logits) and is_device_array(labels):
-        if n == 0:
-            raise ValueError("cross_entropy needs at least one example")
-        return cuda.cross_entropy(logits, labels)
-    labels = np.asarray(labels)
-    if labels.shape != (n,) or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
+    labels_on_host = ops_for(labels).device == "cpu"
+    if labels_on_host:
+        labels = np.asarray(labels)
+        if labels.shape != (n,) or labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
     if n == 0:
         raise ValueError("cross_entropy needs at least one example")
-    if labels.min() < 0 or labels.max() >= classes:
+    if labels_on_host and (labels.min() < 0 or labels.max() >= classes):
         raise ValueError(f"labels must be in [0, {classes}), got values in [{labels.min()}, {labels.max()}]")
-    if is_device_array(logits):
-        return cuda.cross_entropy(logits, labels)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    total = e.sum(axis=1, keepdims=True)
-    rows = np.arange(n)
-    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, labels]))
-    grad = e / total
-    grad[rows, labels] -= 1
-    grad /= n
-    return loss, grad
+    return ops_for(logits).cross_entropy(logits, labels)
 
 
 def mse_loss(prediction: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean of (prediction - target)**2 over all elements, and its gradient with respect to prediction."""
-    if is_device_array(prediction):
-        prediction = check_array("prediction", as_device("prediction", prediction), tuple(range(33)), device=True)
-    elif not isinstance(prediction, np.ndarray) or not isinstance(target, np.ndarray):
-        prediction = None
-    if prediction is None or getattr(target, "shape", None) != prediction.shape:
-        raise ValueError(f"prediction and target must be arrays of one shape, got {getattr(prediction, 'shape', None)} "
+    shape = getattr(prediction, "shape", None)
+    if shape is None or getattr(target, "shape", None) != shape:
+        raise ValueError(f"prediction and target must be arrays of one shape, got {shape} "
                          f"and {getattr(target, 'shape', None)}")
+    ops = ops_for(prediction)
+    prediction, target = ops.array("prediction", prediction), ops.array("target", target)
     if prediction.size == 0:
         raise ValueError("mse_loss needs at least one element")
-    if is_device_array(prediction):
-        target = check_array("target", as_device("target", target), (prediction.ndim,), prediction.dtype, device=True)
-        diff = cuda.scaled_difference(prediction, target, 1.0)
-        grad = cuda.scaled_difference(prediction, target, 2 / diff.size)
-        return cuda.total(cuda.mul(diff, diff)) / diff.size, grad
-    diff = prediction - target
-    return float(np.mean(diff * diff)), (2 / diff.size) * diff
+    return ops.mse_loss(prediction, target)

@@ -7,9 +7,10 @@
             opt.zero_grad(); loss, g = fc.nn.cross_entropy(model(x), y); model.backward(g); opt.step()
         sched.step()
 
-Updates are in place on ``Parameter.data``, one compiled loop per parameter (``kernels/elementwise.py``),
-in the parameter's dtype; optimizer state has each parameter's dtype and lives where it does (on the GPU
-for a model moved there with ``model.to("cuda")``, updated by the numba.cuda kernels).
+Updates are in place on ``Parameter.data``, one compiled loop per parameter, in the parameter's dtype;
+optimizer state has each parameter's dtype and lives where it does (on the GPU for a model moved there
+with ``model.to("cuda")``). Each update is written once against ``fastconv.array_ops.ops_for(p.data)``:
+the Numba loops of ``kernels/elementwise.py`` on the CPU, the numba.cuda kernels on the GPU.
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ from numbers import Real
 
 import numpy as np
 
-from . import cuda
 from ._checks import check_int
-from .device import is_device_array, to
-from .kernels import elementwise
+from .array_ops import ops_for
+from .device import to
 from .nn import Parameter, fill
 
 
@@ -60,11 +60,8 @@ class Optimizer:
 
     def step(self) -> None:
         for i, p in enumerate(self.params):
-            on_device = is_device_array(p.data)
-            writeable = (on_device and is_device_array(p.grad) and p.data.is_c_contiguous()
-                         and p.grad.is_c_contiguous()) or \
-                (not on_device and isinstance(p.grad, np.ndarray) and p.data.flags.c_contiguous
-                 and p.data.flags.writeable and p.grad.flags.c_contiguous)
+            ops = ops_for(p.data)
+            writeable = ops.holds(p.data, writeable=True) and ops.holds(p.grad)
             if not (writeable and p.grad.shape == p.data.shape
                     and p.grad.dtype == p.data.dtype and p.data.dtype in (np.float32, np.float64)):
                 raise ValueError(f"parameter {i} must hold a writeable C-contiguous float32/float64 .data and a "
@@ -113,11 +110,11 @@ class Optimizer:
             if name:
                 i = int(index)
                 value = np.array(to(value, "cpu"), dtype=self.params[i].data.dtype)
-                self.state[i][name] = to(value, "cuda") if is_device_array(self.params[i].data) else value
+                self.state[i][name] = ops_for(self.params[i].data).from_host(value)
 
 
 def _zeros_like(a: np.ndarray) -> np.ndarray:
-    return cuda.zeros(a.shape, a.dtype) if is_device_array(a) else np.zeros_like(a)
+    return ops_for(a).zeros(a.shape, a.dtype)
 
 
 class SGD(Optimizer):
@@ -144,10 +141,7 @@ class SGD(Optimizer):
         buf = state.get("momentum_buffer", p.data)  # unused without momentum
         t = p.data.dtype.type
         args = (t(self.lr), t(self.momentum), t(self.dampening), t(self.weight_decay), self.nesterov, first)
-        if is_device_array(p.data):
-            cuda.sgd_update(p.data, p.grad, buf, *args)
-        else:
-            elementwise.sgd_update(p.data.reshape(-1), p.grad.reshape(-1), buf.reshape(-1), *args)
+        ops_for(p.data).sgd_update(p.data, p.grad, buf, *args)
 
 
 class Adam(Optimizer):
@@ -174,11 +168,7 @@ class Adam(Optimizer):
         t = p.data.dtype.type
         args = (t(self.lr), t(b1), t(b2), t(self.eps), t(self.weight_decay), t(1 - b1 ** self.steps),
                 t(math.sqrt(1 - b2 ** self.steps)))
-        if is_device_array(p.data):
-            cuda.adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], *args)
-        else:
-            elementwise.adam_update(p.data.reshape(-1), p.grad.reshape(-1), state["exp_avg"].reshape(-1),
-                                    state["exp_avg_sq"].reshape(-1), *args)
+        ops_for(p.data).adam_update(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], *args)
 
 
 class LRScheduler:
