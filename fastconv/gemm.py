@@ -1,6 +1,7 @@
 """Matrix product c = a @ b on every device: the records of ``GEMM`` have ``forward(a, b) -> c`` for
 validated 2-D operands of one dtype on the record's device, a (M, K), b (K, N), c (M, N) new; ``backward``
-is None (the products of a backward pass are GEMMs themselves: ``fastconv.nn.Linear``)."""
+is None (the products of a backward pass are GEMMs themselves: ``fastconv.nn.Linear``). The problem a
+record's ``unsupported`` and ``workspace_bytes`` see is the tuple (M, K, N)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -70,4 +71,5 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     if device == "cpu" and min(shape) == 0:
         return np.zeros((a.shape[0], b.shape[1]), native(a.dtype))
     name = GEMM.rule(shape, a.dtype.itemsize, device) if algo == "auto" else algo
+    GEMM.require(name, device, shape, a.dtype.itemsize)
     return GEMM[device, name].forward(a, b)

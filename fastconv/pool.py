@@ -108,6 +108,8 @@ def _prepare(registry: Registry, x, kernel_size, stride, padding, dilation, ceil
         x = as_device("x", x)
     xb, unbatched = batched("x", x)
     p = pool2d_shape(xb, kernel_size, stride, padding, dilation, ceil_mode)
+    if algo != "auto":
+        registry.require(algo, device, p, xb.dtype.itemsize if p.n else None)
     if device == "cpu":
         xb = contiguous(xb)
     return device, xb, unbatched, p, (registry.rule(p, xb.dtype.itemsize, device) if algo == "auto" else algo)

@@ -8,7 +8,7 @@ import pytest
 from fastconv import device
 from fastconv.array_ops import OPS, ArrayOps, CpuOps, CudaOps, ops_for
 
-from strategies import assert_close
+from op_check import assert_close
 
 RNG = np.random.default_rng(11)
 CPU, GPU = OPS["cpu"], OPS["cuda"]

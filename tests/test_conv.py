@@ -1,82 +1,31 @@
-"""conv2d and conv2d_backward: every algorithm against the naive reference, and finite differences."""
+"""conv2d and conv2d_backward: every CPU record of the registry (CONV2D, read when the tests are collected)
+checked by op_check.check_conv2d on generated problems; batch chunking, empty batches and auto."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 
 import fastconv as fc
-from strategies import assert_close, conv_algo_takes, conv_cases
-
-COMPILED = [a for a in fc.algorithms("conv2d") if a != "naive"]
-
-
-def _terms(case):
-    cg, r, s = case.weight.shape[1:]
-    return cg * r * s
+from fastconv._checks import conv2d_shape
+from fastconv.conv import CONV2D
+from op_check import assert_close, check_conv2d, record_params, takes
+from strategies import conv_cases
 
 
-@pytest.mark.parametrize("algo", COMPILED)
+@pytest.mark.parametrize("record", record_params(r for r in CONV2D.records("cpu") if not r.reference))
 @given(case=conv_cases())
-def test_forward_matches_naive(algo, case):
-    if not conv_algo_takes(algo, case):
-        return
-    expected = fc.conv2d(case.x, case.weight, case.bias, **case.kwargs, algo="naive")
-    actual = fc.conv2d(case.x, case.weight, case.bias, **case.kwargs, algo=algo)
-    assert_close(actual, expected, _terms(case))
+def test_conv2d(record, case):
+    """y and every gradient against the reference, finite differences and PyTorch (check_conv2d); a ValueError
+    naming the record on a problem it refuses."""
+    check_conv2d(record, case)
 
 
-@pytest.mark.parametrize("algo", COMPILED)
-@given(case=conv_cases())
-def test_backward_matches_naive(algo, case):
-    if not conv_algo_takes(algo, case):
-        return
-    y = fc.conv2d(case.x, case.weight, **case.kwargs, algo="naive")
-    grad_y = np.random.default_rng(0).standard_normal(y.shape).astype(y.dtype)
-    gx0, gw0, gb0 = fc.conv2d_backward(grad_y, case.x, case.weight, **case.kwargs, algo="naive")
-    gx, gw, gb = fc.conv2d_backward(grad_y, case.x, case.weight, **case.kwargs, algo=algo)
-    k, cg, r, s = case.weight.shape
-    assert_close(gx, gx0, (k // case.groups) * r * s)
-    assert_close(gw, gw0, grad_y.size // k)
-    assert_close(gb, gb0, grad_y.size // k)
-
-
-def _finite_difference_check(case, algo):
-    """Central differences of loss = sum(conv2d(x, w, b) * g) against conv2d_backward, in float64."""
-    x, w = np.array(case.x, dtype=np.float64), case.weight.astype(np.float64)
-    b = np.random.default_rng(1).standard_normal(w.shape[0])
-    g = np.random.default_rng(2).standard_normal(fc.conv2d(x, w, b, **case.kwargs, algo=algo).shape)
-
-    def loss(x_, w_, b_):
-        return float(np.sum(fc.conv2d(x_, w_, b_, **case.kwargs, algo=algo) * g))
-
-    gx, gw, gb = fc.conv2d_backward(g, x, w, **case.kwargs, algo=algo)
-    eps = 1e-6
-    for array, grad in ((x, gx), (w, gw), (b, gb)):
-        numeric = np.empty_like(array)
-        for i in np.ndindex(array.shape):
-            old = array[i]
-            array[i] = old + eps
-            up = loss(x, w, b)
-            array[i] = old - eps
-            down = loss(x, w, b)
-            array[i] = old
-            numeric[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("algo", COMPILED)
+@pytest.mark.parametrize("record", record_params(r for r in CONV2D.records("cpu") if r.reference))
 @settings(max_examples=10)
-@given(case=conv_cases(max_batch=2, dtypes=[np.float64]))
-def test_backward_matches_finite_differences(algo, case):
-    if conv_algo_takes(algo, case):
-        _finite_difference_check(case, algo)
-
-
-def test_naive_backward_matches_finite_differences():
-    rng = np.random.default_rng(3)
-    from strategies import ConvCase
-    case = ConvCase(rng.standard_normal((2, 4, 5, 6)), rng.standard_normal((4, 2, 2, 3)), None,
-                    stride=(2, 1), padding=1, dilation=(1, 2), groups=2)
-    _finite_difference_check(case, "naive")
+@given(case=conv_cases(max_batch=1, max_extra=2))
+def test_conv2d_reference(record, case):
+    """The reference (Python loops) on small problems: its gradients against finite differences, all of it against
+    PyTorch (check_conv2d)."""
+    check_conv2d(record, case)
 
 
 @pytest.mark.parametrize("algo", ["im2col", "im2col_packed"])
@@ -107,12 +56,16 @@ def test_im2col_chunks_the_batch_under_the_workspace_limit(algo):
         fc.set_workspace_limit(old)
 
 
-@pytest.mark.parametrize("algo", fc.algorithms("conv2d"))
-def test_empty_batch(algo):
+@pytest.mark.parametrize("record", CONV2D.records("cpu"), ids=lambda r: r.name)
+@pytest.mark.parametrize("r", [1, 3])
+def test_empty_batch(record, r):
+    """A batch of none: a y and grad_x of none, zero grad_weight and grad_bias (or the record's refusal)."""
     x = np.zeros((0, 2, 5, 5), np.float32)
-    w = np.ones((3, 2, 3, 3), np.float32)
-    assert fc.conv2d(x, w, algo=algo).shape == (0, 3, 3, 3)
-    gx, gw, gb = fc.conv2d_backward(np.zeros((0, 3, 3, 3), np.float32), x, w, algo=algo)
+    w = np.ones((3, 2, r, r), np.float32)
+    if not takes(record, conv2d_shape(x, w, 1, 0, 1, 1), lambda: fc.conv2d(x, w, algo=record.name)):
+        return
+    assert fc.conv2d(x, w, algo=record.name).shape == (0, 3, 6 - r, 6 - r)
+    gx, gw, gb = fc.conv2d_backward(np.zeros((0, 3, 6 - r, 6 - r), np.float32), x, w, algo=record.name)
     assert gx.shape == x.shape and not gw.any() and not gb.any()
 
 
@@ -135,7 +88,6 @@ def test_auto_matches_naive():
     ((8, 256, 14, 14), (64, 256, 1, 1), 1, 1, "im2col_packed"),   # pointwise
 ])
 def test_auto_rule(x_shape, w_shape, stride, groups, expected):
-    from fastconv._checks import conv2d_shape
     from fastconv.conv import choose_conv2d_algorithm
     x, w = np.broadcast_to(np.float32(0), x_shape), np.broadcast_to(np.float32(0), w_shape)
     p = conv2d_shape(x, w, stride, 1, 1, groups)

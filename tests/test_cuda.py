@@ -11,7 +11,7 @@ import pytest
 import fastconv as fc
 from fastconv import device, nn, optim
 
-from strategies import assert_close
+from op_check import assert_close
 
 pytestmark = pytest.mark.skipif(not device.cuda_available(), reason="no CUDA device and no simulator")
 

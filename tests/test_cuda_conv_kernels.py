@@ -15,12 +15,9 @@ from fastconv import naive  # noqa: E402
 from fastconv._checks import Conv2dShape  # noqa: E402
 from fastconv.kernels import cuda_conv, cuda_matmul  # noqa: E402
 from fastconv.kernels import im2col as cpu_im2col  # noqa: E402
+from op_check import assert_close  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
-
-
-def rtol(dtype):
-    return 1e-4 if dtype == np.float32 else 1e-10
 
 
 def randn(rng, shape, dtype):
@@ -62,7 +59,7 @@ def test_conv2d_forward(case, dtype):
     bias = randn(rng, (p.k,), dtype)
     y = cuda.to_device(np.full(p.y_shape, np.nan, dtype))
     cuda_conv.direct_forward(cuda.to_device(x), cuda.to_device(weight), cuda.to_device(bias), y, *geometry(p))
-    np.testing.assert_allclose(y.copy_to_host(), naive.conv2d(x, weight, bias, p), rtol=rtol(dtype), atol=rtol(dtype))
+    assert_close(y.copy_to_host(), naive.conv2d(x, weight, bias, p), terms=100)
 
 
 # float32 on one case only: one simulated block per weight element is slow.
@@ -76,8 +73,8 @@ def test_conv2d_backward(case, dtype):
     gw = cuda.to_device(np.full(weight.shape, np.nan, dtype))
     cuda_conv.direct_backward_input(d_gy, d_w, gx, *geometry(p))
     cuda_conv.direct_backward_weight(d_gy, d_x, gw, *geometry(p))
-    np.testing.assert_allclose(gx.copy_to_host(), gx_ref, rtol=rtol(dtype), atol=rtol(dtype))
-    np.testing.assert_allclose(gw.copy_to_host(), gw_ref, rtol=rtol(dtype), atol=rtol(dtype))
+    assert_close(gx.copy_to_host(), gx_ref, terms=100)
+    assert_close(gw.copy_to_host(), gw_ref, terms=100)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -101,7 +98,7 @@ def test_im2col_col2im_chunk(case, dtype):
     gx = cuda.to_device(sentinel)
     cuda_conv.col2im(cuda.to_device(col_ref), gx, *args)
     got = gx.copy_to_host()
-    np.testing.assert_allclose(got[n0:n0 + nb], gx_ref[n0:n0 + nb], rtol=rtol(dtype))
+    assert_close(got[n0:n0 + nb], gx_ref[n0:n0 + nb], terms=100)
     np.testing.assert_array_equal(got[:n0], sentinel[:n0])          # other images untouched
 
 
@@ -116,11 +113,11 @@ def test_kn_nchw_round_trip(dtype):
     cuda_conv.kn_to_nchw(cuda.to_device(out), cuda.to_device(bias), y, n0)
     expected = y_init.copy()
     expected[n0:n0 + nb] = out.reshape(k, nb, oh, ow).transpose(1, 0, 2, 3) + bias[:, None, None]
-    np.testing.assert_allclose(y.copy_to_host(), expected, rtol=rtol(dtype))
+    assert_close(y.copy_to_host(), expected, terms=100)
 
     back = cuda.to_device(np.full(out.shape, np.nan, dtype))
     cuda_conv.nchw_to_kn(cuda.to_device(expected - bias[:, None, None]), back, n0)
-    np.testing.assert_allclose(back.copy_to_host(), out, rtol=rtol(dtype), atol=rtol(dtype))
+    assert_close(back.copy_to_host(), out, terms=100)
 
 
 def gemm_operands(m, n, k, trans_a, trans_b, dtype, seed=0):
@@ -139,7 +136,7 @@ def test_gemm_edges(trans_a, trans_b, beta, dtype):
     a, b, c, sa, sb = gemm_operands(70, 65, 19, trans_a, trans_b, dtype)
     d_c = cuda.to_device(c if beta else np.full(c.shape, np.nan, dtype))
     cuda_matmul.gemm(cuda.to_device(sa), cuda.to_device(sb), d_c, trans_a, trans_b, beta)
-    np.testing.assert_allclose(d_c.copy_to_host(), a @ b + beta * c, rtol=rtol(dtype), atol=rtol(dtype))
+    assert_close(d_c.copy_to_host(), a @ b + beta * c, terms=100)
 
 
 def test_gemm_several_blocks():

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 import fastconv as fc
 from fastconv import direct_simd
 from fastconv._checks import contiguous, conv2d_shape
-from strategies import DTYPES, assert_close, conv_cases
+from op_check import assert_close
+from strategies import DTYPES, conv_cases
 
 
 KERNELS = {"auto": direct_simd.forward, "rows": direct_simd.forward_rows,

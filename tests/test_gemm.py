@@ -1,38 +1,34 @@
-"""gemm: every kernel against NumPy in float64, all operand layouts, block edges."""
+"""gemm: every CPU record of the registry (GEMM, read when the tests are collected) checked by
+op_check.check_gemm (the float64 NumPy product, PyTorch) on all operand layouts and block edges."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 import fastconv as fc
-from strategies import assert_close
-
-COMPILED = [a for a in fc.algorithms("gemm") if a != "naive"]
-
-
-def _reference(a, b):
-    return (a.astype(np.float64) @ b.astype(np.float64)).astype(a.dtype)
+from fastconv.gemm import GEMM
+from op_check import check_gemm, record_params
 
 
-@pytest.mark.parametrize("algo", fc.algorithms("gemm"))
+@pytest.mark.parametrize("record", record_params(GEMM.records("cpu")))
 @given(m=st.integers(1, 40), n=st.integers(1, 40), k=st.integers(1, 40),
        dtype=st.sampled_from([np.float32, np.float64]),
        a_order=st.sampled_from("CF"), b_order=st.sampled_from("CF"), seed=st.integers(0, 2**32 - 1))
-def test_gemm_matches_numpy(algo, m, n, k, dtype, a_order, b_order, seed):
+def test_gemm(record, m, n, k, dtype, a_order, b_order, seed):
     rng = np.random.default_rng(seed)
     a = np.asarray(rng.standard_normal((m, k)), dtype=dtype, order=a_order)
     b = np.asarray(rng.standard_normal((k, n)), dtype=dtype, order=b_order)
-    assert_close(fc.gemm(a, b, algo=algo), _reference(a, b), k)
+    check_gemm(record, a, b)
 
 
-@pytest.mark.parametrize("algo", COMPILED)
+@pytest.mark.parametrize("record", record_params(r for r in GEMM.records("cpu") if not r.reference))
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (257, 129, 600), (600, 530, 97), (33, 1000, 1031), (1, 700, 2)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_block_edges(algo, m, n, k, dtype):
+def test_gemm_block_edges(record, m, n, k, dtype):
     rng = np.random.default_rng(m * n * k)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((k, n)).astype(dtype)
-    assert_close(fc.gemm(a, b, algo=algo), _reference(a, b), k)
-    assert_close(fc.gemm(b.T, a.T, algo=algo), _reference(b.T, a.T), k)
+    check_gemm(record, a, b)
+    check_gemm(record, b.T, a.T)
 
 
 def test_gemm_reads_readonly_and_big_endian_operands():

@@ -12,36 +12,13 @@ import pytest
 
 import fastconv as fc
 from fastconv import models, nn, optim
-
-EPS = 1e-6
-RTOL, ATOL = 1e-5, 1e-7
-
-
-def numeric_grad(f, array: np.ndarray, indices: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
-    """Central differences of the scalar f() with respect to `array`, perturbed in place at `indices` (index
-    arrays as np.nonzero returns; all elements by default); elements not visited stay zero."""
-    grad = np.zeros_like(array)
-    for i in np.ndindex(array.shape) if indices is None else zip(*indices):
-        old = array[i]
-        array[i] = old + EPS
-        up = f()
-        array[i] = old - EPS
-        down = f()
-        array[i] = old
-        grad[i] = (up - down) / (2 * EPS)
-    return grad
-
-
-def random_indices(array: np.ndarray, rng: np.random.Generator, count: int = 10) -> tuple[np.ndarray, ...]:
-    """`count` distinct positions in `array` (all of them if it is smaller), as index arrays."""
-    flat = rng.choice(array.size, size=min(count, array.size), replace=False)
-    return np.unravel_index(flat, array.shape)
+from op_check import assert_gradient, distinct, sample
 
 
 def check_layer_gradients(layer: nn.Module, x: np.ndarray, seed: int = 0) -> None:
-    """backward(u) and every parameter's .grad against finite differences of f = sum(layer(x) * u).
-
-    fc.manual_seed runs before each forward so that dropout draws the same mask every time."""
+    """backward(u) and every parameter's .grad against central differences of f = sum(layer(x) * u) at every
+    element (op_check.assert_gradient). fc.manual_seed runs before each forward so that dropout draws the
+    same mask every time."""
     def forward() -> np.ndarray:
         fc.manual_seed(seed)
         return layer(x)
@@ -56,13 +33,14 @@ def check_layer_gradients(layer: nn.Module, x: np.ndarray, seed: int = 0) -> Non
         return float(np.sum(forward() * u))
 
     assert gx.shape == x.shape and gx.dtype == np.float64
-    np.testing.assert_allclose(gx, numeric_grad(f, x), rtol=RTOL, atol=ATOL, err_msg="input")
+    assert_gradient(gx, f, x, err_msg="input")
     for name, p in layer.named_parameters():
-        np.testing.assert_allclose(grads[name], numeric_grad(f, p.data), rtol=RTOL, atol=ATOL, err_msg=name)
+        assert_gradient(grads[name], f, p.data, err_msg=name)
 
 
 def check_model_gradients(model: nn.Module, x: np.ndarray, labels: np.ndarray, seed: int = 0) -> None:
-    """Gradients of cross_entropy(model(x), labels) against finite differences at ~10 elements per parameter."""
+    """Gradients of cross_entropy(model(x), labels) against central differences at 20 elements of x and 10
+    of each parameter."""
     rng = np.random.default_rng(seed)
     model.zero_grad()
     _, g = nn.cross_entropy(model(x), labels)
@@ -72,18 +50,9 @@ def check_model_gradients(model: nn.Module, x: np.ndarray, labels: np.ndarray, s
     def f() -> float:
         return nn.cross_entropy(model(x), labels)[0]
 
-    idx = random_indices(x, rng, 20)
-    np.testing.assert_allclose(gx[idx], numeric_grad(f, x, idx)[idx], rtol=RTOL, atol=ATOL, err_msg="input")
+    assert_gradient(gx, f, x, sample(x, rng, 20), err_msg="input")
     for name, p in model.named_parameters():
-        idx = random_indices(p.data, rng)
-        np.testing.assert_allclose(grads[name][idx], numeric_grad(f, p.data, idx)[idx], rtol=RTOL, atol=ATOL,
-                                   err_msg=name)
-
-
-def distinct(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Values in [-2, 2) at least 4/size apart, shuffled: no max-pool ties within EPS."""
-    size = math.prod(shape)
-    return (rng.permutation(size) * (4 / size) - 2).reshape(shape)
+        assert_gradient(grads[name], f, p.data, sample(p.data, rng, 10), err_msg=name)
 
 
 def away_from_zero(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -416,8 +385,7 @@ def test_cross_entropy_gradient_matches_finite_differences():
     rng = np.random.default_rng(1)
     logits, labels = rng.standard_normal((4, 3)), np.array([2, 0, 0, 1], dtype=np.uint8)
     _, grad = nn.cross_entropy(logits, labels)
-    np.testing.assert_allclose(grad, numeric_grad(lambda: nn.cross_entropy(logits, labels)[0], logits),
-                               rtol=RTOL, atol=ATOL)
+    assert_gradient(grad, lambda: nn.cross_entropy(logits, labels)[0], logits)
 
 
 def test_cross_entropy_float32_keeps_dtype():
@@ -487,8 +455,7 @@ def test_mse_loss_value_and_gradient():
     prediction, target = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
     loss, grad = nn.mse_loss(prediction, target)
     assert loss == pytest.approx(np.mean((prediction - target) ** 2), rel=1e-14)
-    np.testing.assert_allclose(grad, numeric_grad(lambda: nn.mse_loss(prediction, target)[0], prediction),
-                               rtol=RTOL, atol=ATOL)
+    assert_gradient(grad, lambda: nn.mse_loss(prediction, target)[0], prediction)
 
 
 @pytest.mark.parametrize("prediction,target", [

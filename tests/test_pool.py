@@ -1,30 +1,47 @@
-"""Max and average pooling: the compiled kernels against the naive reference, and finite differences."""
+"""Max and average pooling: every CPU record of the registries (MAX_POOL2D, AVG_POOL2D, read when the tests are
+collected) checked by op_check on generated problems; indices, NaN and Inf, empty batches."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import fastconv as fc
-from strategies import assert_close, pool_cases
+from fastconv.pool import AVG_POOL2D, MAX_POOL2D
+from op_check import check_avg_pool2d, check_max_pool2d, record_params
+from strategies import pool_cases
+
+DIVISORS = st.sampled_from([None, 1, 3, -2])
 
 
-def _pool_kwargs(case):
-    return dict(kernel_size=case.kernel_size, stride=case.stride, padding=case.padding,
-                ceil_mode=case.ceil_mode)
-
-
+@pytest.mark.parametrize("record", record_params(r for r in MAX_POOL2D.records("cpu") if not r.reference))
 @given(case=pool_cases())
-def test_max_pool_matches_naive(case):
-    kw = dict(_pool_kwargs(case), dilation=case.dilation)
-    y0, i0 = fc.max_pool2d(case.x, **kw, return_indices=True, algo="naive")
-    y, i = fc.max_pool2d(case.x, **kw, return_indices=True, algo="direct")
-    assert_close(y, y0)
-    np.testing.assert_array_equal(i, i0)
-    assert i.dtype == np.int64
-    grad_y = np.random.default_rng(0).standard_normal(y.shape).astype(y.dtype)
-    gx0 = fc.max_pool2d_backward(grad_y, case.x, **kw, algo="naive")
-    assert_close(fc.max_pool2d_backward(grad_y, case.x, **kw, algo="direct"), gx0, 9)
-    for algo in ("naive", "direct"):  # with the forward's indices: the same gradient, no recomputation
-        assert_close(fc.max_pool2d_backward(grad_y, case.x, **kw, indices=i, algo=algo), gx0, 9)
+def test_max_pool2d(record, case):
+    """y, indices and grad_x against the reference, finite differences and PyTorch (check_max_pool2d)."""
+    check_max_pool2d(record, case)
+
+
+@pytest.mark.parametrize("record", record_params(r for r in MAX_POOL2D.records("cpu") if r.reference))
+@settings(max_examples=15)
+@given(case=pool_cases(max_batch=1))
+def test_max_pool2d_reference(record, case):
+    """The reference (Python loops) on small problems: grad_x against finite differences, all of it against PyTorch
+    (check_max_pool2d)."""
+    check_max_pool2d(record, case)
+
+
+@pytest.mark.parametrize("record", record_params(r for r in AVG_POOL2D.records("cpu") if not r.reference))
+@given(case=pool_cases(dilation=False), count_include_pad=st.booleans(), divisor_override=DIVISORS)
+def test_avg_pool2d(record, case, count_include_pad, divisor_override):
+    """y and grad_x against the reference, finite differences and PyTorch (check_avg_pool2d)."""
+    check_avg_pool2d(record, case, count_include_pad, divisor_override)
+
+
+@pytest.mark.parametrize("record", record_params(r for r in AVG_POOL2D.records("cpu") if r.reference))
+@settings(max_examples=15)
+@given(case=pool_cases(dilation=False, max_batch=1), count_include_pad=st.booleans(), divisor_override=DIVISORS)
+def test_avg_pool2d_reference(record, case, count_include_pad, divisor_override):
+    """The reference (Python loops) on small problems: grad_x against finite differences, all of it against PyTorch
+    (check_avg_pool2d)."""
+    check_avg_pool2d(record, case, count_include_pad, divisor_override)
 
 
 def test_max_pool_backward_refuses_bad_indices():
@@ -34,17 +51,6 @@ def test_max_pool_backward_refuses_bad_indices():
     for bad in (idx + 16, idx - 20, idx[:1], idx.astype(np.float64), idx.tolist()):
         with pytest.raises(ValueError, match="indices"):
             fc.max_pool2d_backward(gy, x, 2, indices=bad)
-
-
-@given(case=pool_cases(dilation=False), count_include_pad=st.booleans(),
-       divisor_override=st.sampled_from([None, 1, 3, -2]))
-def test_avg_pool_matches_naive(case, count_include_pad, divisor_override):
-    kw = dict(_pool_kwargs(case), count_include_pad=count_include_pad, divisor_override=divisor_override)
-    y0 = fc.avg_pool2d(case.x, **kw, algo="naive")
-    assert_close(fc.avg_pool2d(case.x, **kw, algo="direct"), y0, 16)
-    grad_y = np.random.default_rng(0).standard_normal(y0.shape).astype(y0.dtype)
-    gx0 = fc.avg_pool2d_backward(grad_y, case.x, **kw, algo="naive")
-    assert_close(fc.avg_pool2d_backward(grad_y, case.x, **kw, algo="direct"), gx0, 16)
 
 
 @pytest.mark.parametrize("algo", fc.algorithms("max_pool2d"))
@@ -57,33 +63,6 @@ def test_max_pool_nan_and_inf_follow_pytorch(algo):
     assert np.isnan(y[0, 0, 0, :2]).all() and y[0, 0, 0, 2] == -inf and y[0, 0, 0, 3] == 2.0
     y, idx = fc.max_pool2d(x, (1, 4), return_indices=True, algo=algo)
     np.testing.assert_array_equal(idx[0, 0, 0], [3, 6])
-
-
-@settings(max_examples=15)
-@given(case=pool_cases(dtypes=[np.float64]), count_include_pad=st.booleans())
-def test_pool_backward_matches_finite_differences(case, count_include_pad):
-    x = np.array(case.x, dtype=np.float64)
-    x += np.arange(x.size).reshape(x.shape) * 1e-3  # distinct values: max pooling is differentiable
-    ops = [
-        (lambda x_: fc.max_pool2d(x_, **_pool_kwargs(case), dilation=case.dilation),
-         lambda g: fc.max_pool2d_backward(g, x, **_pool_kwargs(case), dilation=case.dilation)),
-        (lambda x_: fc.avg_pool2d(x_, **_pool_kwargs(case), count_include_pad=count_include_pad),
-         lambda g: fc.avg_pool2d_backward(g, x, **_pool_kwargs(case), count_include_pad=count_include_pad)),
-    ]
-    for forward, backward in ops:
-        g = np.random.default_rng(1).standard_normal(forward(x).shape)
-        grad = backward(g)
-        numeric = np.empty_like(x)
-        eps = 1e-7
-        for i in np.ndindex(x.shape):
-            old = x[i]
-            x[i] = old + eps
-            up = np.sum(forward(x) * g)
-            x[i] = old - eps
-            down = np.sum(forward(x) * g)
-            x[i] = old
-            numeric[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("op", [fc.max_pool2d, fc.avg_pool2d])
