@@ -5,7 +5,7 @@ The functional API mirrors ``torch.nn.functional``::
     import fastconv as fc
     y = fc.conv2d(x, weight, bias, stride=1, padding=0, dilation=1, groups=1, algo="auto")
     gx, gw, gb = fc.conv2d_backward(grad_y, x, weight, stride=1, padding=0)
-    fc.algorithms("conv2d")   # ['naive', 'direct', 'direct_simd', 'im2col', 'im2col_packed', 'winograd']
+    fc.algorithms("conv2d")   # ['naive', 'direct', 'direct_simd', 'im2col', 'im2col_packed', 'winograd', 'depthwise']
 
 Importing fastconv compiles nothing: each Numba kernel compiles on its first call
 and is cached on disk for later processes.

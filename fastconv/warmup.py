@@ -33,13 +33,13 @@ def kernel_modules() -> list[str]:
     return [m.name for m in pkgutil.iter_modules(kernel_package.__path__) if not m.name.startswith("cuda_")]
 
 
-def _conv(algo: str, x: np.ndarray, w: np.ndarray, padding: int = 0, groups: int = 1,
+def _conv(algo: str, x: np.ndarray, w: np.ndarray, padding: int = 0, groups: int = 1, stride: int = 1,
           ) -> tuple[Callable[[], object], Callable[[], object]]:
-    """The forward and the backward call of a stride-1 conv2d with `algo` on x, w (with a bias)."""
+    """The forward and the backward call of a conv2d with `algo` on x, w (with a bias)."""
     bias = np.ones(w.shape[0], x.dtype)
-    grad_y = np.ones(conv2d_shape(x, w, 1, padding, 1, groups).y_shape, x.dtype)
-    return (lambda: conv2d(x, w, bias, padding=padding, groups=groups, algo=algo),
-            lambda: conv2d_backward(grad_y, x, w, padding=padding, groups=groups, algo=algo))
+    grad_y = np.ones(conv2d_shape(x, w, stride, padding, 1, groups).y_shape, x.dtype)
+    return (lambda: conv2d(x, w, bias, stride, padding, groups=groups, algo=algo),
+            lambda: conv2d_backward(grad_y, x, w, stride, padding, groups=groups, algo=algo))
 
 
 def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
@@ -79,10 +79,16 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
 
     x, w = normal(2, 3, 6, 6), normal(4, 3, 3, 3)
     out = []
+    x_dw, w_dw = normal(2, 4, 6, 6), normal(8, 1, 3, 3)  # depthwise, two output channels per input channel
     for record in CONV2D.records("cpu"):  # every compiled algorithm, forward and backward (direct_simd: the row kernel)
         if not record.reference:
-            forward, backward = _conv(record.name, x, w, padding=1)
+            takes_x = record.unsupported(conv2d_shape(x, w, 1, 1, 1, 1)) is None
+            forward, backward = _conv(record.name, x, w, padding=1) if takes_x else \
+                _conv(record.name, x_dw, w_dw, padding=1, groups=4)
             out += [(f"conv2d {record.name} forward", forward), (f"conv2d {record.name} backward", backward)]
+    # depthwise at stride 2: its row kernels
+    out += [(f"conv2d depthwise strided {name}", call) for name, call in
+            zip(("forward", "backward"), _conv("depthwise", x_dw, w_dw, padding=1, groups=4, stride=2))]
     # direct_simd's batch kernel runs on small output planes with a batch of at least one block of
     # vectors of images (32 float32 with AVX-512).
     out.append(("conv2d direct_simd batch forward", _conv("direct_simd", normal(32, 2, 4, 4), normal(6, 2, 3, 3))[0]))

@@ -12,6 +12,7 @@ Modules are named for what they compute (no name repeats a module of ``fastconv`
 - ``conv_direct``: direct convolution over a zero-padded input, forward and backward (Numba).
 - ``conv_direct_simd``: direct convolution forward with explicit SIMD register tiles (Numba).
 - ``conv_winograd``: Winograd F(2x2, 3x3) transforms and their batched products (Numba).
+- ``conv_depthwise``: depthwise convolution (one input channel per group), forward and backward (Numba).
 - ``im2col``: im2col / col2im (Cython, releases the GIL, OpenMP when built with it).
 - ``matmul``: matrix products, BLAS through Numba and our own packed GEMM (Numba).
 - ``simd``: the SIMD vector type and intrinsics (load, store, broadcast, FMA) of the register-tiled kernels.

@@ -82,26 +82,21 @@ def all_finite(a):
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
-def abs_max(a):
-    """max |a[i]| of the flat array a as a float64, inf when a holds NaN or Inf (0 when empty); per block,
-    without early exit, like all_finite."""
-    n = a.size
+def max_magnitude_bits(u, mask):
+    """max over i of u[i] & mask, for u the bits of a flat float array (uint32 for float32, uint64 for float64)
+    and mask clearing their sign bit: the bits of max |a[i]|. IEEE magnitudes sort like their bits, Inf and
+    NaN above every finite value, so one integer max (which vectorises, where a float max with NaN rules does
+    not: 2.9 ms for 3.2M float32, the time of a depthwise layer) answers both "largest" and "all finite"."""
+    n = u.size
     blocks = (n + BLOCK - 1) // BLOCK
-    bad = np.zeros(blocks, np.uint8)
-    top = np.zeros(blocks, np.float64)
+    top = np.zeros(blocks, u.dtype)
     for b in nb.prange(blocks):
-        flag = np.uint8(0)
-        m = abs(a.dtype.type(0))
+        m = top[b]
         for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
-            v = a[i]
-            d = v - v
-            flag |= np.uint8(d != d)
-            m = max(m, abs(v))
-        bad[b] = flag
+            v = u[i] & mask
+            m = v if v > m else m
         top[b] = m
-    if bad.any():
-        return np.inf
-    return top.max() if blocks else 0.0
+    return top.max() if blocks else u.dtype.type(0)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)

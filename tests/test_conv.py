@@ -82,7 +82,7 @@ def test_auto_matches_naive():
 @pytest.mark.parametrize("x_shape,w_shape,stride,groups,expected", [
     ((64, 1, 28, 28), (6, 1, 5, 5), 1, 1, "direct"),           # LeNet-5 conv1
     ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, "direct"),         # ResNet stage
-    ((8, 128, 56, 56), (128, 1, 3, 3), 1, 128, "direct"),      # depthwise
+    ((8, 128, 56, 56), (128, 1, 3, 3), 1, 128, "depthwise"),   # depthwise
     ((8, 256, 28, 28), (256, 256, 3, 3), 1, 1, "im2col_packed"),  # VGG: deep GEMM
     ((8, 128, 28, 28), (256, 128, 3, 3), 2, 1, "im2col_packed"),  # strided downsample
     ((8, 256, 14, 14), (64, 256, 1, 1), 1, 1, "im2col_packed"),   # pointwise

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
+from fastconv._checks import conv2d_shape
 from fastconv.conv import CONV2D
 from fastconv.config import release_scratch
 
@@ -97,9 +98,16 @@ def _calls() -> dict[str, object]:
     x, w, b = rand(4, 8, 12, 12), rand(8, 8, 3, 3), rand(8)
     gy = rand(4, 8, 12, 12)
     a, m = rand(70, 90), rand(90, 50)
-    calls = {f"conv2d-{algo}": (lambda algo=algo: fc.conv2d(x, w, b, padding=1, algo=algo))
+    w_dw = rand(8, 1, 3, 3)  # for the records that take only depthwise layers
+
+    def weights(algo: str) -> tuple[np.ndarray, int]:
+        takes_w = CONV2D["cpu", algo].unsupported(conv2d_shape(x, w, 1, 1, 1, 1)) is None
+        return (w, 1) if takes_w else (w_dw, 8)
+    calls = {f"conv2d-{algo}": (lambda algo=algo: fc.conv2d(x, weights(algo)[0], b, padding=1, groups=weights(algo)[1],
+                                                           algo=algo))
              for algo in COMPILED}
-    calls.update({f"conv2d_backward-{algo}": (lambda algo=algo: fc.conv2d_backward(gy, x, w, padding=1, algo=algo))
+    calls.update({f"conv2d_backward-{algo}": (lambda algo=algo: fc.conv2d_backward(
+                      gy, x, weights(algo)[0], padding=1, groups=weights(algo)[1], algo=algo))
                   for algo in COMPILED})
     calls.update({
         "max_pool2d": lambda: fc.max_pool2d(x, 3, 2, 1, return_indices=True),
@@ -229,8 +237,10 @@ def test_float32_conv2d_within_the_stated_bound_of_float64(algo, c, r, groups):
     """Reductions up to C*R*S = 4608 terms, on positive data and on signed data: within the stated bound,
     and in practice within 2*sqrt(n) units of |x|*|w| (measured: at most 62 for direct's sequential sums
     over 4608 terms, 36 for Winograd, 7 for im2col's blocked GEMM)."""
-    if algo == "winograd" and r != 3:
-        pytest.skip("winograd is 3x3 only")
+    why = CONV2D["cpu", algo].unsupported(conv2d_shape(rand(2, c, 6, 6), rand(4, c // groups, r, r), 1, r // 2, 1,
+                                                        groups))
+    if why is not None:
+        pytest.skip(f"{algo} {why}")
     for x, w in ((np.abs(rand(2, c, 6, 6)), np.abs(rand(4, c // groups, r, r))),
                  (rand(2, c, 6, 6), rand(4, c // groups, r, r))):
         y32 = fc.conv2d(x, w, padding=r // 2, groups=groups, algo=algo)
