@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib", reason="the bench extra is not installed")
 # The old harness, every library in one process, reported PyTorch's LeNet-5 step 2-3x slower than alone.
 GROUP_TOLERANCE = 0.3  # one library's suite/alone ratio against its group's (the old handicap: 2-3x)
 DRIFT = 1.6  # the machine's own drift between two moments, alike for every library
-SHARED_SPEED = 0.85
+SHARED_SPEED = 0.75  # the fault it guards against gives 0.4-0.5; this VM alone moves the fastest of five runs by up to 0.8
 
 # A LeNet-5 training step of PyTorch, timed; with "fastconv-first" or "torch-first", a fastconv LeNet-5
 # step runs before each timed PyTorch step, in the same process, fastconv imported in that order.
