@@ -188,7 +188,7 @@ class CpuOps(ArrayOps):
         return grad_x
 
     def channel_sum(self, a, out=None):
-        sums = a.sum(axis=_other_axes(a))
+        sums = a.sum(axis=_other_axes(a), dtype=np.float64).astype(a.dtype)  # float64 sums: long reductions
         if out is None:
             return sums
         out += sums

@@ -17,6 +17,7 @@ import numpy as np
 from . import autotune, depthwise, direct, direct_simd, naive, runtime, winograd
 from ._checks import Conv2dShape, batched, check_array, check_grad, contiguous, conv2d_shape
 from .algorithm import Algorithm, Registry
+from .array_ops import ops_for
 from .config import batch_chunk, scratch, workspace_limit
 from .device import as_device, device_of, empty, zeros
 from .kernels import elementwise, im2col, matmul
@@ -394,13 +395,5 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
         if algo == "auto":
             algo = _auto("backward", p, xb.dtype, device, run)
         gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, run) if device == "cpu" else run(algo)
-    gb = _channel_sum(gy, device)
+    gb = ops_for(gy).channel_sum(gy)
     return (gx.reshape(p.x_shape[1:]) if unbatched else gx), gw, gb
-
-
-def _channel_sum(gy, device: str):
-    """grad_bias (K,): grad_y (N, K, OH, OW) summed over N, OH, OW (in float64 on the CPU)."""
-    if device == "cpu":
-        return gy.sum(axis=(0, 2, 3), dtype=np.float64).astype(gy.dtype)
-    from .array_ops import OPS
-    return OPS["cuda"].channel_sum(gy)

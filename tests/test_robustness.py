@@ -276,3 +276,21 @@ def test_all_finite_finds_every_nan_and_inf(dtype):
             b = a.copy()
             b[i] = special
             assert not elementwise.all_finite(b), (i, special)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_abs_max_is_the_largest_magnitude_and_inf_for_nan_and_inf(dtype):
+    """The check behind conv2d's NaN/Inf and overflow guard (an integer max over the bits): equal to NumPy's
+    max |a| on every block, signed zeros, subnormals and the float maximum; inf wherever a NaN or Inf sits."""
+    from fastconv.conv import abs_max
+    from fastconv.kernels import elementwise
+    a = rand(3 * elementwise.BLOCK + 5, dtype=dtype)
+    assert abs_max(a) == np.abs(a).max() and abs_max(a[:0]) == 0.0
+    tiny, big = np.finfo(dtype).tiny / 4, np.finfo(dtype).max
+    for values in ([-0.0, 0.0], [tiny, -tiny / 2], [big, -big], [-3.5, 2.0]):
+        assert abs_max(np.array(values, dtype)) == np.abs(np.array(values, dtype)).max()
+    for i in (0, elementwise.BLOCK - 1, elementwise.BLOCK, a.size - 1):
+        for special in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[i] = special
+            assert abs_max(b) == np.inf, (i, special)
