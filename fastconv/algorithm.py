@@ -43,11 +43,14 @@ class Algorithm:
       only where that is within ``fastconv.workspace_limit()``.
     timed(p): whether ``auto`` times it for p (False: it can run p but is known to lose, or to disturb
       the timing of others; ``auto`` then never picks it).
-    nonfinite_safe: whether NaN/Inf inputs give PyTorch's NaN/Inf pattern (False: the CPU dispatcher
-      reruns the problem with a safe algorithm when inputs or results are not finite).
+    finite_inputs: the forward's inputs ('x', 'weight') that must hold no NaN/Inf for its output to have
+      PyTorch's NaN/Inf pattern (tested: ``tests/test_conv.py``); the CPU dispatcher checks exactly these
+      (one compiled pass over each) and reroutes to an algorithm that needs none where one is not finite.
+    backward_nonfinite_safe: whether NaN/Inf in the backward's inputs give PyTorch's NaN/Inf pattern (False:
+      the CPU dispatcher reruns the backward with a safe algorithm when its results are not finite).
     within_range(x_abs_max, w_abs_max, p, dtype): conv2d's numerical limit, whether no intermediate
       can overflow on inputs of these magnitudes (None: any finite input; the CPU dispatcher falls back
-      to a safe algorithm otherwise).
+      to an algorithm without limits otherwise). A record with one lists both inputs in finite_inputs.
     reference: the plain-Python oracle: never timed, and tested only on small problems.
     """
 
@@ -58,7 +61,8 @@ class Algorithm:
     unsupported: Callable[[object], str | None] = nothing
     workspace_bytes: Callable[[object, int], int] = no_workspace
     timed: Callable[[object], bool] = always
-    nonfinite_safe: bool = True
+    finite_inputs: tuple[str, ...] = ()
+    backward_nonfinite_safe: bool = True
     within_range: Callable[[float, float, object, object], bool] | None = None
     reference: bool = False
 
@@ -67,6 +71,11 @@ class Algorithm:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if not self.name or self.name == "auto":
             raise ValueError(f"an algorithm needs a name other than 'auto', got {self.name!r}")
+        if not set(self.finite_inputs) <= {"x", "weight"}:
+            raise ValueError(f"finite_inputs must name 'x' and/or 'weight', got {self.finite_inputs!r}")
+        if self.within_range is not None and set(self.finite_inputs) != {"x", "weight"}:
+            raise ValueError("an algorithm with within_range reads both inputs' magnitudes: finite_inputs must "
+                             f"be ('x', 'weight'), got {self.finite_inputs!r}")
 
     def fits(self, p: object, itemsize: int) -> bool:
         """Whether its workspace for p is within ``fastconv.workspace_limit()``."""

@@ -205,8 +205,9 @@ def _never(p: Conv2dShape) -> bool:
 
 
 CONV2D.add(Algorithm("naive", "cpu", naive.conv2d, naive.conv2d_backward, reference=True))
-CONV2D.add(Algorithm("direct", "cpu", direct.forward, direct.backward, nonfinite_safe=False))
-CONV2D.add(Algorithm("direct_simd", "cpu", direct_simd.forward, direct_simd.backward, nonfinite_safe=False))
+CONV2D.add(Algorithm("direct", "cpu", direct.forward, direct.backward, finite_inputs=("x", "weight"),
+                     backward_nonfinite_safe=False))
+CONV2D.add(Algorithm("direct_simd", "cpu", direct_simd.forward, direct_simd.backward, backward_nonfinite_safe=False))
 # BLAS-backed im2col is never timed: its thread pool keeps spinning after each call and slows the
 # kernels that follow (timing it alone would flatter it).
 CONV2D.add(Algorithm("im2col", "cpu", partial(_forward_im2col, gemm=matmul.gemm_blas),
@@ -216,9 +217,9 @@ CONV2D.add(Algorithm("im2col_packed", "cpu", partial(_forward_im2col, gemm=matmu
                      partial(_backward_im2col, gemm=matmul.gemm_packed), workspace_bytes=im2col_workspace_bytes))
 CONV2D.add(Algorithm("winograd", "cpu", winograd.forward, direct_simd.backward, unsupported=winograd.unsupported,
                      workspace_bytes=winograd.workspace_bytes, timed=winograd.worth_timing,
-                     within_range=winograd.within_range, nonfinite_safe=False))
+                     within_range=winograd.within_range, finite_inputs=("x", "weight"), backward_nonfinite_safe=False))
 CONV2D.add(Algorithm("depthwise", "cpu", depthwise.forward, depthwise.backward, unsupported=depthwise.unsupported,
-                     nonfinite_safe=False))
+                     finite_inputs=("weight",), backward_nonfinite_safe=False))
 CONV2D.add(Algorithm("direct", "cuda", _forward_direct_cuda, _backward_direct_cuda))
 CONV2D.add(Algorithm("im2col", "cuda", _forward_im2col_cuda, _backward_im2col_cuda,
                      workspace_bytes=cuda_im2col_workspace_bytes))
@@ -256,10 +257,12 @@ CONV2D.rules.update(cpu=choose_conv2d_algorithm, cuda=_cuda_rule)
 
 # ---- the dispatcher ----------------------------------------------------------------------------------
 
-def _safe_algorithm(p: Conv2dShape, itemsize: int) -> str | None:
-    """The first timed CPU algorithm that is nonfinite_safe and runs p within the workspace limit."""
+def _safe_algorithm(p: Conv2dShape, itemsize: int, pass_: str) -> str | None:
+    """The first timed CPU algorithm whose `pass_` ('forward' or 'backward') gives PyTorch's NaN/Inf pattern
+    on any input (and has no numerical limit) and that runs p within the workspace limit."""
     for a in CONV2D.records("cpu"):
-        if a.nonfinite_safe and not a.reference and a.timed(p) and a.runs(p, itemsize):
+        safe = (not a.finite_inputs and a.within_range is None) if pass_ == "forward" else a.backward_nonfinite_safe
+        if safe and not a.reference and a.timed(p) and a.runs(p, itemsize):
             return a.name
     return None
 
@@ -279,32 +282,32 @@ def _nonfinite(*arrays: np.ndarray) -> bool:
 
 
 def _safe_forward_algorithm(algo: str, p: Conv2dShape, x: np.ndarray, w: np.ndarray) -> str:
-    """`algo`, or a nonfinite_safe algorithm (direct when none fits the workspace limit) where x or w hold
-    NaN or Inf and `algo` is not nonfinite_safe, or where `algo`'s transforms could overflow (its record's
-    ``within_range``). One compiled pass over each input gives both its largest magnitude and whether it is
-    finite."""
+    """`algo`, or one that needs no finite inputs (direct when none fits the workspace limit) where an input
+    named in `algo`'s ``finite_inputs`` holds NaN or Inf, or where `algo`'s transforms could overflow (its
+    ``within_range``). One compiled pass over each named input gives its largest magnitude and whether it
+    is finite; inputs not named are not read."""
     record = CONV2D["cpu", algo]
-    if record.nonfinite_safe and record.within_range is None:
+    if not record.finite_inputs:
         return algo
-    x_max, w_max = abs_max(x), abs_max(w)
+    x_max = abs_max(x) if "x" in record.finite_inputs else 0.0
+    w_max = abs_max(w) if "weight" in record.finite_inputs else 0.0
     finite = np.isfinite(x_max) and np.isfinite(w_max)
-    in_range = record.within_range is None or record.within_range(x_max, w_max, p, x.dtype)
-    if (finite or record.nonfinite_safe) and in_range:
+    if finite and (record.within_range is None or record.within_range(x_max, w_max, p, x.dtype)):
         return algo
-    return _safe_algorithm(p, x.dtype.itemsize) or ("direct" if finite else algo)
+    return _safe_algorithm(p, x.dtype.itemsize, "forward") or ("direct" if finite else algo)
 
 
 def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, run: Callable[[str], tuple]) -> tuple:
-    """run(algo), or run() of a nonfinite_safe algorithm (when one fits the workspace limit) where the results
-    of an unsafe one hold NaN or Inf, so that NaN and Inf come out where PyTorch puts them: direct,
-    direct_simd and winograd multiply zero weights or zero-widened lanes by the operands (inf * 0 = NaN
-    where PyTorch gives Inf or a number). Used by backward, whose inputs are the larger: finite inputs give
+    """run(algo), or run() of a backward_nonfinite_safe algorithm (when one fits the workspace limit) where
+    the results of an unsafe one hold NaN or Inf, so that NaN and Inf come out where PyTorch puts them:
+    direct, direct_simd and winograd multiply zero weights or zero-widened lanes by the operands (inf * 0 =
+    NaN where PyTorch gives Inf or a number). The backward's inputs are the larger: finite inputs give
     finite results, so one pass over the results decides (the forward checks its inputs instead:
     ``_safe_forward_algorithm``)."""
     out = run(algo)
-    if CONV2D["cpu", algo].nonfinite_safe:
+    if CONV2D["cpu", algo].backward_nonfinite_safe:
         return out
-    safe = _safe_algorithm(p, itemsize)
+    safe = _safe_algorithm(p, itemsize, "backward")
     return run(safe) if safe is not None and _nonfinite(*out) else out
 
 

@@ -2,12 +2,12 @@
 checked by op_check.check_conv2d on generated problems; batch chunking, empty batches and auto."""
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, settings, strategies as st
 
 import fastconv as fc
-from fastconv._checks import conv2d_shape
+from fastconv._checks import batched, conv2d_shape
 from fastconv.conv import CONV2D
-from op_check import assert_close, check_conv2d, record_params, takes
+from op_check import assert_close, check_conv2d, native, record_params, takes
 from strategies import conv_cases
 
 
@@ -92,3 +92,42 @@ def test_auto_rule(x_shape, w_shape, stride, groups, expected):
     x, w = np.broadcast_to(np.float32(0), x_shape), np.broadcast_to(np.float32(0), w_shape)
     p = conv2d_shape(x, w, stride, 1, 1, groups)
     assert choose_conv2d_algorithm(p, 4) == expected
+
+
+def _same_nonfinite_pattern(actual: np.ndarray, expected: np.ndarray) -> bool:
+    return all(np.array_equal(f(actual), f(expected)) for f in (np.isnan, np.isposinf, np.isneginf))
+
+
+@pytest.mark.parametrize("record", record_params(r for r in CONV2D.records("cpu")
+                                                 if not r.reference and set(r.finite_inputs) != {"x", "weight"}))
+@given(case=conv_cases(max_batch=3), seed=st.integers(0, 2**32 - 1))
+def test_forward_gives_pytorchs_nan_inf_pattern_on_inputs_it_does_not_check(record, case, seed):
+    """The claim behind ``finite_inputs``: NaN/Inf in an input the dispatcher does not read before this record's
+    forward (a few entries, each special value) come out where the reference puts them."""
+    x, w = native(batched("x", np.ascontiguousarray(case.x))[0]).copy(), case.weight.copy()
+    bias = None if case.bias is None else native(case.bias)
+    p = conv2d_shape(x, w, case.stride, case.padding, case.dilation, case.groups)
+    if record.unsupported(p) is not None:
+        return
+    rng = np.random.default_rng(seed)
+    for name, a in (("x", x), ("weight", w)):
+        if name not in record.finite_inputs:
+            flat = a.reshape(-1)
+            flat[rng.integers(0, flat.size, 3)] = rng.choice([np.nan, np.inf, -np.inf], 3)
+    expected = CONV2D["cpu", "naive"].forward(x, w, bias, p)
+    assert _same_nonfinite_pattern(record.forward(x, w, bias, p), expected)
+
+
+@pytest.mark.parametrize("x_shape,w_shape", [((33, 4, 5, 5), (7, 4, 3, 3)), ((2, 3, 20, 37), (13, 3, 3, 3))])
+def test_direct_simd_forward_kernels_give_the_nan_inf_pattern(x_shape, w_shape):
+    """Both direct_simd kernels (batch: 33 small planes; rows: wide planes with padding) with NaN/Inf in x and
+    in the weights, against the reference: padded lanes, garbage positions and zero channel blocks are dropped."""
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    x.reshape(-1)[rng.integers(0, x.size, 6)] = [np.nan, np.inf, -np.inf, np.inf, -np.inf, np.nan]
+    w.reshape(-1)[rng.integers(0, w.size, 2)] = [np.inf, -np.inf]
+    p = conv2d_shape(x, w, 1, 1, 1, 1)
+    expected = CONV2D["cpu", "naive"].forward(x, w, None, p)
+    assert _same_nonfinite_pattern(fc.conv2d(x, w, padding=1, algo="direct_simd"), expected)
+    assert _same_nonfinite_pattern(fc.conv2d(x.astype(np.float32), w.astype(np.float32), padding=1,
+                                             algo="direct_simd"), expected)
