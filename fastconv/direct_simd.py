@@ -10,8 +10,9 @@ channels) and C/groups*R*S is not tiny; depthwise layers waste 5/6 of the work.
 positions; ``forward_rows``) or, for small output planes with a batch of at least a vector
 block of images, "batch" (vectors along images; ``forward_batch``). Steps: (1) pack the weights
 into blocks of MR output channels, tap-major; (2) copy the input, zero-padded, into a
-per-thread workspace reused by later calls (rows: split into its SH*SW stride phases; batch:
-images interleaved innermost); (3) one parallel Numba kernel computes y, bias included.
+per-thread workspace reused by later calls (rows: split into its SH*SW stride phases, and no copy
+at all for stride 1 without padding; batch: images interleaved innermost); (3) one parallel Numba
+kernel computes y, bias included.
 Workspace: about the padded input's size (batch: N rounded up to the image block), kept per
 thread and dtype (``fastconv.config.scratch``).
 """
@@ -77,13 +78,11 @@ def forward_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: 
     hp, wp = p.h + top + bottom, p.w + left + right
     hq, wq = -(-hp // sh), -(-wp // sw)
     dtype = x.dtype
-    body = p.n * p.c * sh * sw * hq * wq
-    xq = scratch("direct_simd.input", body + conv_direct_simd.tail_elements(wq, dtype.itemsize), dtype)
     if (sh, sw) == (1, 1) and not any(p.padding):
-        xq[:body] = x.reshape(-1)                  # nothing to pad or split: one copy
+        xq = x.reshape(-1)                         # nothing to pad or split: the kernel reads x
     else:
+        xq = scratch("direct_simd.input", p.n * p.c * sh * sw * hq * wq, dtype)
         conv_direct_simd.phase_split(x, xq, top, left, sh, sw, hq, wq)
-    xq[body:] = 0
     wpk = packed_weights(weight, p.groups)
     offs = tap_offsets(p, hq, wq)
     b = bias if bias is not None else np.zeros(p.k, dtype)

@@ -9,11 +9,11 @@ MR*NV fmas; 12 ymm with AVX2, 12 zmm with AVX-512):
 
 Layouts (all C-contiguous, one float dtype per call, float32 or float64):
 - x:  (N, C, H, W) input, not padded.
-- xq (rows): 1-D workspace, the zero-padded input split into stride phases ("space to depth"):
+- xq (rows): 1-D, the zero-padded input split into stride phases ("space to depth"):
       xq[((n*C + c)*SH*SW + ph*SW + pw)*Hq*Wq + i*Wq + j] = xpad[n, c, i*SH + ph, j*SW + pw]
       where xpad is x zero-padded by (top, left, ...) and is zero outside x; Hq = ceil(Hp/SH),
-      Wq = ceil(Wp/SW). Followed by at least ``tail_elements(Wq, itemsize)`` zeros.
-      With unit strides this is just the padded input with row pitch Wq = Wp.
+      Wq = ceil(Wp/SW). With unit strides this is the padded input with row pitch Wq = Wp, and without
+      padding x itself (the host passes x's memory: no copy).
 - xi (batch): 1-D workspace, the zero-padded input with blocks of NB images innermost:
       xi[(((blk*C + c)*Hp + i)*Wp + j)*NB + v] = xpad[blk*NB + v, c, i, j] (zero for images >= N).
 - wp: 1-D packed weights, (groups*KBg, T, MR) flattened: wp[(kb*T + t)*MR + m] is the weight of
@@ -32,7 +32,8 @@ block innermost so one thread reuses a segment's input from L2 across channel bl
 is cut into chunks of NV*LANES positions. The taps are walked in passes of BLOCK_TAPS (whole
 input channels) over all chunks of the segment, so a pass's input rows and weights stay in L1;
 partial sums live in a per-item scratch tile (MR rows of whole chunks), from which the valid
-positions are copied to y with the bias added.
+positions are copied to y with the bias added. A segment's last chunk loads only its valid positions
+(masked loads: nothing past the last input element the outputs need is read, so xq needs no tail).
 
 Batch kernel: the same, with a chunk = one output position x NB images (any stride: the chunk's
 offset is (oh*SH*Wp + ow*SW)*NB), work items (image block, SEGMENT_POSITIONS output
@@ -41,7 +42,8 @@ positions, channel block), every vector load aligned to the image block.
 import numpy as np
 from numba import njit, prange
 
-from .simd import VECTOR_BYTES, vector_broadcast, vector_fma, vector_load, vector_store, vector_zeros
+from .simd import (VECTOR_BYTES, vector_broadcast, vector_fma, vector_load, vector_load_first, vector_store,
+                   vector_zeros)
 
 MR = 6            # output channels per block (broadcast weights)
 NV = 2            # vectors along the output positions per chunk
@@ -53,11 +55,6 @@ SEGMENT_POSITIONS = 32  # output positions per work item of the batch-vector var
 def lanes_for(itemsize):
     """Elements per SIMD vector for this itemsize."""
     return VECTOR_BYTES // itemsize
-
-
-def tail_elements(wq, itemsize):
-    """Zeros xq needs past its planes: garbage positions of the last chunks read up to here."""
-    return 2 * NV * lanes_for(itemsize) + wq + 8
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -108,10 +105,11 @@ def pack_channel_blocks(w, groups, wp):
 
 
 @njit(cache=True, nogil=True)
-def _chunk_6x2(xq, x_off, wp, w_off, offs, t0, t1, tile, t_off, ld, accumulate):
+def _chunk_6x2(xq, x_off, wp, w_off, offs, t0, t1, tile, t_off, ld, accumulate, valid):
     """tile[t_off + m*ld + j] (+)= sum_{t0 <= t < t1} wp[w_off + t*MR + m] * xq[x_off + offs[t] + j]
     for m < 6, j < 2*LANES (added to the tile's values if ``accumulate``, else overwriting
-    them); 12 vector accumulators held in registers."""
+    them); 12 vector accumulators held in registers. Only positions j < ``valid`` are read (the
+    others compute zeros); valid >= 2*LANES is a full chunk."""
     lanes = VECTOR_BYTES // xq.itemsize
     if accumulate:
         c00 = vector_load(tile, t_off)
@@ -141,10 +139,15 @@ def _chunk_6x2(xq, x_off, wp, w_off, offs, t0, t1, tile, t_off, ld, accumulate):
         c51 = vector_zeros(xq)
     wi = w_off + t0 * MR
     offs_block = offs[t0:t1]                 # indices from 0: no wraparound fix-ups
+    full = valid >= 2 * lanes
     for t in range(offs_block.shape[0]):
         xi = x_off + offs_block[t]
-        x0 = vector_load(xq, xi)
-        x1 = vector_load(xq, xi + lanes)
+        if full:
+            x0 = vector_load(xq, xi)
+            x1 = vector_load(xq, xi + lanes)
+        else:
+            x0 = vector_load_first(xq, xi, valid)
+            x1 = vector_load_first(xq, xi + lanes, valid - lanes)
         w = vector_broadcast(wp, wi)
         c00 = vector_fma(w, x0, c00)
         c01 = vector_fma(w, x1, c01)
@@ -214,7 +217,7 @@ def forward_phases(xq, wp, offs, b, y, channels, phases, hq, wq, groups, seg_row
             t1 = min(taps, t0 + block_taps)
             for ch in range(chunks):
                 _chunk_6x2(xq, x_base + ch * vw, wp, w_base, offs, t0, t1, tile, ch * vw, ld,
-                           t0 > 0)
+                           t0 > 0, length - ch * vw)
         for m in range(mr):
             k = k0 + m
             bk = b[k]
@@ -299,7 +302,7 @@ def forward_interleaved(xi, wp, offs, b, y, channels, hp, wpitch, sh, sw, groups
                 ow = q - oh * OW
                 x_off = (x_base + oh * sh * wpitch + ow * sw) * nb
                 _chunk_6x2(xi, x_off, wp, w_base, offs, t0, t1, tile, (q - q0) * nb, ld,
-                           t0 > 0)
+                           t0 > 0, nb)
         images = min(nb, N - blk * nb)
         for m in range(mr):
             k = k0 + m

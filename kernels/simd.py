@@ -2,14 +2,17 @@
 intrinsics that load, store, broadcast, add and fuse-multiply-add them, used by the register-tiled kernels
 (``matmul.micro_kernel``, ``conv_direct_simd``).
 
-Layout: every intrinsic takes a C-contiguous float32/float64 array and a flat element index; a vector holds
+Layout: every load and store takes a C-contiguous float32/float64 array and a flat element index; a vector holds
 ``VECTOR_BYTES // itemsize`` consecutive elements. ``VECTOR_BYTES`` is the host CPU's widest register
-(64 with AVX-512, else 32), read once at import; nothing is checked at run time (the callers keep indices in
+(64 with AVX-512, else 32; ``$FASTCONV_VECTOR_BYTES`` forces the other), read once at import; nothing is checked at run time (the callers keep indices in
 bounds).
 """
+import os
+import warnings
+
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import config as numba_config, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
@@ -23,7 +26,23 @@ def _host_vector_bytes():
         return 32
 
 
-VECTOR_BYTES = _host_vector_bytes()  # bytes in one SIMD vector
+def _vector_bytes():
+    """The host's width, or ``$FASTCONV_VECTOR_BYTES`` (32 or 64) to run the other width's code on this CPU (for
+    testing it: LLVM splits 64-byte vectors into two halves where AVX-512 is missing). Kernels compiled for a
+    forced width are cached apart from the host width's."""
+    host = _host_vector_bytes()
+    forced = os.environ.get("FASTCONV_VECTOR_BYTES", "")
+    if forced not in ("", "32", "64"):
+        warnings.warn(f"FASTCONV_VECTOR_BYTES must be 32 or 64, got {forced!r}: using the CPU's {host}")
+        return host
+    if forced and int(forced) != host:
+        numba_config.CACHE_DIR = os.path.join(numba_config.CACHE_DIR or os.path.join(
+            os.path.expanduser("~"), ".cache", "fastconv"), f"numba-vector{forced}")
+        return int(forced)
+    return host
+
+
+VECTOR_BYTES = _vector_bytes()  # bytes in one SIMD vector
 
 
 # ---------------------------------------------------------------------------
@@ -91,6 +110,37 @@ def vector_load(typingctx, array, index):
                             align=array.dtype.bitwidth // 8)
 
     return vector_type(array, index), codegen
+
+
+@intrinsic
+def vector_load_first(typingctx, array, index, count):
+    """Load ``array.flat[index:index + count]`` into the first ``count`` lanes (any count: none below 1, all
+    from LANES on), zeros in the others; memory past the first ``count`` elements is not read (llvm.masked.load:
+    masked-off lanes never fault), so a load may start near the end of an array."""
+    if not (_is_float_c_array(array) and isinstance(index, types.Integer) and isinstance(count, types.Integer)):
+        return None
+    vector_type = _vector_type_of(array)
+
+    def codegen(context, builder, signature, args):
+        pointer = _element_pointer(context, builder, array, args[0], index, args[1])
+        llvm_type = context.get_value_type(vector_type)
+        lanes, i64 = vector_type.lanes, ir.IntType(64)
+        wanted = context.cast(builder, args[2], count, types.int64)
+        splat = builder.insert_element(ir.Constant(ir.VectorType(i64, lanes), ir.Undefined), wanted,
+                                       ir.Constant(ir.IntType(32), 0))
+        splat = builder.shuffle_vector(splat, ir.Constant(ir.VectorType(i64, lanes), ir.Undefined),
+                                       ir.Constant(ir.VectorType(ir.IntType(32), lanes), None))
+        lane_numbers = ir.Constant(ir.VectorType(i64, lanes), [ir.Constant(i64, i) for i in range(lanes)])
+        mask = builder.icmp_signed("<", lane_numbers, splat)
+        vector_pointer = builder.bitcast(pointer, llvm_type.as_pointer())
+        suffix = "v%d%s.p0v%d%s" % ((lanes, "f32" if array.dtype == types.float32 else "f64") * 2)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(llvm_type, [llvm_type.as_pointer(), ir.IntType(32), mask.type,
+                                                        llvm_type]), "llvm.masked.load." + suffix)
+        return builder.call(masked_load, [vector_pointer, ir.Constant(ir.IntType(32), array.dtype.bitwidth // 8),
+                                          mask, ir.Constant(llvm_type, None)])
+
+    return vector_type(array, index, count), codegen
 
 
 @intrinsic

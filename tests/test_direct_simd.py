@@ -112,3 +112,39 @@ def test_choose_kernel():
     assert direct_simd.choose_kernel(shape(64, 3, 32, 32, 3), 4) == "rows"
     assert direct_simd.choose_kernel(shape(8, 64, 56, 64, 3, 1, 1), 4) == "rows"
     assert direct_simd.choose_kernel(shape(2, 64, 6, 64, 3), 4) == "rows"
+
+
+GUARD_PAGE_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np
+import fastconv as fc
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+page = mmap.PAGESIZE
+for dtype in (np.float32, np.float64):
+    for n, c, h, w, k, r in ((1, 3, 7, 5, 7, 1), (2, 5, 9, 11, 13, 3), (3, 2, 6, 6, 6, 2)):
+        count = n * c * h * w
+        pages = -(-count * np.dtype(dtype).itemsize // page) + 1
+        area = mmap.mmap(-1, pages * page)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        assert libc.mprotect(base + (pages - 1) * page, page, 0) == 0   # the last page: no access
+        flat = np.frombuffer(area, dtype, (pages - 1) * page // np.dtype(dtype).itemsize)
+        x = flat[flat.size - count:].reshape(n, c, h, w)                # x ends where the guard page starts
+        x[...] = np.random.default_rng(0).standard_normal(x.shape)
+        wt = np.ones((k, c, r, r), dtype)
+        y = fc.conv2d(x, wt, algo="direct_simd")
+        assert np.allclose(y, fc.conv2d(x.copy(), wt, algo="naive"), rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+
+
+def test_rows_kernel_reads_nothing_past_an_unpadded_input(tmp_path):
+    """Stride 1 without padding: the row kernel reads the caller's x in place, its last chunks with masked
+    loads. x is placed right before a page that may not be read (a read past x would kill the process)."""
+    import subprocess
+    import sys
+    script = tmp_path / "guard.py"
+    script.write_text(GUARD_PAGE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
