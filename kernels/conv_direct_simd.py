@@ -59,7 +59,8 @@ def lanes_for(itemsize):
 
 @njit(cache=True, nogil=True, parallel=True)
 def phase_split(x, xq, top, left, sh, sw, hq, wq):
-    """Fill xq[: N*C*sh*sw*hq*wq] with the zero-padded, phase-split input (see module doc)."""
+    """Fill xq[: N*C*sh*sw*hq*wq] with the zero-padded, phase-split input (see module doc). Plain element
+    loops (slice assignments cost more than the copy on planes this small)."""
     N, C, H, W = x.shape
     plane = hq * wq
     zero = xq.dtype.type(0)
@@ -76,16 +77,22 @@ def phase_split(x, xq, top, left, sh, sw, hq, wq):
                 row = i * sh + ph - top
                 o = base + i * wq
                 if row < 0 or row >= H:
-                    xq[o:o + wq] = zero
+                    for j in range(wq):
+                        xq[o + j] = zero
                     continue
-                x_row = x[n, c, row]
-                xq[o:o + j_lo] = zero
-                if j_hi > j_lo:                  # then j_lo*sw + shift >= 0
-                    xq[o + j_lo:o + j_hi] = x_row[j_lo * sw + shift:(j_hi - 1) * sw + shift + 1:sw]
-                xq[o + j_hi:o + wq] = zero
+                for j in range(j_lo):
+                    xq[o + j] = zero
+                if sw == 1:
+                    for j in range(j_lo, j_hi):
+                        xq[o + j] = x[n, c, row, j + shift]
+                else:
+                    for j in range(j_lo, j_hi):
+                        xq[o + j] = x[n, c, row, j * sw + shift]
+                for j in range(j_hi, wq):
+                    xq[o + j] = zero
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, parallel=True)
 def pack_channel_blocks(w, groups, wp):
     """wp[(kb*T + t)*MR + m] = w[g*Kg + (kb % KBg)*MR + m] at tap t = (c, r, s), zero past Kg
     (the wp layout above); wp has groups*KBg*T*MR elements."""
@@ -94,7 +101,7 @@ def pack_channel_blocks(w, groups, wp):
     taps = Cg * R * S
     kb_per_group = (Kg + MR - 1) // MR
     w_rows = w.reshape(K, taps)
-    for kb in range(groups * kb_per_group):
+    for kb in prange(groups * kb_per_group):
         g = kb // kb_per_group
         k0 = g * Kg + (kb % kb_per_group) * MR
         mr = min(MR, (g + 1) * Kg - k0)
