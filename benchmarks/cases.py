@@ -42,7 +42,7 @@ def peers_for(suite: str, pass_: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Conv:
-    """A conv layer: x (n, c, h, w) -> k output channels, r x r kernel (dilation 1)."""
+    """A conv layer: x (n, c, h, w) -> k output channels, r x r kernel (dilation 1), timed in `passes`."""
     name: str
     title: str
     n: int
@@ -54,6 +54,7 @@ class Conv:
     stride: int = 1
     padding: int = 0
     groups: int = 1
+    passes: tuple[str, ...] = PASSES
 
     @property
     def oh(self) -> int:
@@ -195,7 +196,16 @@ CONV = [
     Conv("vgg", "VGG", 8, 256, 28, 28, 256, 3, padding=1),
     Conv("alexnet", "AlexNet conv1", 8, 3, 224, 224, 64, 11, stride=4, padding=2),
     Conv("depthwise", "depthwise", 8, 128, 56, 56, 128, 3, padding=1, groups=128),
+    Conv("stem7", "ResNet conv1", 8, 3, 224, 224, 64, 7, stride=2, padding=3),
+    Conv("stem3", "MobileNet stem", 8, 3, 224, 224, 32, 3, stride=2, padding=1),
+    Conv("res512", "ResNet stage 4", 8, 512, 7, 7, 512, 3, padding=1),
+    Conv("depthwise5", "depthwise 5x5", 8, 240, 28, 28, 240, 5, stride=2, padding=2, groups=240),
 ]
+BATCH1_SUFFIX = "-b1"
+# Inference latency: every layer again at batch 1, forward only (``is_batch1`` tells the report).
+CONV += [replace(c, name=c.name + BATCH1_SUFFIX, n=1, passes=("forward",)) for c in CONV]
+POOL_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg", "alexnet",
+               "depthwise")  # the layers whose output maps the pooling suite pools
 TINY_CONV = Conv("tiny", "tiny", 2, 3, 8, 8, 4, 3, padding=1)
 WINDOWS = ((2, 2), (3, 2))  # (kernel, stride) of the pooling cases
 SQUARE_GEMM = (256, 512, 1024, 2048)
@@ -261,6 +271,11 @@ def _by_name(names: tuple[str, ...]) -> list[Conv]:
     return [c for c in CONV if c.name in names]
 
 
+def is_batch1(case_name: str) -> bool:
+    """Whether the conv case is a layer's batch-1 (latency) twin."""
+    return case_name.endswith(BATCH1_SUFFIX)
+
+
 def conv_cases(size: str) -> list[Conv]:
     return {"tiny": [TINY_CONV], "quick": _by_name(QUICK_CONV), "full": CONV}[size]
 
@@ -268,7 +283,7 @@ def conv_cases(size: str) -> list[Conv]:
 def pool_cases(size: str) -> list[Pool]:
     """Each window on each selected layer's output map where the window fits the map."""
     layers, windows = {"tiny": ([TINY_CONV], WINDOWS[:1]), "quick": (_by_name(QUICK_POOL), WINDOWS[:1]),
-                       "full": (CONV, WINDOWS)}[size]
+                       "full": (_by_name(POOL_LAYERS), WINDOWS)}[size]
     return [pool_case(layer, k, s) for layer in layers for k, s in windows if min(layer.oh, layer.ow) >= k]
 
 
@@ -280,7 +295,8 @@ def peak_gemm(size: str) -> Gemm:
 def gemm_cases(size: str) -> list[Gemm]:
     if size == "tiny":
         return [square_gemm(64)]
-    sizes, layers = (QUICK_GEMM, _by_name(QUICK_IM2COL)) if size == "quick" else (SQUARE_GEMM, CONV)
+    sizes, layers = (QUICK_GEMM, _by_name(QUICK_IM2COL)) if size == "quick" else (
+        SQUARE_GEMM, [c for c in CONV if not is_batch1(c.name)])
     return [square_gemm(s) for s in sizes] + [im2col_gemm(layer) for layer in layers]
 
 
@@ -303,7 +319,7 @@ def case_from_dict(data: dict) -> Case:
     names = {f.name for f in fields(cls)} if cls else set()
     if cls is None or set(data) - {"kind"} != names:
         raise ValueError(f"not a benchmark case: {data!r}")
-    return cls(**{k: v for k, v in data.items() if k != "kind"})
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "kind"})
 
 
 def naive_slice(op: str, case: Case, pass_: str) -> tuple[Case, float, str | None]:

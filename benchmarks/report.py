@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
+from .cases import is_batch1
+
 PEERS = ("naive", "numpy", "pytorch", "onnxruntime")
 SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
 GPU_SUITES = tuple("cuda_" + s for s in SUITES)  # the GPU suite's records (fastconv bench --device cuda)
@@ -232,9 +234,10 @@ def _main_dtype(all_rows: list[Row]) -> str:
 def _headline_from_rows(all_rows: list[Row]) -> dict:
     dtype = _main_dtype(all_rows)
     out: dict[str, Any] = {"dtype": dtype}
-    for pass_ in PASSES:
+    for column, pass_, batch1 in (("forward", "forward", False), ("backward", "backward", False),
+                                  ("forward_batch1", "forward", True)):
         auto = [r for r in all_rows if r["suite"] == "conv2d" and r["impl"] == "auto"
-                and r["pass"] == pass_ and r["dtype"] == dtype]
+                and r["pass"] == pass_ and r["dtype"] == dtype and is_batch1(r["case"]) == batch1]
         with_torch = [r for r in auto if r["ratio_pytorch"] is not None]
         with_ort = [r for r in auto if r["ratio_onnxruntime"] is not None]
         with_naive = [r for r in auto if r["speedup_naive"] is not None]
@@ -246,7 +249,7 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
         worst = min(with_torch, key=lambda r: r["ratio_pytorch"], default=None)
         low = min(with_naive, key=lambda r: r["speedup_naive"], default=None)
         high = max(with_naive, key=lambda r: r["speedup_naive"], default=None)
-        out[pass_] = {
+        out[column] = {
             "layers": len(auto),
             "layers_with_pytorch": len(with_torch),
             "ratio_pytorch_geomean": _geomean([r["ratio_pytorch"] for r in with_torch]),
@@ -362,7 +365,8 @@ def headline(results: dict) -> dict:
     """The run in a few numbers, over the conv layer suite and the training steps in the main dtype
     (float32).
 
-    For "forward" and "backward": ``layers``, ``ratio_pytorch_geomean`` (geometric mean over the
+    For "forward" and "backward" (the layers at their batch) and "forward_batch1" (their batch-1 twins,
+    ``cases.is_batch1``): ``layers``, ``ratio_pytorch_geomean`` (geometric mean over the
     layers of fastconv auto's ratio to PyTorch, > 1: faster), ``best`` / ``worst`` layer by that
     ratio (``{case, label, ratio_pytorch}``), ``layers_with_onnxruntime``, ``ratio_onnxruntime_geomean`` and
     ``worst_onnxruntime`` (the same against ONNX Runtime, forward only), ``speedup_naive_geomean`` and its range
@@ -674,7 +678,8 @@ def _machine_block(results: dict) -> list[tuple]:
 
 
 def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
-    fwd, bwd = head["forward"], head["backward"]
+    fwd, bwd, b1 = head["forward"], head["backward"], head["forward_batch1"]
+    columns = [fwd, bwd] + ([b1] if b1["layers"] else [])
 
     def layer(entry: dict | None, key: str) -> str:
         return "-" if entry is None else f"{entry['case']} {fmt_ratio(entry[key])}"
@@ -685,18 +690,14 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
                                       f"{fmt_ratio(hi['speedup_naive'])} ({hi['case']})"
 
     body = [
-        ["conv layers (auto records)", str(fwd["layers"]), str(bwd["layers"])],
-        ["ratio to PyTorch, geomean (> 1: faster)", fmt_ratio(fwd["ratio_pytorch_geomean"]),
-         fmt_ratio(bwd["ratio_pytorch_geomean"])],
-        ["best layer vs PyTorch", layer(fwd["best"], "ratio_pytorch"), layer(bwd["best"], "ratio_pytorch")],
-        ["worst layer vs PyTorch", layer(fwd["worst"], "ratio_pytorch"), layer(bwd["worst"], "ratio_pytorch")],
-        ["ratio to ONNX Runtime, geomean (> 1: faster)", fmt_ratio(fwd["ratio_onnxruntime_geomean"]),
-         fmt_ratio(bwd["ratio_onnxruntime_geomean"])],
-        ["worst layer vs ONNX Runtime", layer(fwd["worst_onnxruntime"], "ratio_onnxruntime"),
-         layer(bwd["worst_onnxruntime"], "ratio_onnxruntime")],
-        ["speed-up over naive, geomean", fmt_ratio(fwd["speedup_naive_geomean"]),
-         fmt_ratio(bwd["speedup_naive_geomean"])],
-        ["speed-up over naive, range", naive_range(fwd), naive_range(bwd)],
+        ["conv layers (auto records)"] + [str(h["layers"]) for h in columns],
+        ["ratio to PyTorch, geomean (> 1: faster)"] + [fmt_ratio(h["ratio_pytorch_geomean"]) for h in columns],
+        ["best layer vs PyTorch"] + [layer(h["best"], "ratio_pytorch") for h in columns],
+        ["worst layer vs PyTorch"] + [layer(h["worst"], "ratio_pytorch") for h in columns],
+        ["ratio to ONNX Runtime, geomean (> 1: faster)"] + [fmt_ratio(h["ratio_onnxruntime_geomean"]) for h in columns],
+        ["worst layer vs ONNX Runtime"] + [layer(h["worst_onnxruntime"], "ratio_onnxruntime") for h in columns],
+        ["speed-up over naive, geomean"] + [fmt_ratio(h["speedup_naive_geomean"]) for h in columns],
+        ["speed-up over naive, range"] + [naive_range(h) for h in columns],
     ]
     notes = []
     if fwd["layers_with_pytorch"] < fwd["layers"] or bwd["layers_with_pytorch"] < bwd["layers"]:
@@ -718,7 +719,8 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
                       f"{best['suite']} {best['case']} {best['pass']} {impl_name(best['impl'])}), "
                       "so read % peak as relative to NumPy's matmul in this run, not as a hardware bound")
     if fwd["layers"] or bwd["layers"]:
-        table = ("table", [f"fastconv auto, conv2d, {head['dtype']}", "forward", "backward"], body, notes)
+        table = ("table", [f"fastconv auto, conv2d, {head['dtype']}", "forward", "backward"]
+                 + (["forward, batch 1"] if b1["layers"] else []), body, notes)
     else:
         table = ("p", f"No conv2d records of fastconv auto in {head['dtype']} in this run.")
     steps = head["train_step"]

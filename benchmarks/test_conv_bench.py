@@ -11,7 +11,7 @@ import fastconv as fc
 from fastconv._checks import conv2d_shape
 from fastconv.conv import CONV2D
 
-from .cases import PASSES, Conv, conv_cases, peers_for
+from .cases import Conv, conv_cases, peers_for
 from .harness import Bench
 
 
@@ -33,7 +33,7 @@ def implementations(pass_: str) -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = [pytest.param(Bench("conv2d", case, pass_, impl), id=f"{case.name}-{pass_}-{impl}")
               for case in conv_cases(metafunc.config.getoption("fc_size"))
-              for pass_ in PASSES for impl in implementations(pass_) if takes(impl, case)]
+              for pass_ in case.passes for impl in implementations(pass_) if takes(impl, case)]
     metafunc.parametrize("bench", params)
 
 

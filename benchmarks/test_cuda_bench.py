@@ -34,7 +34,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     name = metafunc.function.__name__
     if name == "test_cuda_conv":
         params = [pytest.param(Bench("cuda_conv2d", c, p, i, "cuda"), id=f"{c.name}-{p}-{i}")
-                  for c in gpu_conv_cases(size) for p in PASSES for i in impls("conv2d")]
+                  for c in gpu_conv_cases(size) for p in c.passes for i in impls("conv2d")]
     elif name == "test_cuda_pool":
         params = [pytest.param(Bench("cuda_" + op, c, p, i, "cuda"), id=f"{c.name}-{op[:3]}-{p}-{i}")
                   for c in gpu_pool_cases(size) for op in OPS for p in PASSES for i in impls(op)]

@@ -1,10 +1,11 @@
 """Depthwise conv2d on the CPU (one input channel per group: groups == in_channels, any channel multiplier),
-forward and backward: row axpys over the unpadded planes (``fastconv.kernels.conv_depthwise``). Any kernel
-size, stride, dilation and padding. Memory-bound: it moves each input and output element once per call,
+forward and backward (``fastconv.kernels.conv_depthwise``): per plane one padded copy (split into its stride
+phases), then one axpy over the whole plane per tap; the backward at strides above 1 runs row axpys over
+the unpadded planes. Any kernel size, stride, dilation and padding. Memory-bound: it moves each input and output element once per call,
 where direct and im2col, built for many channels per group, waste most of their vector lanes or copies.
 
 ``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)`` have
-the signatures of conv2d's algorithms (``fastconv.conv``). Workspace: none beyond the outputs.
+the signatures of conv2d's algorithms (``fastconv.conv``). Workspace: one padded plane per thread.
 """
 from __future__ import annotations
 
@@ -35,10 +36,8 @@ def _row_geometry(p: Conv2dShape) -> tuple[int, ...]:
 def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
     y = np.empty(p.y_shape, x.dtype)
     b = bias if bias is not None else np.zeros(p.k, x.dtype)
-    if p.stride == (1, 1):
-        conv_depthwise.forward_plane(x, weight, b, y, *_plane_geometry(p))
-    else:
-        conv_depthwise.forward_rows(x, weight, b, y, *_row_geometry(p))
+    top, bottom, left, right = p.padding
+    conv_depthwise.forward_plane(x, weight, b, y, top, left, right, bottom, *p.stride, *p.dilation)
     return y
 
 

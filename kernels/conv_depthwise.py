@@ -9,11 +9,13 @@ Layouts (C-contiguous, one float dtype per call; the input is NOT padded: taps o
 Output channel k reads input channel k // m. Tap (r, s) of output (oh, ow) reads input
 (oh*sh - pt + r*dh, ow*sw - pl + s*dw); taps outside the input are skipped (zero padding).
 
-Stride 1 (``*_plane``): one input plane is copied, zero-padded, into a per-job buffer of pitch Wp = pl + W +
-(pad right), so output (oh, ow) sits at flat position oh*Wp + ow and tap (r, s) reads flat position
-oh*Wp + ow + r*dh*Wp + s*dw: each tap is ONE axpy (or dot) over the whole plane, OH*Wp long, in L1/L2
-(columns ow >= OW are computed and dropped, or hold zeros). Other strides (``*_rows``): one axpy per tap
-and output row over the columns [lo, hi) whose tap lies inside the input. The layer is memory-bound: every
+``*_plane`` (the forward at any stride, the backward at stride 1): one input plane is copied, zero-padded,
+into a per-job buffer of pitch Wp = pl + W + (pad right), so output (oh, ow) sits at flat position oh*Wp + ow
+and tap (r, s) reads flat position oh*Wp + ow + r*dh*Wp + s*dw: each tap is ONE axpy (or dot) over the whole
+plane, OH*Wp long, in L1/L2 (columns ow >= OW are computed and dropped, or hold zeros). With strides the
+forward's copy is split into its stride phases first (``_phase_split_into``), which makes every tap a
+unit-stride axpy again. The backward at other strides (``*_rows``): one axpy per tap and output row over
+the columns [lo, hi) whose tap lies inside the input. The layer is memory-bound: every
 input and output element crosses memory once per call. Work items: (n, c) input planes (forward, grad_x;
 all m output channels of c), k (grad_w); disjoint writes.
 """
@@ -30,40 +32,6 @@ def _columns(s, W, OW, sw, pl, dw):
     lo = 0 if off >= 0 else (-off + sw - 1) // sw
     hi = min(OW, (W - 1 - off) // sw + 1) if W - 1 - off >= 0 else 0
     return off, lo, hi
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
-def forward_rows(x, w, b, y, sh, sw, pt, pl, dh, dw):
-    """y[n, k] = b[k] + sum over taps (r, s) inside x of w[k, 0, r, s] * x[n, k // m, shifted]."""
-    N, C, H, W = x.shape
-    K, _, R, S = w.shape
-    OH, OW = y.shape[2], y.shape[3]
-    m = K // C
-    for job in prange(N * K):
-        n = job // K
-        k = job - n * K
-        c = k // m
-        for oh in range(OH):
-            row = y[n, k, oh]
-            bias = b[k]
-            for j in range(OW):
-                row[j] = bias
-            for r in range(R):
-                ih = oh * sh - pt + r * dh
-                if ih < 0 or ih >= H:
-                    continue
-                xr = x[n, c, ih]
-                for s in range(S):
-                    off, lo, hi = _columns(s, W, OW, sw, pl, dw)
-                    wv = w[k, 0, r, s]
-                    if sw == 1:
-                        src = xr[lo + off:hi + off]
-                        dst = row[lo:hi]
-                        for j in range(hi - lo):
-                            dst[j] += wv * src[j]
-                    else:
-                        for j in range(lo, hi):
-                            row[j] += wv * xr[j * sw + off]
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
@@ -150,6 +118,33 @@ def _pad_into(buf, src, H, W, pt, pl, Wp):
             row[j] = s[j]
 
 
+@njit(cache=True, nogil=True)
+def _phase_split_into(buf, src, H, W, pt, pl, sh, sw, hq, wq):
+    """buf (flat, zeroed here) <- src (H, W) zero-padded by (pt, pl) and split into its sh*sw stride phases:
+    padded element (i, j) at ((i % sh)*sw + j % sw)*hq*wq + (i // sh)*wq + j // sw (with unit strides,
+    _pad_into's layout at pitch wq). Loops over the destination: no division per row or element."""
+    buf[:] = 0
+    plane = hq * wq
+    for pw in range(sw):
+        j_lo = max(0, (pl - pw + sw - 1) // sw)               # first jq with input column jq*sw + pw - pl >= 0
+        j_hi = min(wq, (W - 1 + pl - pw) // sw + 1)            # past the last one < W
+        shift = pw - pl
+        for ph in range(sh):
+            phase = (ph * sw + pw) * plane
+            for iq in range(hq):
+                ih = iq * sh + ph - pt
+                if ih < 0 or ih >= H:
+                    continue
+                s = src[ih]
+                base = phase + iq * wq
+                if sw == 1:
+                    for jq in range(j_lo, j_hi):
+                        buf[base + jq] = s[jq + shift]
+                else:
+                    for jq in range(j_lo, j_hi):
+                        buf[base + jq] = s[jq * sw + shift]
+
+
 @njit(cache=True, nogil=True, fastmath={"contract"})
 def _taps_into(acc, xp, w, offs, span):
     """acc[j] += sum over taps t of w[t] * xp[offs[t] + j] for j < span, four taps per pass over acc (one
@@ -171,29 +166,32 @@ def _taps_into(acc, xp, w, offs, span):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
-def forward_plane(x, w, b, y, pt, pl, pr, pb, dh, dw):
-    """Stride-1 forward: per (n, c) one padded copy of the plane; per output channel k of c the taps, fused
-    four at a time, over the plane at pitch Wp."""
+def forward_plane(x, w, b, y, pt, pl, pr, pb, sh, sw, dh, dw):
+    """Forward, any stride: per (n, c) one padded, phase-split copy of the plane (phases hq x wq, hq =
+    ceil(Hp/sh), wq = ceil(Wp/sw)), so that output (oh, ow) sits at oh*wq + ow and tap (r, s) reads
+    phase (r*dh % sh, s*dw % sw) at that position + (r*dh // sh)*wq + s*dw // sw; per output channel k of c
+    the taps, fused four at a time, over the OH*wq positions (columns ow >= OW computed and dropped)."""
     N, C, H, W = x.shape
     K, _, R, S = w.shape
     OH, OW = y.shape[2], y.shape[3]
     m = K // C
-    Hp, Wp = pt + H + pb, pl + W + pr
-    span = OH * Wp
+    hq, wq = (pt + H + pb + sh - 1) // sh, (pl + W + pr + sw - 1) // sw
+    span = OH * wq
     offs = np.empty(R * S, np.int64)
     for r in range(R):
         for s in range(S):
-            offs[r * S + s] = r * dh * Wp + s * dw
+            a, e = r * dh, s * dw
+            offs[r * S + s] = ((a % sh) * sw + e % sw) * hq * wq + (a // sh) * wq + e // sw
     wf = w.reshape(K, R * S)
     jobs = N * C
     parts = min(PARTS, jobs)
     for part in prange(parts):
-        xp = np.empty(Hp * Wp + dw * (S - 1), x.dtype)
+        xp = np.empty(sh * sw * hq * wq + (S - 1) * dw // sw + 1, x.dtype)
         acc = np.empty(span, y.dtype)
         for job in range(part * jobs // parts, (part + 1) * jobs // parts):
             n = job // C
             c = job - n * C
-            _pad_into(xp, x[n, c], H, W, pt, pl, Wp)
+            _phase_split_into(xp, x[n, c], H, W, pt, pl, sh, sw, hq, wq)
             for k in range(c * m, c * m + m):
                 bias = b[k]
                 for j in range(span):
@@ -202,7 +200,7 @@ def forward_plane(x, w, b, y, pt, pl, pr, pb, dh, dw):
                 for oh in range(OH):
                     dst = y[n, k, oh]
                     for j in range(OW):
-                        dst[j] = acc[oh * Wp + j]
+                        dst[j] = acc[oh * wq + j]
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
