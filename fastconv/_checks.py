@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from numbers import Integral
 
 import numpy as np
@@ -18,8 +19,9 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_SIZE_ARG = 2**31 - 1  # sizes, strides, paddings and dilations; kernels index in int64
 
 
+@lru_cache(maxsize=1)
 def memory_limit_bytes() -> int:
-    """The machine's physical memory: no single output or workspace may exceed it."""
+    """The machine's physical memory: no single output or workspace may exceed it (read once)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -70,6 +72,8 @@ def _as_int(name: str, v: object) -> int:
 
 def pair(name: str, value: object, minimum: int) -> tuple[int, int]:
     """An int, a pair of ints or (as PyTorch accepts) a 1-tuple, each at least `minimum`, as (h, w)."""
+    if type(value) is int and minimum <= value <= MAX_SIZE_ARG:   # the common case, without ABC checks
+        return (value, value)
     if isinstance(value, (tuple, list)):
         if len(value) not in (1, 2):
             raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
@@ -114,7 +118,9 @@ def _is_masked(a: object) -> bool:
 
 def native(dtype: np.dtype) -> np.dtype:
     """`dtype` in this machine's byte order: outputs and kernels always use it."""
-    return np.dtype(dtype).newbyteorder("=")
+    if not isinstance(dtype, np.dtype) or not dtype.isnative:
+        dtype = np.dtype(dtype).newbyteorder("=")
+    return dtype
 
 
 def contiguous(a: np.ndarray) -> np.ndarray:

@@ -94,6 +94,7 @@ class Registry:
         self.op, self.__doc__ = op, doc
         self._records: dict[tuple[str, str], Algorithm] = {}
         self.rules: dict[str, Callable[[object, int], str]] = {}
+        self.version = 0  # counts changes of the records: what is derived from them may be cached per version
         REGISTRIES[op] = self
 
     def add(self, algorithm: Algorithm) -> Algorithm:
@@ -101,10 +102,12 @@ class Registry:
         if key in self._records:
             raise ValueError(f"{self.op} already has an algorithm {algorithm.name!r} on {algorithm.device}")
         self._records[key] = algorithm
+        self.version += 1
         return algorithm
 
     def remove(self, name: str, device: str = "cpu") -> None:
         del self._records[(device, name)]
+        self.version += 1
 
     def names(self, device: str = "cpu") -> list[str]:
         return [name for (d, name) in self._records if d == device]

@@ -9,8 +9,9 @@ sum for every algorithm and is computed here.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -228,20 +229,22 @@ CONV2D.add(Algorithm("im2col", "cuda", _forward_im2col_cuda, _backward_im2col_cu
 def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
     """The algorithm ``algo="auto"`` runs on the CPU for a problem too small to time (or with timing off).
 
-    Measured on the benchmark layers (2-core AVX2 machine, float32, see the README): depthwise's own
-    kernel wins on depthwise layers (2-5x direct on 8x128x56x56 3x3, Xeon AVX-512), direct on small stride-1
-    layers (LeNet, the CIFAR CNN, ResNet 3x3 at 64 channels);
-    im2col with our own GEMM wins on strided layers (direct's strided path is row loops), on 1x1
-    layers and once the GEMM is deep (C/groups*R*S >= 1024, VGG). im2col with BLAS is never
-    picked: OpenBLAS's thread pool contends with the OpenMP pool of the other kernels.
+    Measured on the benchmark layers (2-core Xeon, AVX-512, float32, 2026-12-01; ``benchmarks/results``):
+    depthwise's own kernel on depthwise layers; winograd on wide 3x3 stride-1 layers (VGG 256->256 at 28x28:
+    42 ms against direct_simd's 61); direct_simd everywhere else, from LeNet at batch 1 (64 us against
+    direct's 69 and im2col_packed's 63; CIFAR conv3 at batch 1: 83 against 161 and 111) to the strided and
+    1x1 layers (it reads an unpadded stride-1 input in place). im2col with BLAS is never picked: OpenBLAS's
+    thread pool contends with the OpenMP pool of the other kernels.
     """
     cg = p.c // p.groups
     if cg == 1 and p.groups > 1:
         return "depthwise"
-    deep_or_strided = p.stride != (1, 1) or p.r * p.s == 1 or cg * p.r * p.s >= 1024
-    return "im2col_packed" if deep_or_strided and CONV2D["cpu", "im2col_packed"].fits(p, itemsize) else "direct"
+    if cg >= WINOGRAD_RULE_CHANNELS and CONV2D["cpu", "winograd"].runs(p, itemsize):
+        return "winograd"
+    return "direct_simd"
 
 
+WINOGRAD_RULE_CHANNELS = 128  # input channels per group from which the rule picks winograd (ResNet's 64: direct_simd)
 SMALL_FLOPS = 2**22  # below this a conv is a few microseconds of work: one direct kernel beats five launches
 
 
@@ -267,13 +270,16 @@ def _safe_algorithm(p: Conv2dShape, itemsize: int, pass_: str) -> str | None:
     return None
 
 
+_MAGNITUDE_BITS = {np.dtype(t): (np.dtype(u), np.dtype(u).type(np.iinfo(u).max >> 1))
+                   for t, u in ((np.float32, np.uint32), (np.float64, np.uint64))}  # dtype -> (bits, sign cleared)
+
+
 def abs_max(a: np.ndarray) -> float:
     """max |a| of a C-contiguous float32/float64 array (0 when empty), inf when it holds NaN or Inf: one
     compiled pass over its bits (``elementwise.max_magnitude_bits``)."""
-    bits = np.dtype(f"u{a.dtype.itemsize}")
-    sign_cleared = bits.type(np.iinfo(bits).max >> 1)
-    top = np.array(elementwise.max_magnitude_bits(a.reshape(-1).view(bits), sign_cleared), bits).view(a.dtype)
-    return float(top) if np.isfinite(top) else np.inf
+    bits, sign_cleared = _MAGNITUDE_BITS[a.dtype]
+    top = float(np.array(elementwise.max_magnitude_bits(a.reshape(-1).view(bits), sign_cleared), bits).view(a.dtype))
+    return top if math.isfinite(top) else math.inf
 
 
 def _nonfinite(*arrays: np.ndarray) -> bool:
@@ -316,18 +322,25 @@ def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
     return CONV2D.candidates(p, itemsize, "cpu")
 
 
+@lru_cache(maxsize=1024)
+def _tuning(pass_: str, p: Conv2dShape, dtype: np.dtype, version: int, limit: int) -> tuple[tuple[str, ...], str, str]:
+    """(candidates, autotune key, rule's choice) of a CPU problem, computed once per problem, registry version
+    and workspace limit (they are the same on every call: the per-call cost of ``auto`` is then a lookup)."""
+    names = tuple(_candidates(p, dtype.itemsize))
+    key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
+           f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}.{'|'.join(names)}")  # new candidates: re-time
+    return names, key, CONV2D.rule(p, dtype.itemsize, "cpu")
+
+
 def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, device: str, run: Callable[[str], object]) -> str:
     """The algorithm ``algo="auto"`` runs for this problem: on the CPU measured once per process
     (``fastconv.autotune``) among the candidates, with the CPU rule for small problems or when timing is
     off; on the GPU the GPU rule."""
     if device != "cpu":
         return CONV2D.rule(p, dtype.itemsize, device)
-    names = _candidates(p, dtype.itemsize)
-    key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
-           f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}.{'|'.join(names)}")  # new candidates: re-time
+    names, key, rule = _tuning(pass_, p, dtype, CONV2D.version, workspace_limit())
     flops = p.flops * (2 if pass_ == "backward" else 1)
-    return autotune.choose(key, flops, CONV2D.rule(p, dtype.itemsize, "cpu"),
-                           {name: (lambda name=name: run(name)) for name in names})
+    return autotune.choose(key, flops, rule, {name: (lambda name=name: run(name)) for name in names})
 
 
 def _prepare(x, weight, stride, padding, dilation, groups, algo: str):

@@ -18,6 +18,8 @@ thread and dtype (``fastconv.config.scratch``).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from . import direct
@@ -37,8 +39,10 @@ def packed_weights(weight: np.ndarray, groups: int) -> np.ndarray:
     return wp
 
 
+@lru_cache(maxsize=256)
 def tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
-    """offs[t] for t = (c, r, s) of a group (see the kernel doc)."""
+    """offs[t] for t = (c, r, s) of a group (see the kernel doc); one array per problem, kept (read only by
+    the kernels: computing it costs more than a small layer's convolution)."""
     (sh, sw), (dh, dw) = p.stride, p.dilation
     plane = hq * wq
     cg = p.c // p.groups
@@ -46,6 +50,15 @@ def tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
     e = np.arange(p.s) * dw
     rs = ((a[:, None] % sh) * sw + e[None, :] % sw) * plane + (a[:, None] // sh) * wq + e[None, :] // sw
     offs = np.arange(cg)[:, None] * (sh * sw * plane) + rs.reshape(1, -1)
+    return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
+
+
+@lru_cache(maxsize=256)
+def batch_tap_offsets(p: Conv2dShape, hp: int, wp: int, nb: int) -> np.ndarray:
+    """The batch kernel's offs[t] = (c*hp*wp + r*DH*wp + s*DW)*nb for t = (c, r, s) of a group; kept per problem."""
+    (dh, dw), cg = p.dilation, p.c // p.groups
+    offs = ((np.arange(cg)[:, None, None] * (hp * wp) + np.arange(p.r)[None, :, None] * (dh * wp)
+             + np.arange(p.s)[None, None, :] * dw) * nb)
     return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
 
 
@@ -59,10 +72,7 @@ def forward_batch(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p:
     xi = scratch("direct_simd.input", blocks * p.c * hp * wp * nb, dtype)
     conv_direct_simd.interleave_batch(x, xi, top, left, hp, wp, nb)
     wpk = packed_weights(weight, p.groups)
-    (dh, dw) = p.dilation
-    cg = p.c // p.groups
-    offs = ((np.arange(cg)[:, None, None] * (hp * wp) + np.arange(p.r)[None, :, None] * (dh * wp)
-             + np.arange(p.s)[None, None, :] * dw) * nb).reshape(-1).astype(np.int64)
+    offs = batch_tap_offsets(p, hp, wp, nb)
     b = bias if bias is not None else np.zeros(p.k, dtype)
     block_taps = max(1, conv_direct_simd.BLOCK_TAPS // (p.r * p.s)) * p.r * p.s
     y = np.empty(p.y_shape, dtype)
@@ -119,6 +129,7 @@ def batch_efficiency(p: Conv2dShape, itemsize: int) -> float:
     return p.n / (-(-p.n // nb) * nb)
 
 
+@lru_cache(maxsize=1024)
 def choose_kernel(p: Conv2dShape, itemsize: int) -> str:
     """'batch' when blocks of images fill the vector lanes clearly better than output rows do
     (small output planes, large batches: measured faster on 64x32x15x15 and 64x64x6x6 3x3,

@@ -80,12 +80,12 @@ def test_auto_matches_naive():
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,groups,expected", [
-    ((64, 1, 28, 28), (6, 1, 5, 5), 1, 1, "direct"),           # LeNet-5 conv1
-    ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, "direct"),         # ResNet stage
+    ((64, 1, 28, 28), (6, 1, 5, 5), 1, 1, "direct_simd"),      # LeNet-5 conv1
+    ((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, "direct_simd"),    # ResNet stage
     ((8, 128, 56, 56), (128, 1, 3, 3), 1, 128, "depthwise"),   # depthwise
-    ((8, 256, 28, 28), (256, 256, 3, 3), 1, 1, "im2col_packed"),  # VGG: deep GEMM
-    ((8, 128, 28, 28), (256, 128, 3, 3), 2, 1, "im2col_packed"),  # strided downsample
-    ((8, 256, 14, 14), (64, 256, 1, 1), 1, 1, "im2col_packed"),   # pointwise
+    ((8, 256, 28, 28), (256, 256, 3, 3), 1, 1, "winograd"),    # VGG: wide 3x3
+    ((8, 128, 28, 28), (256, 128, 3, 3), 2, 1, "direct_simd"),  # strided downsample
+    ((8, 256, 14, 14), (64, 256, 1, 1), 1, 1, "direct_simd"),  # pointwise
 ])
 def test_auto_rule(x_shape, w_shape, stride, groups, expected):
     from fastconv.conv import choose_conv2d_algorithm
