@@ -216,9 +216,11 @@ CONV2D.add(Algorithm("im2col", "cpu", partial(_forward_im2col, gemm=matmul.gemm_
                      workspace_bytes=im2col_workspace_bytes, timed=_never))
 CONV2D.add(Algorithm("im2col_packed", "cpu", partial(_forward_im2col, gemm=matmul.gemm_packed),
                      partial(_backward_im2col, gemm=matmul.gemm_packed), workspace_bytes=im2col_workspace_bytes))
-CONV2D.add(Algorithm("winograd", "cpu", winograd.forward, direct_simd.backward, unsupported=winograd.unsupported,
-                     workspace_bytes=winograd.workspace_bytes, timed=winograd.worth_timing,
-                     within_range=winograd.within_range, finite_inputs=("x", "weight"), backward_nonfinite_safe=False))
+for _m, _name in ((2, "winograd"), (4, "winograd_4x4")):
+    CONV2D.add(Algorithm(_name, "cpu", partial(winograd.forward, m=_m), direct_simd.backward,
+                         unsupported=winograd.unsupported, workspace_bytes=partial(winograd.workspace_bytes, m=_m),
+                         timed=winograd.worth_timing, within_range=partial(winograd.within_range, m=_m),
+                         finite_inputs=("x", "weight"), backward_nonfinite_safe=False))
 CONV2D.add(Algorithm("depthwise", "cpu", depthwise.forward, depthwise.backward, unsupported=depthwise.unsupported,
                      finite_inputs=("weight",), backward_nonfinite_safe=False))
 CONV2D.add(Algorithm("direct", "cuda", _forward_direct_cuda, _backward_direct_cuda))

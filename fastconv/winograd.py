@@ -1,6 +1,10 @@
-"""Winograd F(2x2, 3x3) conv2d forward (Lavin & Gray), float32 and float64.
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) conv2d forward (Lavin & Gray), float32 and float64: conv2d's records
+"winograd" (m = 2: 4x4 tiles, 16 points) and "winograd_4x4" (m = 4: 6x6 tiles, 36 points, 4x fewer
+multiplications than direct against 2.25x; the transforms' matrices hold larger entries, so float32 errors
+are 4-11x direct's on real layers, see tests/test_winograd.py). Below, F(2x2)'s figures; F(4x4)'s steps are
+the same with 36 points, tiles at stride 4 and ceil(OH/4) * ceil(OW/4) tiles per image.
 
-``forward(x, weight, bias, p) -> y`` has the signature of conv2d's algorithms (``fastconv.conv``): x
+``forward(x, weight, bias, p, m=2) -> y`` has the signature of conv2d's algorithms (``fastconv.conv``): x
 (N, C, H, W) batched, C-contiguous, validated; weight (K, C/groups, 3, 3); bias (K,) or None; p the
 ``Conv2dShape``. ``unsupported(p)`` says why it cannot run a shape, or None: it runs 3x3 kernels, stride 1,
 dilation 1, any padding (int, pair, 'same', 'valid') and any groups. ``worth_timing(p)`` is what ``auto``
@@ -48,25 +52,35 @@ from ._checks import Conv2dShape
 from .config import batch_chunk, scratch
 from .kernels import conv_winograd, simd
 
-POINTS = 16               # transform points of F(2x2, 3x3): 4x4 tiles
+TILE_SIZES = (2, 4)        # m of F(m x m, 3x3): records "winograd" (m = 2) and "winograd_4x4" (m = 4)
 GROUPED_GEMM_MIN = 16     # channels per group below which grouped layers use grouped_products
 CHUNK_TARGET_BYTES = 24 * 2**20  # preferred workspace per batch chunk: V and M stay in L3 (32 MiB)
+# max row sums of |B^T|, |G|, |A^T| per m: |V| <= b^2 max|x|, |U| <= g^2 max|w|, |Y| <= a^2 C/groups |U| |V|
+TRANSFORM_NORMS = {2: (2.0, 1.5, 3.0), 4: (10.0, 1.0, 19.0)}
+TRANSFORMS = {2: (conv_winograd.filter_transform, conv_winograd.input_transform, conv_winograd.output_transform),
+              4: (conv_winograd.filter_transform_4x4, conv_winograd.input_transform_4x4,
+                  conv_winograd.output_transform_4x4)}
 
 
+def points(m: int) -> int:
+    """Transform points of F(m x m, 3x3): one (m + 2) x (m + 2) input tile."""
+    return (m + 2) ** 2
 
-def within_range(x_abs_max: float, w_abs_max: float, p: Conv2dShape, dtype: np.dtype) -> bool:
-    """Whether no transform can overflow on inputs bounded by these maxima. Each row of B^T holds two +-1,
-    so |V| <= 4 max|x|; G's rows sum to at most 1.5 in absolute value, so |U| <= 2.25 max|w|; M sums
-    C/groups products, and A^T's rows sum to 3: |Y| <= 9 |M| <= 81 * C/groups * max|x| * max|w|
-    (direct convolution's own bound is C/groups * 9 * max|x| * max|w|). Near the top of the float
-    range the transforms would give Inf (or Inf - Inf = NaN) where the exact result is finite."""
+
+def within_range(x_abs_max: float, w_abs_max: float, p: Conv2dShape, dtype: np.dtype, m: int = 2) -> bool:
+    """Whether no transform of F(m x m, 3x3) can overflow on inputs bounded by these maxima. With b, g, a the
+    largest row sums of |B^T|, |G|, |A^T| (F(2x2): 2, 1.5, 3; F(4x4): 10, 1, 19): |V| <= b^2 max|x|,
+    |U| <= g^2 max|w|, M sums C/groups products, |Y| <= a^2 |M| (F(2x2): 81 * C/groups * max|x| * max|w|,
+    F(4x4): 36100 *; direct convolution's own bound is C/groups * 9 * max|x| * max|w|). Near the top of the
+    float range the transforms would give Inf (or Inf - Inf = NaN) where the exact result is finite."""
+    b, g, a = TRANSFORM_NORMS[m]
     limit = float(np.finfo(dtype).max)
-    return 4 * x_abs_max < limit and 2.25 * w_abs_max < limit and \
-        81.0 * (p.c // p.groups) * x_abs_max * w_abs_max < limit
+    return b * b * x_abs_max < limit and g * g * w_abs_max < limit and \
+        a * a * b * b * g * g * (p.c // p.groups) * x_abs_max * w_abs_max < limit
 
 
 def unsupported(p: Conv2dShape) -> str | None:
-    """None when Winograd F(2x2, 3x3) can run the shape (3x3 kernel, stride 1, dilation 1; any padding,
+    """None when Winograd F(m x m, 3x3) can run the shape (3x3 kernel, stride 1, dilation 1; any padding,
     any groups), else why not."""
     if (p.r, p.s) == (3, 3) and p.stride == (1, 1) and p.dilation == (1, 1):
         return None
@@ -80,61 +94,63 @@ def worth_timing(p: Conv2dShape) -> bool:
     return p.c // p.groups >= GROUPED_GEMM_MIN
 
 
-def _tiles(p: Conv2dShape) -> tuple[int, int]:
-    """Tile rows and columns per image: ceil(OH/2), ceil(OW/2)."""
-    return (p.oh + 1) // 2, (p.ow + 1) // 2
+def _tiles(p: Conv2dShape, m: int) -> tuple[int, int]:
+    """Tile rows and columns per image: ceil(OH/m), ceil(OW/m)."""
+    return -(-p.oh // m), -(-p.ow // m)
 
 
-def workspace_bytes(p: Conv2dShape, itemsize: int) -> int:
-    """Winograd's workspace per image: V (16 x C x tiles) and M (16 x K x tiles)."""
-    th, tw = _tiles(p)
-    return POINTS * (p.c + p.k) * th * tw * itemsize
+def workspace_bytes(p: Conv2dShape, itemsize: int, m: int = 2) -> int:
+    """Winograd's workspace per image: V (points x C x tiles) and M (points x K x tiles)."""
+    th, tw = _tiles(p, m)
+    return points(m) * (p.c + p.k) * th * tw * itemsize
 
 
-def chunk_images(p: Conv2dShape, itemsize: int) -> int:
+def chunk_images(p: Conv2dShape, itemsize: int, m: int = 2) -> int:
     """Images per batch chunk: within the workspace limit and CHUNK_TARGET_BYTES (measured: V and M
     kept within L3 run 5-10% faster than whole-batch chunks)."""
-    return batch_chunk("winograd", workspace_bytes(p, itemsize), p.n, CHUNK_TARGET_BYTES)
+    return batch_chunk("winograd", workspace_bytes(p, itemsize, m), p.n, CHUNK_TARGET_BYTES)
 
 
 def use_grouped_products(p: Conv2dShape) -> bool:
-    """Whether the 16 per-point products run as one fused Numba loop over all groups instead
-    of 16 x groups GEMM calls: grouped layers with few channels per group."""
+    """Whether the per-point products run as one fused Numba loop over all groups instead
+    of points x groups GEMM calls: grouped layers with few channels per group."""
     return p.groups > 1 and min(p.c, p.k) // p.groups < GROUPED_GEMM_MIN
 
 
-def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
-    """y (N, K, OH, OW) = conv2d(x, weight, bias) by Winograd F(2x2, 3x3), for a shape where
+def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape, m: int = 2) -> np.ndarray:
+    """y (N, K, OH, OW) = conv2d(x, weight, bias) by Winograd F(m x m, 3x3), m = 2 or 4, for a shape where
     ``unsupported`` is None (conv2d checks it)."""
     dtype = x.dtype
     y = np.empty(p.y_shape, dtype)
     if p.n == 0:
         return y
-    nb = chunk_images(p, dtype.itemsize)
-    th, tw = _tiles(p)
+    filter_transform, input_transform, output_transform = TRANSFORMS[m]
+    npoints = points(m)
+    nb = chunk_images(p, dtype.itemsize, m)
+    th, tw = _tiles(p, m)
     tiles = th * tw
     top, _, left, _ = p.padding
     groups, cg, kg = p.groups, p.c // p.groups, p.k // p.groups
     grouped = use_grouped_products(p)
     nr = 2 * (simd.VECTOR_BYTES // dtype.itemsize)  # columns of a packed B sliver
-    u_size = POINTS * p.k * cg
-    pack_size = 0 if grouped else POINTS * groups * cg * (-(-kg // nr) * nr)
-    buf = scratch("winograd", u_size + pack_size + POINTS * (p.c + p.k) * nb * tiles, dtype)
-    u = buf[:u_size].reshape(POINTS, p.k, cg)
-    conv_winograd.filter_transform(weight, u)
+    u_size = npoints * p.k * cg
+    pack_size = 0 if grouped else npoints * groups * cg * (-(-kg // nr) * nr)
+    buf = scratch("winograd", u_size + pack_size + npoints * (p.c + p.k) * nb * tiles, dtype)
+    u = buf[:u_size].reshape(npoints, p.k, cg)
+    filter_transform(weight, u)
     if not grouped:
-        b_pack = buf[u_size:u_size + pack_size].reshape(POINTS, groups, -1)
+        b_pack = buf[u_size:u_size + pack_size].reshape(npoints, groups, -1)
         conv_winograd.pack_transformed_filters(u, b_pack)
     b = bias if bias is not None else np.zeros(p.k, dtype)
     work = buf[u_size + pack_size:]
     for n0 in range(0, p.n, nb):
         t = min(nb, p.n - n0) * tiles
-        v = work[:POINTS * p.c * t].reshape(POINTS, p.c, t)
-        m = work[POINTS * p.c * t:POINTS * (p.c + p.k) * t].reshape(POINTS, groups, t, kg)
-        conv_winograd.input_transform(x, v, n0, top, left, th, tw)
+        v = work[:npoints * p.c * t].reshape(npoints, p.c, t)
+        mm = work[npoints * p.c * t:npoints * (p.c + p.k) * t].reshape(npoints, groups, t, kg)
+        input_transform(x, v, n0, top, left, th, tw)
         if grouped:
-            conv_winograd.grouped_products(u, v, m)
+            conv_winograd.grouped_products(u, v, mm)
         else:
-            conv_winograd.products(v, b_pack, m)
-        conv_winograd.output_transform(m, b, y, n0, th, tw)
+            conv_winograd.products(v, b_pack, mm)
+        output_transform(mm, b, y, n0, th, tw)
     return y

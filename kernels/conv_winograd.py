@@ -140,7 +140,7 @@ def input_transform(x, v, n0, top, left, TH, TW):
 
 @njit(cache=True, nogil=True, parallel=True)
 def pack_transformed_filters(u, b_pack):
-    """b_pack[xi, g] = u[xi, g*Kg:(g+1)*Kg].T (Cg x Kg) in gemm's packed-B layout.
+    """b_pack[xi, g] = u[xi, g*Kg:(g+1)*Kg].T (Cg x Kg) in gemm's packed-B layout, for every point xi.
 
     groups = b_pack.shape[1]; parallel over the (xi, g, KC slice, NR sliver) slivers."""
     groups = b_pack.shape[1]
@@ -150,7 +150,7 @@ def pack_transformed_filters(u, b_pack):
     slivers = (Kg + nr - 1) // nr
     kg_pad = slivers * nr
     slices = (Cg + KC - 1) // KC
-    for item in prange(16 * groups * slices * slivers):
+    for item in prange(u.shape[0] * groups * slices * slivers):
         s = item % slivers
         pc = item // slivers % slices * KC
         g = item // (slivers * slices) % groups
@@ -162,7 +162,7 @@ def pack_transformed_filters(u, b_pack):
 
 @njit(cache=True, nogil=True, parallel=True)
 def products(v, b_pack, m):
-    """m[xi, g] = v[xi, g*Cg:(g+1)*Cg].T @ u[xi, g*Kg:(g+1)*Kg].T for all 16 points and groups,
+    """m[xi, g] = v[xi, g*Cg:(g+1)*Cg].T @ u[xi, g*Kg:(g+1)*Kg].T for all points (16 or 36) and groups,
     in ONE parallel loop, with fastconv's packed SIMD GEMM kernels (gemm.pack_a_sliver,
     gemm.compute_block and its micro-kernel): 16 x groups gemm_packed calls would cost two
     parallel regions (thread-pool barriers) each.
@@ -178,7 +178,7 @@ def products(v, b_pack, m):
     row_blocks = (T + mc - 1) // mc
     mc = ((T + row_blocks - 1) // row_blocks + MR - 1) // MR * MR  # equal blocks, multiples of MR
     row_blocks = (T + mc - 1) // mc
-    items = 16 * G * row_blocks
+    items = v.shape[0] * G * row_blocks
     blocks = min(items, WORK_BLOCKS)
     for block in prange(blocks):
         a_pack = np.empty(mc * Cg, dtype=v.dtype)
@@ -202,7 +202,7 @@ def products(v, b_pack, m):
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"contract"})
 def grouped_products(u, v, m):
-    """m[xi, g, t, kk] = sum_c u[xi, g*Kg + kk, c] * v[xi, g*Cg + c, t], all 16 points and all
+    """m[xi, g, t, kk] = sum_c u[xi, g*Kg + kk, c] * v[xi, g*Cg + c, t], all points (16 or 36) and all
     groups in one parallel loop: for layers with few channels per group, where 16*groups
     separate GEMM calls would cost more than they compute. Parallel over (xi, g, tile chunk);
     a chunk accumulates Kg x tc sums (axpy along the tiles), then stores them tile-major.
@@ -211,7 +211,7 @@ def grouped_products(u, v, m):
     Cg = u.shape[2]
     tc = max(1, min(T, PRODUCT_TILES // Kg))
     chunks = (T + tc - 1) // tc
-    items = 16 * G * chunks
+    items = u.shape[0] * G * chunks
     blocks = min(items, WORK_BLOCKS)
     for block in prange(blocks):
         acc = np.empty((Kg, tc), dtype=m.dtype)
@@ -294,3 +294,164 @@ def output_transform(m, b, y, n0, TH, TW):
                         if two_rows:
                             for kk in range(Kg):
                                 planes[kk, oh + 1, ow] = y10[kk]
+
+
+# ---------------------------------------------------------------------------
+# F(4x4, 3x3): 6x6 input tiles at stride 4, 36 points, 16 outputs per tile (xi = 6*i + j).
+#     B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+#            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]
+#     G   = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6], [1/24, 1/12, 1/6],
+#            [1/24, -1/12, 1/6], [0, 0, 1]]
+#     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]
+# Layouts as above with 36 points: u (36, K, Cg), v (36, C, T), m (36, groups, T, Kg); tile t covers
+# padded rows 4*th .. 4*th+5 and columns 4*tw .. 4*tw+5 and gives y rows 4*th .. 4*th+3 (clipped),
+# TH = ceil(OH / 4), TW = ceil(OW / 4).
+# ---------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True)
+def _g_rows(g0, g1, g2, out, i):
+    """out[0..5, i] = G @ (g0, g1, g2)."""
+    out[0, i] = g0 / 4
+    out[1, i] = -(g0 + g1 + g2) / 6
+    out[2, i] = -(g0 - g1 + g2) / 6
+    out[3, i] = g0 / 24 + g1 / 12 + g2 / 6
+    out[4, i] = g0 / 24 - g1 / 12 + g2 / 6
+    out[5, i] = g2
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def filter_transform_4x4(w, u):
+    """u[xi, k, c] = (G w[k, c] G^T)[i, j], computed in float64 and rounded once to u's dtype; parallel over k."""
+    K, Cg = w.shape[0], w.shape[1]
+    rows = w.reshape(K, Cg * 9)
+    for k in prange(K):
+        src = rows[k]
+        gg = np.empty((6, 3), dtype=np.float64)   # G g
+        ggt = np.empty((6, 6), dtype=np.float64)  # (G g) G^T, transposed: ggt[j, i]
+        blk = np.empty((36, Cg), dtype=u.dtype)
+        for c in range(Cg):
+            o = 9 * c
+            for col in range(3):
+                _g_rows(np.float64(src[o + col]), np.float64(src[o + 3 + col]), np.float64(src[o + 6 + col]), gg, col)
+            for i in range(6):
+                _g_rows(gg[i, 0], gg[i, 1], gg[i, 2], ggt, i)
+            for i in range(6):
+                for j in range(6):
+                    blk[6 * i + j, c] = ggt[j, i]
+        for xi in range(36):
+            row = u[xi, k]
+            src_row = blk[xi]
+            for c in range(Cg):
+                row[c] = src_row[c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def input_transform_4x4(x, v, n0, top, left, TH, TW):
+    """v[:, :, :] = B^T d B for every 6x6 tile of images n0 .. n0 + nb - 1, nb = v.shape[2] // (TH*TW).
+
+    Parallel over the nb*C input planes. Each plane is copied into a zero-bordered scratch of
+    (4*TH + 2) x (4*TW + 2); per tile row its six rows are combined down the columns (B^T d, vectorised
+    along the row), then across each tile's six columns (d' B, along the tiles)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    tiles = TH * TW
+    nb = v.shape[2] // tiles
+    rows_p, cols_p = 4 * TH + 2, 4 * TW + 2
+    items = nb * C
+    blocks = min(items, WORK_BLOCKS)
+    for block in prange(blocks):
+        padded = np.zeros((rows_p, cols_p), dtype=v.dtype)
+        comb = np.empty((6, cols_p), dtype=v.dtype)
+        for item in range(block * items // blocks, (block + 1) * items // blocks):
+            local = item // C
+            c = item % C
+            plane = x[n0 + local, c]
+            for ih in range(H):
+                dst = padded[top + ih, left:left + W]
+                src = plane[ih]
+                for iw in range(W):
+                    dst[iw] = src[iw]
+            base = local * tiles
+            for th in range(TH):
+                r = 4 * th
+                d0, d1, d2, d3, d4, d5 = (padded[r], padded[r + 1], padded[r + 2], padded[r + 3], padded[r + 4],
+                                          padded[r + 5])
+                c0, c1, c2, c3, c4, c5 = comb[0], comb[1], comb[2], comb[3], comb[4], comb[5]
+                for j in range(cols_p):
+                    x1, x2, x3, x4 = d1[j], d2[j], d3[j], d4[j]
+                    c0[j] = 4 * d0[j] - 5 * x2 + x4
+                    c1[j] = x3 + x4 - 4 * (x1 + x2)
+                    c2[j] = x4 - x3 + 4 * (x1 - x2)
+                    c3[j] = x4 - x2 + 2 * (x3 - x1)
+                    c4[j] = x4 - x2 + 2 * (x1 - x3)
+                    c5[j] = 4 * x1 - 5 * x3 + d5[j]
+                t0 = base + th * TW
+                for i in range(6):
+                    e = comb[i]
+                    out0 = v[6 * i, c, t0:t0 + TW]
+                    out1 = v[6 * i + 1, c, t0:t0 + TW]
+                    out2 = v[6 * i + 2, c, t0:t0 + TW]
+                    out3 = v[6 * i + 3, c, t0:t0 + TW]
+                    out4 = v[6 * i + 4, c, t0:t0 + TW]
+                    out5 = v[6 * i + 5, c, t0:t0 + TW]
+                    for tw in range(TW):
+                        q = 4 * tw
+                        a1, a2, a3, a4 = e[q + 1], e[q + 2], e[q + 3], e[q + 4]
+                        out0[tw] = 4 * e[q] - 5 * a2 + a4
+                        out1[tw] = a3 + a4 - 4 * (a1 + a2)
+                        out2[tw] = a4 - a3 + 4 * (a1 - a2)
+                        out3[tw] = a4 - a2 + 2 * (a3 - a1)
+                        out4[tw] = a4 - a2 + 2 * (a1 - a3)
+                        out5[tw] = 4 * a1 - 5 * a3 + e[q + 5]
+
+
+@njit(cache=True, nogil=True)
+def _a_rows(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3):
+    """(o0, o1, o2, o3) = A^T @ (a0, ..., a5), element-wise along the vectors."""
+    for kk in range(o0.shape[0]):
+        x1, x2, x3, x4 = a1[kk], a2[kk], a3[kk], a4[kk]
+        s12, d12, s34, d34 = x1 + x2, x1 - x2, x3 + x4, x3 - x4
+        o0[kk] = a0[kk] + s12 + s34
+        o1[kk] = d12 + 2 * d34
+        o2[kk] = s12 + 4 * s34
+        o3[kk] = d12 + 8 * d34 + a5[kk]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def output_transform_4x4(m, b, y, n0, TH, TW):
+    """y[n0:n0+nb] = A^T m A + b for every tile of the chunk, clipped to (OH, OW).
+
+    Parallel over the nb*TH tile rows. Per tile the 36 point rows of m (contiguous over kk) are combined
+    element-wise (vectorised along kk): first down the tile's rows into 24, then across into its 16 outputs,
+    which are written into the K output planes."""
+    G, T, Kg = m.shape[1], m.shape[2], m.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    tiles = TH * TW
+    nb = T // tiles
+    items = nb * TH
+    blocks = min(items, WORK_BLOCKS)
+    for block in prange(blocks):
+        half = np.empty((24, Kg), dtype=y.dtype)   # half[6*r + j] = sum_i A^T[r, i] m[6*i + j]
+        out = np.empty((16, Kg), dtype=y.dtype)    # out[4*r + q]: output (r, q) of the tile
+        for item in range(block * items // blocks, (block + 1) * items // blocks):
+            local = item // TH
+            th = item % TH
+            oh = 4 * th
+            rows = min(4, OH - oh)
+            for g in range(G):
+                bias = b[g * Kg:(g + 1) * Kg]
+                planes = y[n0 + local, g * Kg:(g + 1) * Kg]
+                for tw in range(TW):
+                    t = local * tiles + th * TW + tw
+                    for j in range(6):
+                        _a_rows(m[j, g, t], m[6 + j, g, t], m[12 + j, g, t], m[18 + j, g, t], m[24 + j, g, t],
+                                m[30 + j, g, t], half[j], half[6 + j], half[12 + j], half[18 + j])
+                    for r in range(rows):
+                        _a_rows(half[6 * r], half[6 * r + 1], half[6 * r + 2], half[6 * r + 3], half[6 * r + 4],
+                                half[6 * r + 5], out[4 * r], out[4 * r + 1], out[4 * r + 2], out[4 * r + 3])
+                    ow = 4 * tw
+                    cols = min(4, OW - ow)
+                    for r in range(rows):
+                        for q in range(cols):
+                            o = out[4 * r + q]
+                            for kk in range(Kg):
+                                planes[kk, oh + r, ow + q] = o[kk] + bias[kk]

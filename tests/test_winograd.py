@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) forward against the naive reference (and direct on real layers).
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) forward against the naive reference (and direct on real layers).
 
 float64: within rounding (rtol 1e-10, as every algorithm). float32, with exact = the float64
 convolution of the same float32 data, two bounds:
@@ -17,6 +17,10 @@ convolution of the same float32 data, two bounds:
   a 1x1 input padded by 2 (each output one product x * w[r, s], |w[r, s]| = 0.005 among weights
   of about 1) at 2.2e-5 of W; test_window_bound_is_not_a_worst_case_bound makes W = 0 with an
   error of 6e-5.
+- F(4x4, 3x3) (records "winograd_4x4"): the same worst-case bound holds (its S is larger: the transform
+  matrices hold 4, 5, 8, 1/6, 1/24; measured at most 0.04 of the bound on random cases), and the window
+  error on the real layers is 1.6-4.9e-6 of W, 4-11x float32 direct's (FLOAT32_WINDOW_BOUND[4] = 2e-5,
+  20x direct's). float64: within 20x the rounding tolerance of the other algorithms.
 """
 from __future__ import annotations
 
@@ -31,11 +35,20 @@ from fastconv.kernels import conv_winograd as wk
 from fastconv._checks import conv2d_shape
 from op_check import assert_close
 
-FLOAT32_WINDOW_BOUND = 1e-5
+FLOAT32_WINDOW_BOUND = {2: 1e-5, 4: 2e-5}   # m -> max |y - exact| / W on the real layers
+WINDOW_BOUND_VS_DIRECT = {2: 2.0, 4: 20.0}  # m -> that error over float32 direct convolution's
 UNIT_ROUNDOFF = 2.0**-24
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+MATRICES = {  # m -> (B^T, G, A^T) of F(m x m, 3x3)
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+ALGOS = {2: "winograd", 4: "winograd_4x4"}
 
 
 def _shape(x, w, padding=0, groups=1, stride=1, dilation=1):
@@ -61,25 +74,27 @@ def _direct_reference(x, w, b, padding, groups=1):
     return exact, mag
 
 
-def _winograd_magnitude(x, w, b, p):
-    """S: Winograd F(2x2, 3x3) of |x| and |w| with |B^T|, |G|, |A^T|, plus |b|, in float64
+def _winograd_magnitude(x, w, b, p, m=2):
+    """S: Winograd F(m x m, 3x3) of |x| and |w| with |B^T|, |G|, |A^T|, plus |b|, in float64
     (the scale of the worst-case rounding error of every output)."""
+    bt, g, at = (np.abs(a) for a in MATRICES[m])
+    t = m + 2
     n, c, h, wd = x.shape
     k, groups = w.shape[0], p.groups
     cg, kg = c // groups, k // groups
     top, _, left, _ = p.padding
-    th, tw = (p.oh + 1) // 2, (p.ow + 1) // 2
-    xp = np.zeros((n, c, 2 * th + 2, 2 * tw + 2))
+    th, tw = -(-p.oh // m), -(-p.ow // m)
+    xp = np.zeros((n, c, m * th + 2, m * tw + 2))
     xp[:, :, top:top + h, left:left + wd] = np.abs(x)
-    tiles = sliding_window_view(xp, (4, 4), axis=(2, 3))[:, :, ::2, ::2]  # (n, c, th, tw, 4, 4)
-    v = np.einsum("ia,nctuab,jb->nctuij", np.abs(BT), tiles, np.abs(BT))
-    u = np.einsum("ir,kcrs,js->kcij", np.abs(G), np.abs(w.astype(np.float64)), np.abs(G))
-    v = v.reshape(n, groups, cg, th * tw, 16).transpose(1, 4, 0, 3, 2).reshape(groups, 16, -1, cg)
-    u = u.reshape(groups, kg, cg, 16).transpose(0, 3, 2, 1)  # (groups, 16, cg, kg)
-    m = (v @ u).reshape(groups, 4, 4, n, th, tw, kg).transpose(3, 0, 6, 4, 5, 1, 2)
-    m = m.reshape(n, k, th, tw, 4, 4)
-    s = np.einsum("ai,nktuij,bj->nktuab", np.abs(AT), m, np.abs(AT))
-    s = s.transpose(0, 1, 2, 4, 3, 5).reshape(n, k, 2 * th, 2 * tw)[:, :, :p.oh, :p.ow]
+    tiles = sliding_window_view(xp, (t, t), axis=(2, 3))[:, :, ::m, ::m]  # (n, c, th, tw, t, t)
+    v = np.einsum("ia,nctuab,jb->nctuij", bt, tiles, bt)
+    u = np.einsum("ir,kcrs,js->kcij", g, np.abs(w.astype(np.float64)), g)
+    v = v.reshape(n, groups, cg, th * tw, t * t).transpose(1, 4, 0, 3, 2).reshape(groups, t * t, -1, cg)
+    u = u.reshape(groups, kg, cg, t * t).transpose(0, 3, 2, 1)  # (groups, t*t, cg, kg)
+    mm = (v @ u).reshape(groups, t, t, n, th, tw, kg).transpose(3, 0, 6, 4, 5, 1, 2)
+    mm = mm.reshape(n, k, th, tw, t, t)
+    s = np.einsum("ai,nktuij,bj->nktuab", at, mm, at)
+    s = s.transpose(0, 1, 2, 4, 3, 5).reshape(n, k, m * th, m * tw)[:, :, :p.oh, :p.ow]
     if b is not None:
         s = s + np.abs(b.astype(np.float64))[:, None, None]
     return s
@@ -91,25 +106,25 @@ def _relative_error(y: np.ndarray, exact: np.ndarray, scale: np.ndarray) -> floa
     return float(np.max(np.where(err == 0, 0.0, err / np.maximum(scale, np.finfo(np.float64).tiny))))
 
 
-def _worst_case_ratio(y, exact, x, w, b, p, mag=None) -> float:
+def _worst_case_ratio(y, exact, x, w, b, p, mag=None, m=2) -> float:
     """max |y - exact| / ((C/groups + 16) * u * S): at most 1 by the worst-case bound.
     With `mag` (W), also checks S >= W, as it must be (S bounds every term of W)."""
-    s = _winograd_magnitude(x, w, b, p)
+    s = _winograd_magnitude(x, w, b, p, m)
     if mag is not None:
         assert np.all(s >= mag * (1 - 1e-12)), "S must dominate the window magnitude"
     return _relative_error(y, exact, (p.c // p.groups + 16) * UNIT_ROUNDOFF * s)
 
 
-def _check(y, x, w, b, p, reference=None):
-    """y (by Winograd) against the exact result: float64 within rounding, float32 within the
+def _check(y, x, w, b, p, reference=None, m=2):
+    """y (by Winograd F(m x m, 3x3)) against the exact result: float64 within rounding, float32 within the
     worst-case bound. `reference` is _reference(x, w, b, p) when already computed."""
     exact, mag = reference if reference is not None else _reference(x, w, b, p)
     assert y.shape == exact.shape
     if y.dtype == np.float64:
-        assert_close(y, exact, 9 * 17)
+        assert_close(y, exact, 9 * 17 if m == 2 else 9 * 17 * 20)
     else:
         assert y.dtype == np.float32
-        assert _worst_case_ratio(y, exact, x, w, b, p, mag) <= 1
+        assert _worst_case_ratio(y, exact, x, w, b, p, mag, m) <= 1
 
 
 @st.composite
@@ -132,14 +147,15 @@ def winograd_cases(draw):
     return x, weight, bias, padding, groups
 
 
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
 @given(case=winograd_cases())
-def test_forward_matches_naive(case):
+def test_forward_matches_naive(m, case):
     x, w, b, padding, groups = case
     p = _shape(x, w, padding, groups)
     assert winograd.unsupported(p) is None
-    y = winograd.forward(x, w, b, p)
+    y = winograd.forward(x, w, b, p, m)
     assert y.dtype == x.dtype
-    _check(y, x, w, b, p)
+    _check(y, x, w, b, p, m=m)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -153,16 +169,18 @@ def test_forward_matches_naive(case):
     ((2, 5, 6, 5), (0, 1)), # mixed padding, odd/even
     ((1, 4, 2, 2), 2),      # padding larger than half the input
 ])
-def test_small_inputs(x_shape, padding, dtype):
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_small_inputs(x_shape, padding, dtype, m):
     rng = np.random.default_rng(sum(x_shape))
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((3, x_shape[1], 3, 3)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype)
     p = _shape(x, w, padding)
-    _check(winograd.forward(x, w, b, p), x, w, b, p)
+    _check(winograd.forward(x, w, b, p, m), x, w, b, p, m=m)
 
 
-def test_depthwise_and_grouped():
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_depthwise_and_grouped(m):
     rng = np.random.default_rng(1)
     for groups, cg, kg in ((8, 1, 1), (4, 1, 2), (2, 20, 18), (2, 3, 16)):
         for dtype in (np.float32, np.float64):
@@ -170,28 +188,31 @@ def test_depthwise_and_grouped():
             w = rng.standard_normal((groups * kg, cg, 3, 3)).astype(dtype)
             b = rng.standard_normal(groups * kg).astype(dtype)
             p = _shape(x, w, 1, groups)
-            _check(winograd.forward(x, w, b, p), x, w, b, p)
+            _check(winograd.forward(x, w, b, p, m), x, w, b, p, m=m)
 
 
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_deep_channels_cross_gemm_slices(dtype):
+def test_deep_channels_cross_gemm_slices(dtype, m):
     """More than KC = 512 input channels: the products run over several packed K slices."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((2, 600, 4, 5)).astype(dtype)
     w = rng.standard_normal((7, 600, 3, 3)).astype(dtype)
     b = rng.standard_normal(7).astype(dtype)
     p = _shape(x, w, 1)
-    _check(winograd.forward(x, w, b, p), x, w, b, p)
+    _check(winograd.forward(x, w, b, p, m), x, w, b, p, m=m)
 
 
-def test_weight_transform_is_g_w_gt():
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_weight_transform_is_g_w_gt(m):
     rng = np.random.default_rng(2)
     w = rng.standard_normal((5, 4, 3, 3))
-    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
-    expected = np.einsum("ir,kcrs,js->ijkc", g, w, g).reshape(16, 5, 4)
+    g = MATRICES[m][1]
+    points = winograd.points(m)
+    expected = np.einsum("ir,kcrs,js->ijkc", g, w, g).reshape(points, 5, 4)
     for dtype, tol in ((np.float64, 1e-14), (np.float32, 1e-6)):
-        u = np.empty((16, 5, 4), dtype)
-        wk.filter_transform(w.astype(dtype), u)
+        u = np.empty((points, 5, 4), dtype)
+        winograd.TRANSFORMS[m][0](w.astype(dtype), u)
         np.testing.assert_allclose(u, expected, rtol=tol, atol=tol)
 
 
@@ -221,14 +242,15 @@ def test_window_bound_is_not_a_worst_case_bound():
     ((3, 3), (1, 2), 1, 1, 1, False),
     ((3, 3), 1, 2, 2, 1, False),
 ])
-def test_applies(kernel, stride, dilation, padding, groups, applies):
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_applies(kernel, stride, dilation, padding, groups, applies, m):
     x = np.zeros((1, 4, 9, 9), np.float32)
     w = np.zeros((4, 4 // groups) + kernel, np.float32)
     p = _shape(x, w, padding, groups, stride, dilation)
     assert (winograd.unsupported(p) is None) is applies
     if not applies:
         with pytest.raises(ValueError, match="3x3 kernel, stride 1 and dilation 1"):
-            fc.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups, algo="winograd")
+            fc.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups, algo=ALGOS[m])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -288,31 +310,34 @@ def test_workspace_reuse_keeps_results_apart():
     np.testing.assert_array_equal(winograd.forward(x, w, None, p), kept[0])
 
 
-def test_empty_batch():
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
+def test_empty_batch(m):
     x = np.zeros((0, 2, 5, 5), np.float32)
     w = np.ones((3, 2, 3, 3), np.float32)
-    assert winograd.forward(x, w, None, _shape(x, w)).shape == (0, 3, 3, 3)
+    assert winograd.forward(x, w, None, _shape(x, w), m).shape == (0, 3, 3, 3)
 
 
+@pytest.mark.parametrize("m", winograd.TILE_SIZES)
 @pytest.mark.parametrize("x_shape,k,padding", [
     ((64, 32, 15, 15), 64, 0),   # CIFAR CNN conv2
     ((64, 64, 6, 6), 64, 0),     # CIFAR CNN conv3
     ((8, 64, 56, 56), 64, 1),    # ResNet stage 1 3x3
     ((8, 256, 28, 28), 256, 1),  # VGG 3x3
 ])
-def test_real_layers_against_direct(x_shape, k, padding):
+def test_real_layers_against_direct(x_shape, k, padding, m):
     """float32 Winograd on real layers (Kaiming-scaled weights) against float64 direct: within
     both bounds, and within a small multiple of float32 direct's error relative to the window
-    magnitude (measured: 0.2-0.7 of it)."""
+    magnitude (F(2x2): 0.2-0.7 of it; F(4x4): WINDOW_BOUND_VS_DIRECT[4])."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = (rng.standard_normal((k, x_shape[1], 3, 3)) / np.sqrt(9 * x_shape[1])).astype(np.float32)
     b = rng.standard_normal(k).astype(np.float32)
     p = _shape(x, w, padding)
-    y = winograd.forward(x, w, b, p)
+    y = winograd.forward(x, w, b, p, m)
     exact, mag = _direct_reference(x, w, b, padding)
-    _check(y, x, w, b, p, (exact, mag))
+    _check(y, x, w, b, p, (exact, mag), m)
     err = _relative_error(y, exact, mag)
     err_direct = _relative_error(fc.conv2d(x, w, b, padding=padding, algo="direct"), exact, mag)
-    assert err <= FLOAT32_WINDOW_BOUND
-    assert err <= 2 * err_direct
+    print(f"m={m} {x_shape}: window error {err:.2e}, direct's {err_direct:.2e}")
+    assert err <= FLOAT32_WINDOW_BOUND[m]
+    assert err <= WINDOW_BOUND_VS_DIRECT[m] * err_direct
