@@ -31,7 +31,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import fastconv as fc
 from fastconv import naive, winograd
-from fastconv.kernels import conv_winograd as wk
 from fastconv._checks import conv2d_shape
 from op_check import assert_close
 
