@@ -404,7 +404,7 @@ def input_transform_4x4(x, v, n0, top, left, TH, TW):
                         out5[tw] = 4 * a1 - 5 * a3 + e[q + 5]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _a_rows(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3):
     """(o0, o1, o2, o3) = A^T @ (a0, ..., a5), element-wise along the vectors."""
     for kk in range(o0.shape[0]):
