@@ -51,6 +51,9 @@ class Algorithm:
     within_range(x_abs_max, w_abs_max, p, dtype): conv2d's numerical limit, whether no intermediate
       can overflow on inputs of these magnitudes (None: any finite input; the CPU dispatcher falls back
       to an algorithm without limits otherwise). A record with one lists both inputs in finite_inputs.
+    forward_rounding: how many times the rounding error of a plain sum of products of the same length its
+      float32 forward may carry (measured; the tests scale their tolerance by it): 1 for sums of products,
+      20 for Winograd F(4x4, 3x3), whose transforms hold larger entries (4-11x direct's error measured).
     reference: the plain-Python oracle: never timed, and tested only on small problems.
     """
 
@@ -64,6 +67,7 @@ class Algorithm:
     finite_inputs: tuple[str, ...] = ()
     backward_nonfinite_safe: bool = True
     within_range: Callable[[float, float, object, object], bool] | None = None
+    forward_rounding: float = 1.0
     reference: bool = False
 
     def __post_init__(self) -> None:

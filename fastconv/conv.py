@@ -216,11 +216,11 @@ CONV2D.add(Algorithm("im2col", "cpu", partial(_forward_im2col, gemm=matmul.gemm_
                      workspace_bytes=im2col_workspace_bytes, timed=_never))
 CONV2D.add(Algorithm("im2col_packed", "cpu", partial(_forward_im2col, gemm=matmul.gemm_packed),
                      partial(_backward_im2col, gemm=matmul.gemm_packed), workspace_bytes=im2col_workspace_bytes))
-for _m, _name in ((2, "winograd"), (4, "winograd_4x4")):
+for _m, _name, _rounding in ((2, "winograd", 1.0), (4, "winograd_4x4", 20.0)):
     CONV2D.add(Algorithm(_name, "cpu", partial(winograd.forward, m=_m), direct_simd.backward,
                          unsupported=winograd.unsupported, workspace_bytes=partial(winograd.workspace_bytes, m=_m),
                          timed=winograd.worth_timing, within_range=partial(winograd.within_range, m=_m),
-                         finite_inputs=("x", "weight"), backward_nonfinite_safe=False))
+                         finite_inputs=("x", "weight"), backward_nonfinite_safe=False, forward_rounding=_rounding))
 CONV2D.add(Algorithm("depthwise", "cpu", depthwise.forward, depthwise.backward, unsupported=depthwise.unsupported,
                      finite_inputs=("weight",), backward_nonfinite_safe=False))
 CONV2D.add(Algorithm("direct", "cuda", _forward_direct_cuda, _backward_direct_cuda))

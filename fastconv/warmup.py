@@ -92,9 +92,11 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
     # direct_simd's batch kernel runs on small output planes with a batch of at least one block of
     # vectors of images (32 float32 with AVX-512).
     out.append(("conv2d direct_simd batch forward", _conv("direct_simd", normal(32, 2, 4, 4), normal(6, 2, 3, 3))[0]))
-    # few channels per group: Winograd's fused grouped products instead of the packed GEMM
-    out.append(("conv2d winograd grouped forward", _conv("winograd", normal(2, 4, 6, 6), normal(4, 1, 3, 3),
-                                                         padding=1, groups=4)[0]))
+    # grouped layers: Winograd's unfused transforms and, with few channels per group, its grouped products
+    x_g, w_g = normal(2, 4, 6, 6), normal(4, 1, 3, 3)
+    grouped = conv2d_shape(x_g, w_g, 1, 1, 1, 4)
+    out += [(f"conv2d {record.name} grouped forward", _conv(record.name, x_g, w_g, padding=1, groups=4)[0])
+            for record in CONV2D.records("cpu") if not record.reference and record.unsupported(grouped) is None]
 
     maps = normal(2, 3, 6, 6)
     y, indices = max_pool2d(maps, 2, return_indices=True)
