@@ -46,6 +46,28 @@ PRODUCT_TILES = 4096   # elements of grouped_products' accumulator block (Kg x t
 
 
 @njit(cache=True, nogil=True)
+def _store_points(blk, u, k):
+    """u[xi, k, :] = blk[xi] for every point xi: one contiguous row per point (the points' K*Cg-apart rows
+    written one at a time, not interleaved, which aliases in the caches)."""
+    for xi in range(blk.shape[0]):
+        row = u[xi, k]
+        src_row = blk[xi]
+        for c in range(row.shape[0]):
+            row[c] = src_row[c]
+
+
+@njit(cache=True, nogil=True)
+def _copy_plane(plane, padded, top, left):
+    """padded[top + ih, left + iw] = plane[ih, iw]: the interior of a zero-bordered scratch."""
+    H, W = plane.shape
+    for ih in range(H):
+        dst = padded[top + ih, left:left + W]
+        src = plane[ih]
+        for iw in range(W):
+            dst[iw] = src[iw]
+
+
+@njit(cache=True, nogil=True)
 def filter_transform(w, u):
     """u[xi, k, c] = (G w[k, c] G^T)[i, j], computed in float64 and rounded once to u's dtype.
 
@@ -74,11 +96,16 @@ def filter_transform(w, u):
                 blk[4 * i + 1, c] = 0.5 * (t0 + t1 + t2)
                 blk[4 * i + 2, c] = 0.5 * (t0 - t1 + t2)
                 blk[4 * i + 3, c] = t2
-        for xi in range(16):
-            row = u[xi, k]
-            src_row = blk[xi]
-            for c in range(Cg):
-                row[c] = src_row[c]
+        _store_points(blk, u, k)
+
+
+@njit(cache=True, nogil=True)
+def _input_geometry(x, v, TH, TW):
+    """(C, tiles per image, input planes of the chunk, parallel work blocks) of an input transform: its work
+    items are the chunk's (image, channel) planes."""
+    C, tiles = x.shape[1], TH * TW
+    items = v.shape[2] // tiles * C
+    return C, tiles, items, min(items, WORK_BLOCKS)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -91,12 +118,8 @@ def input_transform(x, v, n0, top, left, TH, TW):
     down the columns (B^T d, vectorised along the row), then across each tile's four columns
     (d' B, vectorised along the tiles: stride-2 loads).
     """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    tiles = TH * TW
-    nb = v.shape[2] // tiles
+    C, tiles, items, blocks = _input_geometry(x, v, TH, TW)
     rows_p, cols_p = 2 * TH + 2, 2 * TW + 2  # >= the padded input's H + top + bottom, W + left + right
-    items = nb * C
-    blocks = min(items, WORK_BLOCKS)
     for block in prange(blocks):
         padded = np.zeros((rows_p, cols_p), dtype=v.dtype)
         comb = np.empty((4, cols_p), dtype=v.dtype)
@@ -104,12 +127,7 @@ def input_transform(x, v, n0, top, left, TH, TW):
         for item in range(block * items // blocks, (block + 1) * items // blocks):
             local = item // C
             c = item % C
-            plane = x[n0 + local, c]
-            for ih in range(H):
-                dst = padded[top + ih, left:left + W]
-                src = plane[ih]
-                for iw in range(W):
-                    dst[iw] = src[iw]
+            _copy_plane(x[n0 + local, c], padded, top, left)
             base = local * tiles
             for th in range(TH):
                 d0, d1, d2, d3 = padded[2 * th], padded[2 * th + 1], padded[2 * th + 2], padded[2 * th + 3]
@@ -235,6 +253,16 @@ def grouped_products(u, v, m):
                     out[t, kk] = acc[kk, t]
 
 
+@njit(cache=True, nogil=True)
+def _output_geometry(m, y, TH, TW):
+    """(groups, Kg, OH, OW, tiles per image, tile rows of the chunk, parallel work blocks) of an output
+    transform: its work items are the chunk's tile rows."""
+    G, T, Kg = m.shape[1], m.shape[2], m.shape[3]
+    tiles = TH * TW
+    items = T // tiles * TH
+    return G, Kg, y.shape[2], y.shape[3], tiles, items, min(items, WORK_BLOCKS)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def output_transform(m, b, y, n0, TH, TW):
     """y[n0:n0+nb] = A^T m A + b for every tile of the chunk, clipped to (OH, OW).
@@ -243,12 +271,7 @@ def output_transform(m, b, y, n0, TH, TW):
     are combined element-wise (vectorised along kk) into the tile's four outputs, which are
     then written into the K output planes.
     """
-    G, T, Kg = m.shape[1], m.shape[2], m.shape[3]
-    OH, OW = y.shape[2], y.shape[3]
-    tiles = TH * TW
-    nb = T // tiles
-    items = nb * TH
-    blocks = min(items, WORK_BLOCKS)
+    G, Kg, OH, OW, tiles, items, blocks = _output_geometry(m, y, TH, TW)
     for block in prange(blocks):
         blk = np.empty((4, Kg), dtype=y.dtype)
         y00, y01, y10, y11 = blk[0], blk[1], blk[2], blk[3]
@@ -338,11 +361,14 @@ def filter_transform_4x4(w, u):
             for i in range(6):
                 for j in range(6):
                     blk[6 * i + j, c] = ggt[j, i]
-        for xi in range(36):
-            row = u[xi, k]
-            src_row = blk[xi]
-            for c in range(Cg):
-                row[c] = src_row[c]
+        _store_points(blk, u, k)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bt6(a0, a1, a2, a3, a4, a5):
+    """B^T @ (a0, ..., a5) of F(4x4, 3x3)."""
+    return (4 * a0 - 5 * a2 + a4, a3 + a4 - 4 * (a1 + a2), a4 - a3 + 4 * (a1 - a2), a4 - a2 + 2 * (a3 - a1),
+            a4 - a2 + 2 * (a1 - a3), 4 * a1 - 5 * a3 + a5)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -352,24 +378,15 @@ def input_transform_4x4(x, v, n0, top, left, TH, TW):
     Parallel over the nb*C input planes. Each plane is copied into a zero-bordered scratch of
     (4*TH + 2) x (4*TW + 2); per tile row its six rows are combined down the columns (B^T d, vectorised
     along the row), then across each tile's six columns (d' B, along the tiles)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    tiles = TH * TW
-    nb = v.shape[2] // tiles
+    C, tiles, items, blocks = _input_geometry(x, v, TH, TW)
     rows_p, cols_p = 4 * TH + 2, 4 * TW + 2
-    items = nb * C
-    blocks = min(items, WORK_BLOCKS)
     for block in prange(blocks):
         padded = np.zeros((rows_p, cols_p), dtype=v.dtype)
         comb = np.empty((6, cols_p), dtype=v.dtype)
         for item in range(block * items // blocks, (block + 1) * items // blocks):
             local = item // C
             c = item % C
-            plane = x[n0 + local, c]
-            for ih in range(H):
-                dst = padded[top + ih, left:left + W]
-                src = plane[ih]
-                for iw in range(W):
-                    dst[iw] = src[iw]
+            _copy_plane(x[n0 + local, c], padded, top, left)
             base = local * tiles
             for th in range(TH):
                 r = 4 * th
@@ -377,31 +394,15 @@ def input_transform_4x4(x, v, n0, top, left, TH, TW):
                                           padded[r + 5])
                 c0, c1, c2, c3, c4, c5 = comb[0], comb[1], comb[2], comb[3], comb[4], comb[5]
                 for j in range(cols_p):
-                    x1, x2, x3, x4 = d1[j], d2[j], d3[j], d4[j]
-                    c0[j] = 4 * d0[j] - 5 * x2 + x4
-                    c1[j] = x3 + x4 - 4 * (x1 + x2)
-                    c2[j] = x4 - x3 + 4 * (x1 - x2)
-                    c3[j] = x4 - x2 + 2 * (x3 - x1)
-                    c4[j] = x4 - x2 + 2 * (x1 - x3)
-                    c5[j] = 4 * x1 - 5 * x3 + d5[j]
+                    c0[j], c1[j], c2[j], c3[j], c4[j], c5[j] = _bt6(d0[j], d1[j], d2[j], d3[j], d4[j], d5[j])
                 t0 = base + th * TW
                 for i in range(6):
                     e = comb[i]
-                    out0 = v[6 * i, c, t0:t0 + TW]
-                    out1 = v[6 * i + 1, c, t0:t0 + TW]
-                    out2 = v[6 * i + 2, c, t0:t0 + TW]
-                    out3 = v[6 * i + 3, c, t0:t0 + TW]
-                    out4 = v[6 * i + 4, c, t0:t0 + TW]
-                    out5 = v[6 * i + 5, c, t0:t0 + TW]
                     for tw in range(TW):
                         q = 4 * tw
-                        a1, a2, a3, a4 = e[q + 1], e[q + 2], e[q + 3], e[q + 4]
-                        out0[tw] = 4 * e[q] - 5 * a2 + a4
-                        out1[tw] = a3 + a4 - 4 * (a1 + a2)
-                        out2[tw] = a4 - a3 + 4 * (a1 - a2)
-                        out3[tw] = a4 - a2 + 2 * (a3 - a1)
-                        out4[tw] = a4 - a2 + 2 * (a1 - a3)
-                        out5[tw] = 4 * a1 - 5 * a3 + e[q + 5]
+                        points = _bt6(e[q], e[q + 1], e[q + 2], e[q + 3], e[q + 4], e[q + 5])
+                        for j in range(6):
+                            v[6 * i + j, c, t0 + tw] = points[j]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -423,12 +424,7 @@ def output_transform_4x4(m, b, y, n0, TH, TW):
     Parallel over the nb*TH tile rows. Per tile the 36 point rows of m (contiguous over kk) are combined
     element-wise (vectorised along kk): first down the tile's rows into 24, then across into its 16 outputs,
     which are written into the K output planes."""
-    G, T, Kg = m.shape[1], m.shape[2], m.shape[3]
-    OH, OW = y.shape[2], y.shape[3]
-    tiles = TH * TW
-    nb = T // tiles
-    items = nb * TH
-    blocks = min(items, WORK_BLOCKS)
+    G, Kg, OH, OW, tiles, items, blocks = _output_geometry(m, y, TH, TW)
     for block in prange(blocks):
         half = np.empty((24, Kg), dtype=y.dtype)   # half[6*r + j] = sum_i A^T[r, i] m[6*i + j]
         out = np.empty((16, Kg), dtype=y.dtype)    # out[4*r + q]: output (r, q) of the tile
