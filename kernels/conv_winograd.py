@@ -390,11 +390,10 @@ def input_transform_4x4(x, v, n0, top, left, TH, TW):
             base = local * tiles
             for th in range(TH):
                 r = 4 * th
-                d0, d1, d2, d3, d4, d5 = (padded[r], padded[r + 1], padded[r + 2], padded[r + 3], padded[r + 4],
-                                          padded[r + 5])
-                c0, c1, c2, c3, c4, c5 = comb[0], comb[1], comb[2], comb[3], comb[4], comb[5]
-                for j in range(cols_p):
-                    c0[j], c1[j], c2[j], c3[j], c4[j], c5[j] = _bt6(d0[j], d1[j], d2[j], d3[j], d4[j], d5[j])
+                for j in range(cols_p):  # indexed through the two arrays, not row views: LLVM then vectorises
+                    comb[0, j], comb[1, j], comb[2, j], comb[3, j], comb[4, j], comb[5, j] = _bt6(
+                        padded[r, j], padded[r + 1, j], padded[r + 2, j], padded[r + 3, j], padded[r + 4, j],
+                        padded[r + 5, j])
                 t0 = base + th * TW
                 for i in range(6):
                     e = comb[i]
@@ -406,15 +405,10 @@ def input_transform_4x4(x, v, n0, top, left, TH, TW):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _a_rows(a0, a1, a2, a3, a4, a5, o0, o1, o2, o3):
-    """(o0, o1, o2, o3) = A^T @ (a0, ..., a5), element-wise along the vectors."""
-    for kk in range(o0.shape[0]):
-        x1, x2, x3, x4 = a1[kk], a2[kk], a3[kk], a4[kk]
-        s12, d12, s34, d34 = x1 + x2, x1 - x2, x3 + x4, x3 - x4
-        o0[kk] = a0[kk] + s12 + s34
-        o1[kk] = d12 + 2 * d34
-        o2[kk] = s12 + 4 * s34
-        o3[kk] = d12 + 8 * d34 + a5[kk]
+def _at4(a0, a1, a2, a3, a4, a5):
+    """A^T @ (a0, ..., a5) of F(4x4, 3x3)."""
+    s12, d12, s34, d34 = a1 + a2, a1 - a2, a3 + a4, a3 - a4
+    return a0 + s12 + s34, d12 + 2 * d34, s12 + 4 * s34, d12 + 8 * d34 + a5
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -438,12 +432,17 @@ def output_transform_4x4(m, b, y, n0, TH, TW):
                 planes = y[n0 + local, g * Kg:(g + 1) * Kg]
                 for tw in range(TW):
                     t = local * tiles + th * TW + tw
+                    # indexed through the arrays, not row views (which LLVM cannot tell apart): vectorised along kk
                     for j in range(6):
-                        _a_rows(m[j, g, t], m[6 + j, g, t], m[12 + j, g, t], m[18 + j, g, t], m[24 + j, g, t],
-                                m[30 + j, g, t], half[j], half[6 + j], half[12 + j], half[18 + j])
+                        for kk in range(Kg):
+                            half[j, kk], half[6 + j, kk], half[12 + j, kk], half[18 + j, kk] = _at4(
+                                m[j, g, t, kk], m[6 + j, g, t, kk], m[12 + j, g, t, kk], m[18 + j, g, t, kk],
+                                m[24 + j, g, t, kk], m[30 + j, g, t, kk])
                     for r in range(rows):
-                        _a_rows(half[6 * r], half[6 * r + 1], half[6 * r + 2], half[6 * r + 3], half[6 * r + 4],
-                                half[6 * r + 5], out[4 * r], out[4 * r + 1], out[4 * r + 2], out[4 * r + 3])
+                        for kk in range(Kg):
+                            out[4 * r, kk], out[4 * r + 1, kk], out[4 * r + 2, kk], out[4 * r + 3, kk] = _at4(
+                                half[6 * r, kk], half[6 * r + 1, kk], half[6 * r + 2, kk], half[6 * r + 3, kk],
+                                half[6 * r + 4, kk], half[6 * r + 5, kk])
                     ow = 4 * tw
                     cols = min(4, OW - ow)
                     for r in range(rows):
