@@ -57,14 +57,19 @@ def _store_points(blk, u, k):
 
 
 @njit(cache=True, nogil=True)
-def _copy_plane(plane, padded, top, left):
-    """padded[top + ih, left + iw] = plane[ih, iw]: the interior of a zero-bordered scratch."""
+def _load_plane(x, padded, item, C, n0, tiles, top, left):
+    """Input transform work item `item` = (image n0 + item // C, channel item % C): its plane copied into the
+    interior of the zero-bordered scratch, padded[top + ih, left + iw] = x[n, c, ih, iw]; returns (c, the
+    item's first tile in v)."""
+    local, c = item // C, item % C
+    plane = x[n0 + local, c]
     H, W = plane.shape
     for ih in range(H):
         dst = padded[top + ih, left:left + W]
         src = plane[ih]
         for iw in range(W):
             dst[iw] = src[iw]
+    return c, local * tiles
 
 
 @njit(cache=True, nogil=True)
@@ -125,10 +130,7 @@ def input_transform(x, v, n0, top, left, TH, TW):
         comb = np.empty((4, cols_p), dtype=v.dtype)
         c0, c1, c2, c3 = comb[0], comb[1], comb[2], comb[3]
         for item in range(block * items // blocks, (block + 1) * items // blocks):
-            local = item // C
-            c = item % C
-            _copy_plane(x[n0 + local, c], padded, top, left)
-            base = local * tiles
+            c, base = _load_plane(x, padded, item, C, n0, tiles, top, left)
             for th in range(TH):
                 d0, d1, d2, d3 = padded[2 * th], padded[2 * th + 1], padded[2 * th + 2], padded[2 * th + 3]
                 for j in range(cols_p):
@@ -384,10 +386,7 @@ def input_transform_4x4(x, v, n0, top, left, TH, TW):
         padded = np.zeros((rows_p, cols_p), dtype=v.dtype)
         comb = np.empty((6, cols_p), dtype=v.dtype)
         for item in range(block * items // blocks, (block + 1) * items // blocks):
-            local = item // C
-            c = item % C
-            _copy_plane(x[n0 + local, c], padded, top, left)
-            base = local * tiles
+            c, base = _load_plane(x, padded, item, C, n0, tiles, top, left)
             for th in range(TH):
                 r = 4 * th
                 for j in range(cols_p):  # indexed through the two arrays, not row views: LLVM then vectorises
