@@ -2,7 +2,9 @@
 
 On the first call with a new problem (op, pass, shape, arguments, dtype, thread count) the
 candidate algorithms are each run once to warm up (compiling or loading their kernels) and then
-timed ``ROUNDS`` times; the fastest median wins and is remembered for the process. Problems
+timed ``ROUNDS`` times; the fastest (the smallest of each candidate's times: timing noise only ever adds, and
+on a busy machine a median of three still carries it: it once picked a candidate 2.2x slower) wins and is
+remembered for the process. Problems
 under ``MIN_FLOPS`` skip the timing (launch overheads and noise decide there) and take the
 rule-based default. Choices persist in a JSON file, so a later process starts with them:
 ``$FASTCONV_AUTOTUNE_CACHE`` or ``~/.cache/fastconv/autotune.json``, keyed by the machine
@@ -219,7 +221,7 @@ def choose(key: str, flops: float, default: str, candidates: dict[str, Callable[
         times = [_seconds(run)]
         if not timings or times[0] <= 2 * min(timings.values()):  # a clearly slower one is timed once
             times += [_seconds(run) for _ in range(ROUNDS - 1)]
-        timings[name] = sorted(times)[len(times) // 2]
+        timings[name] = min(times)
     best = min(timings, key=timings.get)
     with _lock:
         _choices[key] = best
