@@ -1,8 +1,10 @@
 """Depthwise conv2d on the CPU (one input channel per group: groups == in_channels, any channel multiplier),
 forward and backward (``fastconv.kernels.conv_depthwise``): per plane one padded copy (split into its stride
 phases), then one axpy over the whole plane per tap; the backward at strides above 1 runs row axpys over
-the unpadded planes. Any kernel size, stride, dilation and padding. Memory-bound: it moves each input and output element once per call,
-where direct and im2col, built for many channels per group, waste most of their vector lanes or copies.
+the unpadded planes. Any kernel size, stride, dilation and padding. It moves each input and output element
+once per call, where direct and im2col, built for many channels per group, waste most of their vector lanes or
+copies; it is not memory-bound (7.8 GB/s on 8x128x56x56 3x3 against a 32.7 GB/s copy: the per-plane padded copy
+and the copy out cost more than the taps, ``benchmarks/results/2026-12-01-forward/profile.md``).
 
 ``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)`` have
 the signatures of conv2d's algorithms (``fastconv.conv``). Workspace: one padded plane per thread.
