@@ -188,6 +188,10 @@ class Conv2dShape:
         return (self.n, self.k, self.oh, self.ow)
 
     @property
+    def w_shape(self) -> tuple[int, int, int, int]:
+        return (self.k, self.c // self.groups, self.r, self.s)
+
+    @property
     def padded_shape(self) -> tuple[int, int, int, int]:
         top, bottom, left, right = self.padding
         return (self.n, self.c, self.h + top + bottom, self.w + left + right)

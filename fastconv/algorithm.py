@@ -36,7 +36,9 @@ class Algorithm:
     """One algorithm of one op on one device.
 
     name: what ``algo=`` accepts. device: 'cpu' or 'cuda'.
-    forward, backward: the op's signatures (see the op's registry).
+    forward, backward: the op's signatures (see the op's registry); backward gives the gradient of the input.
+    backward_weight: the gradient of the weight, for ops with one (conv2d), computed apart from the input's
+      (``auto`` times and picks the two separately, and skips the input's where nobody needs it).
     unsupported(p) -> None, or why it cannot compute the problem ``p`` (a sentence; conv2d raises it as a
       ValueError naming the algorithm when asked for it by name).
     workspace_bytes(p, itemsize): the workspace its smallest batch chunk needs beyond the output; it runs
@@ -61,6 +63,7 @@ class Algorithm:
     device: str
     forward: Callable
     backward: Callable
+    backward_weight: Callable | None = None
     unsupported: Callable[[object], str | None] = nothing
     workspace_bytes: Callable[[object, int], int] = no_workspace
     timed: Callable[[object], bool] = always

@@ -2,10 +2,11 @@
 algorithms are the records of ``CONV2D``, and ``conv2d`` / ``conv2d_backward`` validate once, pick a record
 for the array's device and run it.
 
-Every record has ``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x,
-grad_weight)``: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or None (zero), grad_y (N, K, OH, OW),
-batched, C-contiguous, validated and on the record's device; p the ``Conv2dShape``. grad_bias is the same
-sum for every algorithm and is computed here.
+Every record has ``forward(x, weight, bias, p) -> y``, ``backward(grad_y, weight, p) -> grad_x`` and
+``backward_weight(grad_y, x, p) -> grad_weight``: x (N, C, H, W), weight (K, C/groups, R, S), bias (K,) or
+None (zero), grad_y (N, K, OH, OW), batched, C-contiguous, validated and on the record's device; p the
+``Conv2dShape``. The two gradients are separate passes, timed and chosen apart by ``auto`` (and grad_x is not
+computed where nobody needs it). grad_bias is the same sum for every algorithm and is computed here.
 """
 from __future__ import annotations
 
@@ -83,30 +84,49 @@ def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
     return y.reshape(p.y_shape)
 
 
-def _backward_im2col(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dShape,
-                     gemm) -> tuple[np.ndarray, np.ndarray]:
-    """Per batch chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x += col2im(dcol)."""
+def _backward_input_im2col(grad_y: np.ndarray, weight: np.ndarray, p: Conv2dShape, gemm) -> np.ndarray:
+    """Per batch chunk and group: dcol_g = w_g.T @ gy_g; grad_x += col2im(dcol)."""
+    crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
+    nb = _im2col_chunk(p, grad_y.dtype.itemsize)
+    col_buf = scratch("im2col.col", p.groups * crs_g * nb * plane, grad_y.dtype)
+    gy_buf = scratch("im2col.out", p.k * nb * plane, grad_y.dtype)
+    w2 = weight.reshape(p.k, crs_g)
+    gx = np.zeros(p.x_shape, grad_y.dtype)
+    for n0 in range(0, p.n, nb):
+        m = min(nb, p.n - n0)
+        dcol = col_buf[:p.groups * crs_g * m * plane].reshape(p.groups * crs_g, m * plane)
+        gy = _grad_rows(grad_y, gy_buf, n0, m, p)
+        for g in range(p.groups):
+            gemm(w2[g * kg:(g + 1) * kg], gy[g * kg:(g + 1) * kg], dcol[g * crs_g:(g + 1) * crs_g], True, False)
+        im2col.col2im(dcol, gx, n0, *_im2col_args(p))
+    return gx
+
+
+def _backward_weight_im2col(grad_y: np.ndarray, x: np.ndarray, p: Conv2dShape, gemm) -> np.ndarray:
+    """Per batch chunk and group: col = im2col(x); grad_w_g += gy_g @ col_g.T."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _im2col_chunk(p, x.dtype.itemsize)
     col_buf = scratch("im2col.col", p.groups * crs_g * nb * plane, x.dtype)
     gy_buf = scratch("im2col.out", p.k * nb * plane, x.dtype)
-    w2 = weight.reshape(p.k, crs_g)
     gw = np.zeros((p.k, crs_g), x.dtype)
     gw_chunk = np.empty((kg, crs_g), x.dtype)
-    gx = np.zeros(p.x_shape, x.dtype)
     for n0 in range(0, p.n, nb):
         m = min(nb, p.n - n0)
         col = col_buf[:p.groups * crs_g * m * plane].reshape(p.groups * crs_g, m * plane)
-        gy = gy_buf[:p.k * m * plane].reshape(p.k, m * plane)
-        gy.reshape(p.k, m, plane)[...] = grad_y[n0:n0 + m].reshape(m, p.k, plane).transpose(1, 0, 2)
+        gy = _grad_rows(grad_y, gy_buf, n0, m, p)
         im2col.im2col(x, col, n0, *_im2col_args(p))
         for g in range(p.groups):
-            col_g, gy_g = col[g * crs_g:(g + 1) * crs_g], gy[g * kg:(g + 1) * kg]
-            gemm(gy_g, col_g, gw_chunk, False, True)
+            gemm(gy[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], gw_chunk, False, True)
             gw[g * kg:(g + 1) * kg] += gw_chunk
-            gemm(w2[g * kg:(g + 1) * kg], gy_g, col_g, True, False)  # col_g is consumed: reuse it for dcol_g
-        im2col.col2im(col, gx, n0, *_im2col_args(p))
-    return gx, gw.reshape(weight.shape)
+    return gw.reshape(p.w_shape)
+
+
+def _grad_rows(grad_y: np.ndarray, buf: np.ndarray, n0: int, m: int, p: Conv2dShape) -> np.ndarray:
+    """grad_y's images n0..n0+m as (K, m*OH*OW) rows, in `buf`."""
+    plane = p.oh * p.ow
+    gy = buf[:p.k * m * plane].reshape(p.k, m * plane)
+    gy.reshape(p.k, m, plane)[...] = grad_y[n0:n0 + m].reshape(m, p.k, plane).transpose(1, 0, 2)
+    return gy
 
 
 # ---- direct and im2col + GEMM on the GPU (numba.cuda kernels, fastconv.kernels.cuda_*) ---------------
@@ -129,12 +149,18 @@ def _forward_direct_cuda(x, weight, bias, p: Conv2dShape):
     return y
 
 
-def _backward_direct_cuda(grad_y, x, weight, p: Conv2dShape):
+def _backward_input_direct_cuda(grad_y, weight, p: Conv2dShape):
     cuda_conv, _ = _cuda_kernels()
-    gx, gw = empty(p.x_shape, x.dtype), empty(weight.shape, x.dtype)
+    gx = empty(p.x_shape, grad_y.dtype)
     cuda_conv.direct_backward_input(grad_y, weight, gx, *_cuda_conv_args(p), p.groups)
+    return gx
+
+
+def _backward_weight_direct_cuda(grad_y, x, p: Conv2dShape):
+    cuda_conv, _ = _cuda_kernels()
+    gw = empty(p.w_shape, x.dtype)
     cuda_conv.direct_backward_weight(grad_y, x, gw, *_cuda_conv_args(p), p.groups)
-    return gx, gw
+    return gw
 
 
 def _cuda_im2col_args(p: Conv2dShape) -> tuple[int, ...]:
@@ -177,26 +203,73 @@ def _forward_im2col_cuda(x, weight, bias, p: Conv2dShape):
     return y
 
 
-def _backward_im2col_cuda(grad_y, x, weight, p: Conv2dShape):
-    """Per chunk and group: grad_w_g += gy_g @ col_g.T; dcol_g = w_g.T @ gy_g; grad_x = col2im(dcol)."""
+def _backward_input_im2col_cuda(grad_y, weight, p: Conv2dShape):
+    """Per chunk and group: dcol_g = w_g.T @ gy_g; grad_x = col2im(dcol)."""
+    cuda_conv, cuda_matmul = _cuda_kernels()
+    crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
+    nb = _cuda_chunk(p, grad_y.dtype.itemsize)
+    col_all, gy_all = empty((p.c * p.r * p.s, nb * plane), grad_y.dtype), empty((p.k, nb * plane), grad_y.dtype)
+    w2 = weight.reshape(p.k, crs_g)
+    gx = empty(p.x_shape, grad_y.dtype)
+    for n0 in range(0, p.n, nb):
+        m = min(nb, p.n - n0)
+        dcol, gy = _columns(col_all, m * plane), _columns(gy_all, m * plane)
+        cuda_conv.nchw_to_kn(grad_y, gy, n0)
+        for g in range(p.groups):
+            cuda_matmul.gemm(w2[g * kg:(g + 1) * kg], gy[g * kg:(g + 1) * kg], dcol[g * crs_g:(g + 1) * crs_g],
+                             True, False)
+        cuda_conv.col2im(dcol, gx, n0, *_cuda_im2col_args(p))
+    return gx
+
+
+def _backward_weight_im2col_cuda(grad_y, x, p: Conv2dShape):
+    """Per chunk and group: col = im2col(x); grad_w_g += gy_g @ col_g.T."""
     cuda_conv, cuda_matmul = _cuda_kernels()
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _cuda_chunk(p, x.dtype.itemsize)
     col_all, gy_all = empty((p.c * p.r * p.s, nb * plane), x.dtype), empty((p.k, nb * plane), x.dtype)
-    w2 = weight.reshape(p.k, crs_g)
     gw = empty((p.k, crs_g), x.dtype)
-    gx = empty(p.x_shape, x.dtype)
     for n0 in range(0, p.n, nb):
         m = min(nb, p.n - n0)
         col, gy = _columns(col_all, m * plane), _columns(gy_all, m * plane)
         cuda_conv.nchw_to_kn(grad_y, gy, n0)
         cuda_conv.im2col(x, col, n0, *_cuda_im2col_args(p))
         for g in range(p.groups):
-            col_g, gy_g = col[g * crs_g:(g + 1) * crs_g], gy[g * kg:(g + 1) * kg]
-            cuda_matmul.gemm(gy_g, col_g, gw[g * kg:(g + 1) * kg], False, True, 1.0 if n0 else 0.0)
-            cuda_matmul.gemm(w2[g * kg:(g + 1) * kg], gy_g, col_g, True, False)  # col_g becomes dcol_g
-        cuda_conv.col2im(col, gx, n0, *_cuda_im2col_args(p))
-    return gx, gw.reshape(weight.shape)
+            cuda_matmul.gemm(gy[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], gw[g * kg:(g + 1) * kg],
+                             False, True, 1.0 if n0 else 0.0)
+    return gw.reshape(p.w_shape)
+
+
+# ---- grad_x as a forward -----------------------------------------------------------------------------
+
+def transposed_problem(p: Conv2dShape) -> Conv2dShape | None:
+    """The forward problem whose output is grad_x of a stride-1 conv: grad_y (N, K, OH, OW) correlated, fully
+    padded by the kernel's reach less p's padding, with the weights flipped and transposed per group
+    (``transposed_weight``); None for strides above 1 or a padding beyond the kernel's reach."""
+    reach_h, reach_w = p.dilation[0] * (p.r - 1), p.dilation[1] * (p.s - 1)
+    top, bottom, left, right = p.padding
+    pads = (reach_h - top, reach_h - bottom, reach_w - left, reach_w - right)
+    if p.stride != (1, 1) or min(pads) < 0:
+        return None
+    return Conv2dShape(p.n, p.k, p.oh, p.ow, p.c, p.r, p.s, p.groups, (1, 1), p.dilation, pads, p.h, p.w)
+
+
+def transposed_weight(weight: np.ndarray, groups: int) -> np.ndarray:
+    """(K, C/g, R, S) -> (C, K/g, R, S): per group the weights transposed and flipped in both axes."""
+    k, cg, r, s = weight.shape
+    flipped = weight.reshape(groups, k // groups, cg, r, s)[:, :, :, ::-1, ::-1]
+    return np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(groups * cg, k // groups, r, s)
+
+
+def _backward_input_as_forward(grad_y: np.ndarray, weight: np.ndarray, p: Conv2dShape, name: str,
+                               otherwise: Callable) -> np.ndarray:
+    """grad_x by the CPU record `name`'s forward on the transposed problem where it runs it (stride 1, within
+    the workspace limit), else by `otherwise` (a grad_x function)."""
+    q = transposed_problem(p)
+    record = CONV2D["cpu", name]
+    if q is None or not record.runs(q, grad_y.dtype.itemsize):
+        return otherwise(grad_y, weight, p)
+    return record.forward(grad_y, transposed_weight(weight, p.groups), None, q)
 
 
 # ---- the records -------------------------------------------------------------------------------------
@@ -205,27 +278,37 @@ def _never(p: Conv2dShape) -> bool:
     return False
 
 
-CONV2D.add(Algorithm("naive", "cpu", naive.conv2d, naive.conv2d_backward, reference=True))
-CONV2D.add(Algorithm("direct", "cpu", direct.forward, direct.backward, finite_inputs=("x", "weight"),
-                     backward_nonfinite_safe=False))
-CONV2D.add(Algorithm("direct_simd", "cpu", direct_simd.forward, direct_simd.backward, backward_nonfinite_safe=False))
+CONV2D.add(Algorithm("naive", "cpu", naive.conv2d, naive.conv2d_backward_input,
+                     backward_weight=naive.conv2d_backward_weight, reference=True))
+CONV2D.add(Algorithm("direct", "cpu", direct.forward, direct.backward_input, backward_weight=direct.backward_weight,
+                     finite_inputs=("x", "weight"), backward_nonfinite_safe=False))
+CONV2D.add(Algorithm("direct_simd", "cpu", direct_simd.forward,
+                     partial(_backward_input_as_forward, name="direct_simd", otherwise=direct.backward_input),
+                     backward_weight=direct_simd.backward_weight, backward_nonfinite_safe=False))
 # BLAS-backed im2col is never timed: its thread pool keeps spinning after each call and slows the
 # kernels that follow (timing it alone would flatter it).
 CONV2D.add(Algorithm("im2col", "cpu", partial(_forward_im2col, gemm=matmul.gemm_blas),
-                     partial(_backward_im2col, gemm=matmul.gemm_blas),
+                     partial(_backward_input_im2col, gemm=matmul.gemm_blas),
+                     backward_weight=partial(_backward_weight_im2col, gemm=matmul.gemm_blas),
                      workspace_bytes=im2col_workspace_bytes, timed=_never))
 CONV2D.add(Algorithm("im2col_packed", "cpu", partial(_forward_im2col, gemm=matmul.gemm_packed),
-                     partial(_backward_im2col, gemm=matmul.gemm_packed), workspace_bytes=im2col_workspace_bytes))
+                     partial(_backward_input_im2col, gemm=matmul.gemm_packed),
+                     backward_weight=partial(_backward_weight_im2col, gemm=matmul.gemm_packed),
+                     workspace_bytes=im2col_workspace_bytes))
 for _m, _name, _rounding in ((2, "winograd", 1.0), (4, "winograd_4x4", 20.0)):
-    CONV2D.add(Algorithm(_name, "cpu", partial(winograd.forward, m=_m), direct_simd.backward,
+    CONV2D.add(Algorithm(_name, "cpu", partial(winograd.forward, m=_m),
+                         partial(_backward_input_as_forward, name=_name, otherwise=CONV2D["cpu", "direct_simd"].backward),
+                         backward_weight=direct_simd.backward_weight,
                          unsupported=winograd.unsupported, workspace_bytes=partial(winograd.workspace_bytes, m=_m),
                          timed=winograd.worth_timing, within_range=partial(winograd.within_range, m=_m),
                          finite_inputs=("x", "weight"), backward_nonfinite_safe=False, forward_rounding=_rounding))
-CONV2D.add(Algorithm("depthwise", "cpu", depthwise.forward, depthwise.backward, unsupported=depthwise.unsupported,
+CONV2D.add(Algorithm("depthwise", "cpu", depthwise.forward, depthwise.backward_input,
+                     backward_weight=depthwise.backward_weight, unsupported=depthwise.unsupported,
                      finite_inputs=("weight",), backward_nonfinite_safe=False))
-CONV2D.add(Algorithm("direct", "cuda", _forward_direct_cuda, _backward_direct_cuda))
-CONV2D.add(Algorithm("im2col", "cuda", _forward_im2col_cuda, _backward_im2col_cuda,
-                     workspace_bytes=cuda_im2col_workspace_bytes))
+CONV2D.add(Algorithm("direct", "cuda", _forward_direct_cuda, _backward_input_direct_cuda,
+                     backward_weight=_backward_weight_direct_cuda))
+CONV2D.add(Algorithm("im2col", "cuda", _forward_im2col_cuda, _backward_input_im2col_cuda,
+                     backward_weight=_backward_weight_im2col_cuda, workspace_bytes=cuda_im2col_workspace_bytes))
 
 
 def choose_conv2d_algorithm(p: Conv2dShape, itemsize: int) -> str:
@@ -263,8 +346,8 @@ CONV2D.rules.update(cpu=choose_conv2d_algorithm, cuda=_cuda_rule)
 # ---- the dispatcher ----------------------------------------------------------------------------------
 
 def _safe_algorithm(p: Conv2dShape, itemsize: int, pass_: str) -> str | None:
-    """The first timed CPU algorithm whose `pass_` ('forward' or 'backward') gives PyTorch's NaN/Inf pattern
-    on any input (and has no numerical limit) and that runs p within the workspace limit."""
+    """The first timed CPU algorithm whose `pass_` ('forward', or a backward pass) gives PyTorch's NaN/Inf
+    pattern on any input (and has no numerical limit) and that runs p within the workspace limit."""
     for a in CONV2D.records("cpu"):
         safe = (not a.finite_inputs and a.within_range is None) if pass_ == "forward" else a.backward_nonfinite_safe
         if safe and not a.reference and a.timed(p) and a.runs(p, itemsize):
@@ -305,18 +388,19 @@ def _safe_forward_algorithm(algo: str, p: Conv2dShape, x: np.ndarray, w: np.ndar
     return _safe_algorithm(p, x.dtype.itemsize, "forward") or ("direct" if finite else algo)
 
 
-def _redo_if_nonfinite(algo: str, p: Conv2dShape, itemsize: int, run: Callable[[str], tuple]) -> tuple:
+def _redo_if_nonfinite(algo: str, pass_: str, p: Conv2dShape, itemsize: int, run: Callable[[str], np.ndarray],
+                       ) -> np.ndarray:
     """run(algo), or run() of a backward_nonfinite_safe algorithm (when one fits the workspace limit) where
-    the results of an unsafe one hold NaN or Inf, so that NaN and Inf come out where PyTorch puts them:
+    the result of an unsafe one holds NaN or Inf, so that NaN and Inf come out where PyTorch puts them:
     direct, direct_simd and winograd multiply zero weights or zero-widened lanes by the operands (inf * 0 =
     NaN where PyTorch gives Inf or a number). The backward's inputs are the larger: finite inputs give
-    finite results, so one pass over the results decides (the forward checks its inputs instead:
+    finite results, so one pass over the result decides (the forward checks its inputs instead:
     ``_safe_forward_algorithm``)."""
     out = run(algo)
     if CONV2D["cpu", algo].backward_nonfinite_safe:
         return out
-    safe = _safe_algorithm(p, itemsize, "backward")
-    return run(safe) if safe is not None and _nonfinite(*out) else out
+    safe = _safe_algorithm(p, itemsize, pass_)
+    return run(safe) if safe is not None and _nonfinite(out) else out
 
 
 def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
@@ -324,25 +408,41 @@ def _candidates(p: Conv2dShape, itemsize: int) -> list[str]:
     return CONV2D.candidates(p, itemsize, "cpu")
 
 
+BACKWARD_PASSES = {"backward_input": "backward", "backward_weight": "backward_weight"}  # pass -> record field
+
+
+def _pass_function(record: Algorithm, pass_: str) -> Callable:
+    return record.forward if pass_ == "forward" else getattr(record, BACKWARD_PASSES[pass_])
+
+
 @lru_cache(maxsize=1024)
 def _tuning(pass_: str, p: Conv2dShape, dtype: np.dtype, version: int, limit: int) -> tuple[tuple[str, ...], str, str]:
-    """(candidates, autotune key, rule's choice) of a CPU problem, computed once per problem, registry version
-    and workspace limit (they are the same on every call: the per-call cost of ``auto`` is then a lookup)."""
-    names = tuple(_candidates(p, dtype.itemsize))
+    """(candidates, autotune key, rule's choice) of a CPU problem and pass ('forward', 'backward_input',
+    'backward_weight'), computed once per problem, registry version and workspace limit (they are the same
+    on every call: the per-call cost of ``auto`` is then a lookup). Records sharing a pass's function (the
+    Winograds' weight gradient is direct_simd's) are timed once, under the first one's name."""
+    names, seen = [], set()
+    for name in _candidates(p, dtype.itemsize):
+        function = _pass_function(CONV2D["cpu", name], pass_)
+        if function not in seen:
+            seen.add(function)
+            names.append(name)
     key = (f"conv2d.{pass_}.{dtype}.x{p.n}x{p.c}x{p.h}x{p.w}.w{p.k}x{p.c // p.groups}x{p.r}x{p.s}"
            f".s{p.stride}.p{p.padding}.d{p.dilation}.g{p.groups}.{'|'.join(names)}")  # new candidates: re-time
-    return names, key, CONV2D.rule(p, dtype.itemsize, "cpu")
+    rule = CONV2D.rule(p, dtype.itemsize, "cpu")
+    function = _pass_function(CONV2D["cpu", rule], pass_)
+    rule = next((name for name in names if _pass_function(CONV2D["cpu", name], pass_) is function), rule)
+    return tuple(names), key, rule
 
 
 def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, device: str, run: Callable[[str], object]) -> str:
-    """The algorithm ``algo="auto"`` runs for this problem: on the CPU measured once per process
+    """The algorithm ``algo="auto"`` runs for this problem and pass: on the CPU measured once per process
     (``fastconv.autotune``) among the candidates, with the CPU rule for small problems or when timing is
     off; on the GPU the GPU rule."""
     if device != "cpu":
         return CONV2D.rule(p, dtype.itemsize, device)
     names, key, rule = _tuning(pass_, p, dtype, CONV2D.version, workspace_limit())
-    flops = p.flops * (2 if pass_ == "backward" else 1)
-    return autotune.choose(key, flops, rule, {name: (lambda name=name: run(name)) for name in names})
+    return autotune.choose(key, p.flops, rule, {name: (lambda name=name: run(name)) for name in names})
 
 
 def _prepare(x, weight, stride, padding, dilation, groups, algo: str):
@@ -393,25 +493,35 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
 
 
 def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, stride=1, padding=0,
-                    dilation=1, groups: int = 1, *, algo: str = "auto",
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    dilation=1, groups: int = 1, *, algo: str = "auto", input_grad: bool = True,
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of conv2d: returns (grad_x, grad_weight, grad_bias).
 
     grad_y: d loss / d y, shaped like conv2d's output (unbatched when x is);
-    grad_x like x, grad_weight like weight, grad_bias (K,) = grad_y summed over N, OH, OW.
-    Arguments and algorithms as in ``conv2d`` (device arrays in, device arrays out).
+    grad_x like x (None when ``input_grad`` is False: not computed, as for a network's first layer),
+    grad_weight like weight, grad_bias (K,) = grad_y summed over N, OH, OW.
+    Arguments and algorithms as in ``conv2d`` (device arrays in, device arrays out). With ``algo="auto"``
+    the two gradients are separate passes, each run by the algorithm measured fastest for it.
     """
+    if not isinstance(input_grad, (bool, np.bool_)):
+        raise TypeError(f"input_grad must be True or False, got {input_grad!r}")
     device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     gy = as_device("grad_y", grad_y) if device == "cuda" else grad_y
     gy = check_grad("grad_y", gy, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype, device=device == "cuda")
     gy = contiguous(gy.reshape(p.y_shape)) if device == "cpu" else gy.reshape(p.y_shape)
-    if p.n == 0:
-        gx, gw = zeros(p.x_shape, xb.dtype, device), zeros(weight.shape, xb.dtype, device)
-    else:
-        w = contiguous(weight) if device == "cpu" else weight
-        run = lambda name: CONV2D[device, name].backward(gy, xb, w, p)  # noqa: E731
-        if algo == "auto":
-            algo = _auto("backward", p, xb.dtype, device, run)
-        gx, gw = _redo_if_nonfinite(algo, p, xb.dtype.itemsize, run) if device == "cpu" else run(algo)
+    w = contiguous(weight) if device == "cpu" else weight
+    runs = {"backward_input": lambda name: CONV2D[device, name].backward(gy, w, p),
+            "backward_weight": lambda name: CONV2D[device, name].backward_weight(gy, xb, p)}
+    grads = {}
+    for pass_, shape in (("backward_input", p.x_shape), ("backward_weight", p.w_shape)):
+        if pass_ == "backward_input" and not input_grad:
+            grads[pass_] = None
+        elif p.n == 0:
+            grads[pass_] = zeros(shape, xb.dtype, device)
+        else:
+            name = _auto(pass_, p, xb.dtype, device, runs[pass_]) if algo == "auto" else algo
+            grads[pass_] = (_redo_if_nonfinite(name, pass_, p, xb.dtype.itemsize, runs[pass_]) if device == "cpu"
+                            else runs[pass_](name))
+    gx, gw = grads["backward_input"], grads["backward_weight"]
     gb = ops_for(gy).channel_sum(gy)
-    return (gx.reshape(p.x_shape[1:]) if unbatched else gx), gw, gb
+    return (gx.reshape(p.x_shape[1:]) if unbatched and gx is not None else gx), gw, gb

@@ -6,8 +6,8 @@ once per call, where direct and im2col, built for many channels per group, waste
 copies; it is not memory-bound (7.8 GB/s on 8x128x56x56 3x3 against a 32.7 GB/s copy: the per-plane padded copy
 and the copy out cost more than the taps, ``benchmarks/results/2026-12-01-forward/profile.md``).
 
-``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)`` have
-the signatures of conv2d's algorithms (``fastconv.conv``). Workspace: one padded plane per thread.
+``forward(x, weight, bias, p) -> y``, ``backward_input(grad_y, weight, p) -> grad_x`` and
+``backward_weight(grad_y, x, p) -> grad_weight`` have the signatures of conv2d's algorithms (``fastconv.conv``). Workspace: one padded plane per thread.
 """
 from __future__ import annotations
 
@@ -43,13 +43,19 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
     return y
 
 
-def backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
-             p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
-    gx, gw = np.empty(p.x_shape, x.dtype), np.empty(weight.shape, x.dtype)
+def backward_input(grad_y: np.ndarray, weight: np.ndarray, p: Conv2dShape) -> np.ndarray:
+    gx = np.empty(p.x_shape, grad_y.dtype)
     if p.stride == (1, 1):
         conv_depthwise.backward_input_plane(grad_y, weight, gx, *_plane_geometry(p))
-        conv_depthwise.backward_weight_plane(grad_y, x, gw, *_plane_geometry(p))
     else:
         conv_depthwise.backward_input_rows(grad_y, weight, gx, *_row_geometry(p))
+    return gx
+
+
+def backward_weight(grad_y: np.ndarray, x: np.ndarray, p: Conv2dShape) -> np.ndarray:
+    gw = np.empty(p.w_shape, x.dtype)
+    if p.stride == (1, 1):
+        conv_depthwise.backward_weight_plane(grad_y, x, gw, *_plane_geometry(p))
+    else:
         conv_depthwise.backward_weight_rows(grad_y, x, gw, *_row_geometry(p))
-    return gx, gw
+    return gw

@@ -1,10 +1,12 @@
-"""Direct conv2d with explicit SIMD vectors (``fastconv.kernels.conv_direct_simd``), forward and backward.
+"""Direct conv2d with explicit SIMD vectors (``fastconv.kernels.conv_direct_simd``): forward and weight gradient.
 
-``forward(x, weight, bias, p) -> y`` and ``backward(grad_y, x, weight, p) -> (grad_x, grad_weight)`` have
-the signatures of conv2d's algorithms (``fastconv.conv``): x (N, C, H, W) batched, C-contiguous, validated;
-weight (K, C/groups, R, S) C-contiguous; bias (K,) or None; p the ``Conv2dShape``. It runs every valid shape (any stride, dilation, padding, groups and
-kernel size), float32 and float64. It is fast when K/groups is large (blocks of MR = 6 output channels; a last partial block computes zero
-channels) and C/groups*R*S is not tiny; depthwise layers waste 5/6 of the work.
+``forward(x, weight, bias, p) -> y`` and ``backward_weight(grad_y, x, p) -> grad_weight`` have the signatures
+of conv2d's algorithms (``fastconv.conv``): x (N, C, H, W) batched, C-contiguous, validated; weight (K,
+C/groups, R, S) C-contiguous; bias (K,) or None; p the ``Conv2dShape``. Its grad_x is this forward on the
+transposed problem at stride 1 (``conv.transposed_problem``), direct's at larger strides. It runs every valid
+shape (any stride, dilation, padding, groups and kernel size), float32 and float64. It is fast when K/groups is
+large (blocks of MR = 6 output channels; a last partial block computes zero channels) and C/groups*R*S is not
+tiny; depthwise layers waste 5/6 of the work.
 
 ``forward`` runs one of two kernels (``choose_kernel``): "rows" (vectors along output
 positions; ``forward_rows``) or, for small output planes with a batch of at least a vector
@@ -13,8 +15,11 @@ into blocks of MR output channels, tap-major; (2) copy the input, zero-padded, i
 per-thread workspace reused by later calls (rows: split into its SH*SW stride phases, and no copy
 at all for stride 1 without padding; batch: images interleaved innermost); (3) one parallel Numba
 kernel computes y, bias included.
-Workspace: about the padded input's size (batch: N rounded up to the image block), kept per
-thread and dtype (``fastconv.config.scratch``).
+``backward_weight`` reads the rows kernel's layout: x phase-split, grad_y gathered into blocks of KR = 4
+channels with the same row pitch, then tiles of 4 channels x 3 taps with vectors along the positions (of
+several images at once on small planes), parallel over (channel block, chunk of taps).
+Workspace: about the padded input's size (batch: N rounded up to the image block; backward_weight: and
+grad_y's), kept per thread and dtype (``fastconv.config.scratch``).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import direct
+from . import runtime
 from ._checks import Conv2dShape
 from .config import scratch
 from .kernels import conv_direct_simd
@@ -51,6 +56,14 @@ def tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
     rs = ((a[:, None] % sh) * sw + e[None, :] % sw) * plane + (a[:, None] // sh) * wq + e[None, :] // sw
     offs = np.arange(cg)[:, None] * (sh * sw * plane) + rs.reshape(1, -1)
     return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
+
+
+@lru_cache(maxsize=256)
+def grad_tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
+    """``tap_offsets`` padded to a multiple of the weight-gradient tile's TR taps (repeating the last)."""
+    offs = tap_offsets(p, hq, wq)
+    padded = -(-offs.size // conv_direct_simd.TR) * conv_direct_simd.TR
+    return np.concatenate([offs, np.full(padded - offs.size, offs[-1], np.int64)])
 
 
 @lru_cache(maxsize=256)
@@ -103,6 +116,39 @@ def forward_rows(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: 
     return y
 
 
+def _phase_geometry(p: Conv2dShape) -> tuple[int, int]:
+    """(Hq, Wq): the rows kernel's phase planes (the padded input's rows and columns divided by the stride)."""
+    top, bottom, left, right = p.padding
+    return -(-(p.h + top + bottom) // p.stride[0]), -(-(p.w + left + right) // p.stride[1])
+
+
+def backward_weight(grad_y: np.ndarray, x: np.ndarray, p: Conv2dShape) -> np.ndarray:
+    """grad_weight (K, C/groups, R, S) by the tiled kernel (``conv_direct_simd.backward_weight_phases``):
+    x phase-split as for the rows kernel (with a tail of zeros), grad_y gathered into blocks of KR channels
+    with the same row pitch, then one parallel kernel over (channel block, chunk of taps)."""
+    dtype, (sh, sw), kr = x.dtype, p.stride, conv_direct_simd.KR
+    hq, wq = _phase_geometry(p)
+    lanes = conv_direct_simd.lanes_for(dtype.itemsize)
+    size = p.n * p.c * sh * sw * hq * wq
+    xq = scratch("direct_simd.input", size + lanes, dtype)
+    conv_direct_simd.phase_split(x, xq, p.padding[0], p.padding[2], sh, sw, hq, wq)
+    xq[size:] = 0
+    lp = -(-((p.oh - 1) * wq + p.ow) // lanes) * lanes
+    kg, cg = p.k // p.groups, p.c // p.groups
+    kbg = -(-kg // kr)
+    gyq = scratch("direct_simd.grad_rows", p.n * p.groups * kbg * kr * lp, dtype)
+    conv_direct_simd.gather_grad_rows(grad_y, gyq, p.groups, wq, lp)
+    offs = grad_tap_offsets(p, hq, wq)
+    taps = offs.size
+    chunks = min(taps // conv_direct_simd.TR, max(1, -(-4 * runtime.num_threads() // (p.groups * kbg))))
+    tap_chunk = -(-(taps // conv_direct_simd.TR) // chunks) * conv_direct_simd.TR
+    gwp = np.empty(p.groups * kbg * taps * kr, dtype)
+    conv_direct_simd.backward_weight_phases(xq, gyq, offs, gwp, p.n, p.c, sh * sw * hq * wq, p.groups, kbg, lp,
+                                            tap_chunk)
+    blocks = gwp.reshape(p.groups, kbg, taps, kr).transpose(0, 1, 3, 2).reshape(p.groups, kbg * kr, taps)
+    return np.ascontiguousarray(blocks[:, :kg, :cg * p.r * p.s]).reshape(p.w_shape)
+
+
 def _segment_rows(oh: int, wq: int) -> int:
     """Output rows per work item of the row kernel: about SEGMENT positions, equal segments."""
     rows = max(1, min(oh, -(-conv_direct_simd.SEGMENT // wq)))
@@ -143,19 +189,3 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
     if choose_kernel(p, x.dtype.itemsize) == "batch":
         return forward_batch(x, weight, bias, p)
     return forward_rows(x, weight, bias, p)
-
-
-def backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
-    """grad_x as this forward of grad_y with the weights flipped and transposed per group (the full
-    correlation), for stride 1 when no padding exceeds the kernel's reach (else direct's); grad_weight by
-    direct."""
-    reach_h, reach_w = p.dilation[0] * (p.r - 1), p.dilation[1] * (p.s - 1)
-    top, bottom, left, right = p.padding
-    pads = (reach_h - top, reach_h - bottom, reach_w - left, reach_w - right)
-    if p.stride != (1, 1) or min(pads) < 0:
-        return direct.backward(grad_y, x, weight, p)
-    kg, cg = p.k // p.groups, p.c // p.groups
-    flipped = weight.reshape(p.groups, kg, cg, p.r, p.s)[:, :, :, ::-1, ::-1]
-    wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4)).reshape(p.c, kg, p.r, p.s)
-    q = Conv2dShape(p.n, p.k, p.oh, p.ow, p.c, p.r, p.s, p.groups, (1, 1), p.dilation, pads, p.h, p.w)
-    return forward(grad_y, wt, None, q), direct.backward_weight(grad_y, x, weight, p)

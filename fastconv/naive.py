@@ -34,58 +34,63 @@ def _padded_taps(o: int, stride: int, pad: int, dilation: int, k: int, size: int
     return [(t, i if 0 <= i < size else None) for t, i in ((t, first + t * dilation) for t in range(k))]
 
 
+def _windows(p: Conv2dShape):
+    """(n, k, first input channel of k's group, oh, ow, row taps, column taps) of every output position, the
+    taps as ``_padded_taps`` gives them."""
+    cg, kg = p.c // p.groups, p.k // p.groups
+    (sh, sw), (dh, dw), (top, _, left, _) = p.stride, p.dilation, p.padding
+    for n in range(p.n):
+        for k in range(p.k):
+            for oh in range(p.oh):
+                rows = _padded_taps(oh, sh, top, dh, p.r, p.h)
+                for ow in range(p.ow):
+                    yield n, k, (k // kg) * cg, oh, ow, rows, _padded_taps(ow, sw, left, dw, p.s, p.w)
+
+
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape) -> np.ndarray:
     """y (N, K, OH, OW) = conv2d(x (N, C, H, W), weight (K, C/groups, R, S)) + bias (K,)."""
     xl, wl = x.tolist(), weight.tolist()
     bl = bias.tolist() if bias is not None else [0.0] * p.k
-    cg, kg = p.c // p.groups, p.k // p.groups
-    (sh, sw), (dh, dw), (top, _, left, _) = p.stride, p.dilation, p.padding
     y = _zeros(p.n, p.k, p.oh, p.ow)
-    for n in range(p.n):
-        for k in range(p.k):
-            g = k // kg
-            for oh in range(p.oh):
-                rows = _padded_taps(oh, sh, top, dh, p.r, p.h)
-                for ow in range(p.ow):
-                    cols = _padded_taps(ow, sw, left, dw, p.s, p.w)
-                    acc = bl[k]
-                    for c in range(cg):
-                        plane, wkc = xl[n][g * cg + c], wl[k][c]
-                        for r, h in rows:
-                            for s, w in cols:
-                                acc += wkc[r][s] * (0.0 if h is None or w is None else plane[h][w])
-                    y[n][k][oh][ow] = acc
+    for n, k, c0, oh, ow, rows, cols in _windows(p):
+        acc = bl[k]
+        for c in range(p.c // p.groups):
+            plane, wkc = xl[n][c0 + c], wl[k][c]
+            for r, h in rows:
+                for s, w in cols:
+                    acc += wkc[r][s] * (0.0 if h is None or w is None else plane[h][w])
+        y[n][k][oh][ow] = acc
     return np.array(y, dtype=x.dtype).reshape(p.y_shape)
 
 
-def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray,
-                    p: Conv2dShape) -> tuple[np.ndarray, np.ndarray]:
-    """(grad_x (N, C, H, W), grad_weight (K, C/groups, R, S)) of conv2d for grad_y (N, K, OH, OW)."""
-    gyl, xl, wl = grad_y.tolist(), x.tolist(), weight.tolist()
-    cg, kg = p.c // p.groups, p.k // p.groups
-    (sh, sw), (dh, dw), (top, _, left, _) = p.stride, p.dilation, p.padding
+def conv2d_backward_input(grad_y: np.ndarray, weight: np.ndarray, p: Conv2dShape) -> np.ndarray:
+    """grad_x (N, C, H, W) of conv2d for grad_y (N, K, OH, OW)."""
+    gyl, wl = grad_y.tolist(), weight.tolist()
     gx = _zeros(p.n, p.c, p.h, p.w)
-    gw = _zeros(p.k, cg, p.r, p.s)
-    for n in range(p.n):
-        for k in range(p.k):
-            g = k // kg
-            for oh in range(p.oh):
-                rows = _padded_taps(oh, sh, top, dh, p.r, p.h)
-                for ow in range(p.ow):
-                    cols = _padded_taps(ow, sw, left, dw, p.s, p.w)
-                    gout = gyl[n][k][oh][ow]
-                    for c in range(cg):
-                        plane, gplane = xl[n][g * cg + c], gx[n][g * cg + c]
-                        wkc, gwkc = wl[k][c], gw[k][c]
-                        for r, h in rows:
-                            for s, w in cols:
-                                if h is None or w is None:
-                                    gwkc[r][s] += 0.0 * gout  # the zero padding: NaN when gout is not finite
-                                    continue
-                                gplane[h][w] += wkc[r][s] * gout
-                                gwkc[r][s] += plane[h][w] * gout
-    return (np.array(gx, dtype=x.dtype).reshape(p.x_shape),
-            np.array(gw, dtype=x.dtype).reshape(weight.shape))
+    for n, k, c0, oh, ow, rows, cols in _windows(p):
+        gout = gyl[n][k][oh][ow]
+        for c in range(p.c // p.groups):
+            gplane, wkc = gx[n][c0 + c], wl[k][c]
+            for r, h in rows:
+                for s, w in cols:
+                    if h is not None and w is not None:
+                        gplane[h][w] += wkc[r][s] * gout
+    return np.array(gx, dtype=grad_y.dtype).reshape(p.x_shape)
+
+
+def conv2d_backward_weight(grad_y: np.ndarray, x: np.ndarray, p: Conv2dShape) -> np.ndarray:
+    """grad_weight (K, C/groups, R, S) of conv2d for grad_y (N, K, OH, OW); the zero padding adds 0 * grad_y
+    (NaN where grad_y is not finite, as PyTorch)."""
+    gyl, xl = grad_y.tolist(), x.tolist()
+    gw = _zeros(p.k, p.c // p.groups, p.r, p.s)
+    for n, k, c0, oh, ow, rows, cols in _windows(p):
+        gout = gyl[n][k][oh][ow]
+        for c in range(p.c // p.groups):
+            plane, gwkc = xl[n][c0 + c], gw[k][c]
+            for r, h in rows:
+                for s, w in cols:
+                    gwkc[r][s] += (0.0 if h is None or w is None else plane[h][w]) * gout
+    return np.array(gw, dtype=x.dtype).reshape(p.w_shape)
 
 
 def max_pool2d(x: np.ndarray, p: Pool2dShape) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,9 @@ the same with 36 points, tiles at stride 4 and ceil(OH/4) * ceil(OW/4) tiles per
 (N, C, H, W) batched, C-contiguous, validated; weight (K, C/groups, 3, 3); bias (K,) or None; p the
 ``Conv2dShape``. ``unsupported(p)`` says why it cannot run a shape, or None: it runs 3x3 kernels, stride 1,
 dilation 1, any padding (int, pair, 'same', 'valid') and any groups. ``worth_timing(p)`` is what ``auto``
-knows of its speed (see "When it pays" below). Its backward is direct_simd's.
+knows of its speed (see "When it pays" below). Its grad_x is this forward on the transposed problem (a
+stride-1 3x3 layer's grad_x is a 3x3 stride-1 correlation of grad_y: ``conv.transposed_problem``); its
+grad_weight is direct_simd's.
 
 Steps (kernels and layouts in ``fastconv.kernels.conv_winograd``):
   1. U = G g G^T for every (k, c): (16, K, C/groups), once per call, then packed as the B

@@ -319,3 +319,155 @@ def forward_interleaved(xi, wp, offs, b, y, channels, hp, wpitch, sh, sw, groups
                 src = m * ld + v
                 for q in range(q0, q1):
                     y_flat[out + q] = tile[src + (q - q0) * nb] + bk
+
+
+# ---------------------------------------------------------------------------
+# Weight gradient: vectors along output positions, a KR x TR tile of (channel, tap) sums per register set.
+# ---------------------------------------------------------------------------
+# gw[k, t] = sum_n sum_q gyq[n, k, q] * xq[n-th image's group planes + offs[t] + q], q over the rows kernel's
+# positions (q = oh*Wq + ow, grad_y zero at ow >= OW): the forward's layout and tap offsets, read as a GEMM
+# whose long dimension is the positions. Layouts:
+# - xq: the rows kernel's phase-split input followed by at least LANES zeros (a tile's last vector may
+#   read past the last position).
+# - gyq: 1-D, grad_y gathered into channel blocks with the input's row pitch:
+#       gyq[((n*KB + kb)*KR + m)*Lp + oh*Wq + ow] = grad_y[n, g*Kg + (kb % KBg)*KR + m, oh, ow], KBg =
+#       ceil(Kg/KR) blocks per group, zero at ow >= OW, at Lp > q >= L = (OH-1)*Wq + OW and past Kg;
+#       Lp = L rounded up to LANES.
+# - offs: (Tp,) the forward's tap offsets of one group, padded to a multiple of TR by repeating the last.
+# - gwp: (KB, Tp, KR) flat, the packed weight gradient, overwritten.
+
+KR = 4             # output channels per weight-gradient tile (grad_y rows)
+TR = 3             # taps per weight-gradient tile (input runs)
+GRAD_BLOCK = 1024  # positions (of one or more images) per pass of a tile: its grad_y rows and input runs stay in L1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gather_grad_rows(gy, gyq, groups, wq, lp):
+    """Fill gyq (see the weight gradient's layouts) from grad_y (N, K, OH, OW)."""
+    N, K, OH, OW = gy.shape
+    Kg = K // groups
+    kb_per_group = (Kg + KR - 1) // KR
+    KB = groups * kb_per_group
+    zero = gyq.dtype.type(0)
+    for item in prange(N * KB * KR):
+        n = item // (KB * KR)
+        kb = (item // KR) % KB
+        m = item % KR
+        g = kb // kb_per_group
+        kk = (kb % kb_per_group) * KR + m
+        o = item * lp
+        if kk >= Kg:
+            for q in range(lp):
+                gyq[o + q] = zero
+            continue
+        row = gy[n, g * Kg + kk]
+        for oh in range(OH):
+            for ow in range(OW):
+                gyq[o + oh * wq + ow] = row[oh, ow]
+            if oh < OH - 1:
+                for ow in range(OW, wq):
+                    gyq[o + oh * wq + ow] = zero
+        for q in range((OH - 1) * wq + OW, lp):
+            gyq[o + q] = zero
+
+
+@njit(cache=True, nogil=True)
+def _grad_tile_4x3(gyq, g_off, g_step, ld, xq, x_off, x_step, offs, t, acc, a_off, images, vectors):
+    """acc[a_off + (j*KR + m)*LANES + lane] += sum over images i < `images` and vectors v < `vectors` of
+    gyq[g_off + i*g_step + m*ld + v*LANES + lane] * xq[x_off + i*x_step + offs[t + j] + v*LANES + lane],
+    m < 4, j < 3: 12 vector accumulators in registers."""
+    lanes = VECTOR_BYTES // xq.itemsize
+    c00 = vector_load(acc, a_off)
+    c01 = vector_load(acc, a_off + lanes)
+    c02 = vector_load(acc, a_off + 2 * lanes)
+    c03 = vector_load(acc, a_off + 3 * lanes)
+    c10 = vector_load(acc, a_off + 4 * lanes)
+    c11 = vector_load(acc, a_off + 5 * lanes)
+    c12 = vector_load(acc, a_off + 6 * lanes)
+    c13 = vector_load(acc, a_off + 7 * lanes)
+    c20 = vector_load(acc, a_off + 8 * lanes)
+    c21 = vector_load(acc, a_off + 9 * lanes)
+    c22 = vector_load(acc, a_off + 10 * lanes)
+    c23 = vector_load(acc, a_off + 11 * lanes)
+    for i in range(images):
+        g0i = g_off + i * g_step
+        x0i = x_off + i * x_step + offs[t]
+        x1i = x_off + i * x_step + offs[t + 1]
+        x2i = x_off + i * x_step + offs[t + 2]
+        for v in range(vectors):
+            q = v * lanes
+            g0 = vector_load(gyq, g0i + q)
+            g1 = vector_load(gyq, g0i + ld + q)
+            g2 = vector_load(gyq, g0i + 2 * ld + q)
+            g3 = vector_load(gyq, g0i + 3 * ld + q)
+            x = vector_load(xq, x0i + q)
+            c00 = vector_fma(g0, x, c00)
+            c01 = vector_fma(g1, x, c01)
+            c02 = vector_fma(g2, x, c02)
+            c03 = vector_fma(g3, x, c03)
+            x = vector_load(xq, x1i + q)
+            c10 = vector_fma(g0, x, c10)
+            c11 = vector_fma(g1, x, c11)
+            c12 = vector_fma(g2, x, c12)
+            c13 = vector_fma(g3, x, c13)
+            x = vector_load(xq, x2i + q)
+            c20 = vector_fma(g0, x, c20)
+            c21 = vector_fma(g1, x, c21)
+            c22 = vector_fma(g2, x, c22)
+            c23 = vector_fma(g3, x, c23)
+    vector_store(acc, a_off, c00)
+    vector_store(acc, a_off + lanes, c01)
+    vector_store(acc, a_off + 2 * lanes, c02)
+    vector_store(acc, a_off + 3 * lanes, c03)
+    vector_store(acc, a_off + 4 * lanes, c10)
+    vector_store(acc, a_off + 5 * lanes, c11)
+    vector_store(acc, a_off + 6 * lanes, c12)
+    vector_store(acc, a_off + 7 * lanes, c13)
+    vector_store(acc, a_off + 8 * lanes, c20)
+    vector_store(acc, a_off + 9 * lanes, c21)
+    vector_store(acc, a_off + 10 * lanes, c22)
+    vector_store(acc, a_off + 11 * lanes, c23)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def backward_weight_phases(xq, gyq, offs, gwp, n_images, channels, chan_stride, groups, kb_per_group, lp,
+                           tap_chunk):
+    """gwp[(kb*Tp + t)*KR + m] = sum_n sum_q gyq[...] * xq[...] (layouts above): the weight gradient.
+
+    Parallel over (channel block kb, chunk of tap_chunk taps, a multiple of TR): each item owns its part of
+    gwp (no reduction between threads). Per block of about GRAD_BLOCK positions (part of an image's, or the
+    whole planes of several images), every tile of the chunk sweeps the block with its sums in vector
+    registers, kept between blocks as vectors (one horizontal sum per item at the end)."""
+    taps = offs.shape[0]
+    KB = gwp.shape[0] // (taps * KR)
+    Cg = channels // groups
+    lanes = VECTOR_BYTES // xq.itemsize
+    tile = TR * KR * lanes
+    chunks = (taps + tap_chunk - 1) // tap_chunk
+    total_vectors = lp // lanes
+    block_vectors = min(total_vectors, GRAD_BLOCK // lanes)
+    block_images = max(1, GRAD_BLOCK // lp)  # small planes: a pass sweeps several images
+    for item in prange(KB * chunks):
+        kb = item // chunks
+        t0 = (item % chunks) * tap_chunk
+        t1 = min(taps, t0 + tap_chunk)
+        g = kb // kb_per_group
+        acc = np.zeros((t1 - t0) // TR * tile, dtype=xq.dtype)
+        for n0 in range(0, n_images, block_images):
+            images = min(block_images, n_images - n0)
+            g_base = (n0 * KB + kb) * KR * lp
+            x_base = (n0 * channels + g * Cg) * chan_stride
+            for v0 in range(0, total_vectors, block_vectors):
+                vectors = min(block_vectors, total_vectors - v0)
+                q0 = v0 * lanes
+                for t in range(t0, t1, TR):
+                    _grad_tile_4x3(gyq, g_base + q0, KB * KR * lp, lp, xq, x_base + q0, channels * chan_stride,
+                                   offs, t, acc, (t - t0) // TR * tile, images, vectors)
+        for t in range(t0, t1):
+            j = (t - t0) % TR
+            a = (t - t0) // TR * tile + j * KR * lanes
+            for m in range(KR):
+                s = acc[a + m * lanes]
+                for lane in range(1, lanes):
+                    s += acc[a + m * lanes + lane]
+                gwp[(kb * taps + t) * KR + m] = s

@@ -83,13 +83,30 @@ def test_conv2d_auto_records_its_choice_and_matches_the_reference():
     gy = rng.standard_normal(y.shape).astype(np.float32)
     gx, gw, _ = fc.conv2d_backward(gy, x, w, padding=1)
     made = autotune.choices()
-    assert {k.split(".")[1] for k in made} == {"forward", "backward"}
+    assert {k.split(".")[1] for k in made} == {"forward", "backward_input", "backward_weight"}  # timed apart
     p = conv2d_shape(x, w, 1, 1, 1, 1)
     assert set(made.values()) <= set(CONV2D.candidates(p, 4))  # only what the records let auto time
     np.testing.assert_allclose(y, fc.conv2d(x, w, padding=1, algo="direct"), rtol=1e-4, atol=1e-4)
     ref_gx, ref_gw, _ = fc.conv2d_backward(gy, x, w, padding=1, algo="direct")
     np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw, ref_gw, rtol=1e-3, atol=1e-3)
+
+
+def test_conv2d_backward_skips_grad_x_when_asked_and_times_records_sharing_a_pass_once():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 32, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((8, 32, 20, 20)).astype(np.float32)
+    gx, gw, gb = fc.conv2d_backward(gy, x, w, padding=1, input_grad=False)
+    assert gx is None
+    made = autotune.choices()
+    assert [k.split(".")[1] for k in made] == ["backward_weight"]  # grad_x neither timed nor run
+    key = next(iter(made))
+    timed = key.rsplit(".", 1)[1].split("|")
+    assert "direct_simd" in timed and not {"winograd", "winograd_4x4"} & set(timed)  # their grad_w is direct_simd's
+    np.testing.assert_allclose(gw, fc.conv2d_backward(gy, x, w, padding=1, algo="direct")[1], rtol=1e-3, atol=1e-3)
+    with pytest.raises(TypeError, match="input_grad"):
+        fc.conv2d_backward(gy, x, w, padding=1, input_grad="no")
 
 
 def test_set_autotune_validates():

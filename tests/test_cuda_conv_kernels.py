@@ -67,7 +67,7 @@ def test_conv2d_forward(case, dtype):
 def test_conv2d_backward(case, dtype):
     rng, x, weight, p = conv_case(case, dtype)
     gy = randn(rng, p.y_shape, dtype)
-    gx_ref, gw_ref = naive.conv2d_backward(gy, x, weight, p)
+    gx_ref, gw_ref = naive.conv2d_backward_input(gy, weight, p), naive.conv2d_backward_weight(gy, x, p)
     d_gy, d_x, d_w = cuda.to_device(gy), cuda.to_device(x), cuda.to_device(weight)
     gx = cuda.to_device(np.full(x.shape, np.nan, dtype))
     gw = cuda.to_device(np.full(weight.shape, np.nan, dtype))

@@ -40,21 +40,25 @@ def throwaway(shift: float = 0.0, on_forward=lambda: None) -> Algorithm:
         y = y + (0 if bias is None else bias[:, None, None]) + shift
         return np.ascontiguousarray(y, x.dtype)
 
-    def backward(grad_y, x, weight, p):
+    def backward_input(grad_y, weight, p):
         g, (top, _, left, _) = p.groups, p.padding
         gy = grad_y.reshape(p.n, g, p.k // g, p.oh, p.ow)
-        cols = columns(x, p).reshape(p.n, g, p.c // g, p.oh, p.ow)
-        grad_weight = np.einsum("ngkhw,ngchw->gkc", gy, cols).reshape(weight.shape)
-        padded = np.zeros((p.n, p.c, p.h + sum(p.padding[:2]), p.w + sum(p.padding[2:])), x.dtype)
+        padded = np.zeros((p.n, p.c, p.h + sum(p.padding[:2]), p.w + sum(p.padding[2:])), grad_y.dtype)
         padded[:, :, ::p.stride[0], ::p.stride[1]][:, :, :p.oh, :p.ow] = np.einsum(
             "gkc,ngkhw->ngchw", weight.reshape(g, p.k // g, p.c // g), gy).reshape(p.n, p.c, p.oh, p.ow)
-        grad_x = padded[:, :, top:top + p.h, left:left + p.w]
-        return np.ascontiguousarray(grad_x), np.ascontiguousarray(grad_weight, x.dtype)
+        return np.ascontiguousarray(padded[:, :, top:top + p.h, left:left + p.w])
+
+    def backward_weight(grad_y, x, p):
+        g = p.groups
+        gy = grad_y.reshape(p.n, g, p.k // g, p.oh, p.ow)
+        cols = columns(x, p).reshape(p.n, g, p.c // g, p.oh, p.ow)
+        return np.ascontiguousarray(np.einsum("ngkhw,ngchw->gkc", gy, cols).reshape(p.w_shape), x.dtype)
 
     def unsupported(p):
         return None if (p.r, p.s) == (1, 1) else f"runs 1x1 kernels only, got {p.r}x{p.s}"
 
-    return Algorithm("throwaway", "cpu", forward, backward, unsupported=unsupported)
+    return Algorithm("throwaway", "cpu", forward, backward_input, backward_weight=backward_weight,
+                     unsupported=unsupported)
 
 
 @pytest.fixture

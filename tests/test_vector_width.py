@@ -2,8 +2,8 @@
 tiles and image blocks) from the CPU, 64 bytes with AVX-512 and 32 without. A subprocess forces the width this
 CPU does not pick (``FASTCONV_VECTOR_BYTES``, kernels compiled into a cache of their own) and checks every
 algorithm built on ``kernels.simd`` against the naive reference: direct_simd's row kernel (masked tails,
-strides, padding, groups) and batch kernel (blocks of 16 or 32 images), winograd (its GEMM) and the packed
-GEMM."""
+strides, padding, groups), batch kernel (blocks of 16 or 32 images) and weight gradient, winograd (its GEMM)
+and the packed GEMM."""
 import os
 import subprocess
 import sys
@@ -30,6 +30,13 @@ for dtype, tol in ((np.float32, 2e-4), (np.float64, 1e-11)):
         ref = fc.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), algo="naive", **kw)
         scale = np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + 1
         assert np.abs(y - ref).max() <= tol * scale, (algo, dtype, n, c, h, w, k, r)
+        if algo == "direct_simd":  # its tiled weight gradient (vectors along positions, several images a pass)
+            gy = rng.standard_normal(y.shape).astype(dtype)
+            gw = fc.conv2d_backward(gy, x, wt, algo=algo, input_grad=False, **kw)[1]
+            gw_ref = fc.conv2d_backward(gy.astype(np.float64), x.astype(np.float64), wt.astype(np.float64),
+                                        algo="naive", **kw)[1]
+            g_scale = np.abs(gy).max() * np.abs(x).max() * n * y.shape[2] * y.shape[3] + 1
+            assert np.abs(gw - gw_ref).max() <= tol * g_scale, ("grad_weight", dtype, n, c, h, w, k, r)
     for m, kk, nn in ((37, 29, 45), (8, 64, 33), (70, 5, 100)):
         a, bm = rng.standard_normal((m, kk)).astype(dtype), rng.standard_normal((kk, nn)).astype(dtype)
         got = fc.gemm(a, bm, algo="packed")
