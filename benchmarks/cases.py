@@ -218,7 +218,8 @@ QUICK_IM2COL = ("cifar2",)
 
 # Training steps (--fc-size quick and full; tiny runs a batch-8 LeNet-5).
 TRAIN = [Train("lenet5", "LeNet-5", "lenet5", 64, 1, 28, 28),
-         Train("cifar_cnn", "CIFAR CNN", "cifar_cnn", 64, 3, 32, 32)]
+         Train("cifar_cnn", "CIFAR CNN", "cifar_cnn", 64, 3, 32, 32),
+         Train("resnet20", "ResNet-20", "resnet20", 128, 3, 32, 32)]
 TINY_TRAIN = Train("lenet5-b8", "LeNet-5", "lenet5", 8, 1, 28, 28)
 
 

@@ -68,10 +68,11 @@ def build_model(case: cases.Train, dtype: str) -> fc.nn.Module:
 
 def train_step(case: cases.Train, dtype: str, device: str) -> Callable[[], object]:
     """A fresh model and Adam; each call is one step (zero_grad, forward, cross-entropy, backward, update)
-    on the case's batch, with the layers' default algorithms."""
+    on the case's batch, with the layers' default algorithms; the input's gradient is not computed (as by the
+    trainer, and by PyTorch for an input that does not require it)."""
     move, synced = _on(device)
     x, y = (move(a) for a in cases.train_inputs(case, dtype))
-    model = build_model(case, dtype)
+    model = build_model(case, dtype).set_input_grad(False)
     if device != "cpu":
         model.to(device)
     opt = fc.optim.Adam(model.parameters(), lr=cases.TRAIN_LR)

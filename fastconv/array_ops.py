@@ -97,12 +97,17 @@ class ArrayOps:
         """(mean, biased variance) of x (N, C, ...) per channel: two float64 host arrays (C,)."""
         raise NotImplementedError
 
-    def normalize(self, x: object, mean: np.ndarray, invstd: np.ndarray) -> object:
-        """(x - mean[c]) * invstd[c] for x (N, C, ...), mean and invstd host (C,), in x's dtype."""
+    def batch_norm(self, x: object, mean: np.ndarray, invstd: np.ndarray, weight: object, bias: object,
+                   ) -> tuple[object, object]:
+        """(xhat, y) for x (N, C, ...): xhat = (x - mean[c]) * invstd[c], y = xhat * weight[c] + bias[c]; mean
+        and invstd host (C,), weight and bias (C,) on this device, all in x's dtype."""
         raise NotImplementedError
 
-    def batch_norm_backward(self, grad_y: object, xhat: object, scale: np.ndarray, batch_stats: bool) -> object:
-        """grad_x (N, C, ...) from g = grad_y * scale[c]: g - mean(g) - xhat * mean(g * xhat) if batch_stats, else g."""
+    def batch_norm_backward(self, grad_y: object, xhat: object, scale: np.ndarray, batch_stats: bool,
+                            ) -> tuple[object, object, object]:
+        """(grad_x, sum of grad_y, sum of grad_y * xhat) for grad_y and xhat (N, C, ...), the sums (C,) over
+        every axis but 1 (the bias's and the weight's gradients); with g = grad_y * scale[c], grad_x is
+        g - mean(g) - xhat * mean(g * xhat) if batch_stats, else g."""
         raise NotImplementedError
 
     def mse_loss(self, prediction: object, target: object) -> tuple[float, object]:
@@ -188,10 +193,11 @@ class CpuOps(ArrayOps):
         return grad_x
 
     def channel_sum(self, a, out=None):
-        sums = a.sum(axis=_other_axes(a), dtype=np.float64).astype(a.dtype)  # float64 sums: long reductions
+        sums = np.empty(a.shape[1], np.float64)  # float64 sums: long reductions
+        elementwise.channel_sums(_nc3(contiguous(a)), sums)
         if out is None:
-            return sums
-        out += sums
+            return sums.astype(a.dtype)
+        out += sums.astype(out.dtype)
         return out
 
     def add_channel_bias(self, y, b):
@@ -202,23 +208,28 @@ class CpuOps(ArrayOps):
         return x * scale.reshape(shape) + shift.reshape(shape)
 
     def batch_statistics(self, x):
-        axes, shape = _other_axes(x), _channel_shape(x)
-        mean = x.mean(axis=axes, dtype=np.float64)
-        var = ((x - mean.reshape(shape).astype(x.dtype)) ** 2).mean(axis=axes, dtype=np.float64)
+        mean, var = np.empty(x.shape[1], np.float64), np.empty(x.shape[1], np.float64)
+        elementwise.channel_moments(_nc3(contiguous(x)), mean, var)
         return mean, var
 
-    def normalize(self, x, mean, invstd):
-        shape = _channel_shape(x)
-        return (x - mean.reshape(shape).astype(x.dtype)) * invstd.astype(x.dtype).reshape(shape)
+    def batch_norm(self, x, mean, invstd, weight, bias):
+        xhat, y = np.empty_like(x), np.empty_like(x)
+        d = x.dtype
+        elementwise.batch_norm_forward(_nc3(x), mean.astype(d), invstd.astype(d), weight.astype(d, copy=False),
+                                       bias.astype(d, copy=False), _nc3(xhat), _nc3(y))
+        return xhat, y
 
     def batch_norm_backward(self, grad_y, xhat, scale, batch_stats):
-        g = grad_y * scale.reshape(_channel_shape(grad_y))
-        if not batch_stats:
-            return g
-        axes = _other_axes(g)
-        g_mean = g.mean(axis=axes, keepdims=True)
-        gx_mean = (g * xhat).mean(axis=axes, keepdims=True)
-        return g - g_mean - xhat * gx_mean
+        grad_y = contiguous(grad_y)
+        c, d = grad_y.shape[1], grad_y.dtype
+        sum_g, sum_gx = np.empty(c, np.float64), np.empty(c, np.float64)
+        elementwise.batch_norm_backward_sums(_nc3(grad_y), _nc3(xhat), sum_g, sum_gx)
+        count = max(1, grad_y.size // c)
+        means = (sum_g / count, sum_gx / count) if batch_stats else (np.zeros(c), np.zeros(c))
+        grad_x = np.empty_like(grad_y)
+        elementwise.batch_norm_backward_input(_nc3(grad_y), _nc3(xhat), scale.astype(d), means[0].astype(d),
+                                              means[1].astype(d), _nc3(grad_x))
+        return grad_x, sum_g.astype(d), sum_gx.astype(d)
 
     def mse_loss(self, prediction, target):
         diff = prediction - target
@@ -367,19 +378,22 @@ class CudaOps(ArrayOps):
         var = to_host(self.channel_sum(self.mul(centered, centered))).astype(np.float64) / count
         return mean, var
 
-    def normalize(self, x, mean, invstd):
-        return self.channel_affine(x, to_device(invstd.astype(x.dtype)), to_device((-mean * invstd).astype(x.dtype)))
+    def batch_norm(self, x, mean, invstd, weight, bias):
+        xhat = self.channel_affine(x, to_device(invstd.astype(x.dtype)), to_device((-mean * invstd).astype(x.dtype)))
+        return xhat, self.channel_affine(xhat, weight, bias)
 
     def batch_norm_backward(self, grad_y, xhat, scale, batch_stats):
+        sum_g, sum_gx = self.channel_sum(grad_y), self.channel_sum(self.mul(grad_y, xhat))
         g = self.channel_affine(grad_y, to_device(scale), to_device(np.zeros_like(scale)))
         if not batch_stats:
-            return g
+            return g, sum_g, sum_gx
         count = g.size // g.shape[1]
-        mean_g = to_host(self.channel_sum(g)) / count
-        mean_gxhat = to_host(self.channel_sum(self.mul(g, xhat))) / count
+        mean_g = to_host(sum_g).astype(np.float64) * scale / count
+        mean_gxhat = to_host(sum_gx).astype(np.float64) * scale / count
         grad_x = empty(g.shape, g.dtype)
-        _k().batch_norm_backward_input(_nc3(g), _nc3(xhat), to_device(mean_g), to_device(mean_gxhat), _nc3(grad_x))
-        return grad_x
+        _k().batch_norm_backward_input(_nc3(g), _nc3(xhat), to_device(mean_g.astype(g.dtype)),
+                                       to_device(mean_gxhat.astype(g.dtype)), _nc3(grad_x))
+        return grad_x, sum_g, sum_gx
 
     def mse_loss(self, prediction, target):
         check_array("target", target, (prediction.ndim,), prediction.dtype, device=True)

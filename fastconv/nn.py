@@ -154,6 +154,7 @@ class Module:
     with ``run_child``, unchecked: what flows between layers is theirs alone."""
 
     training = True
+    input_grad = True  # whether backward computes d loss / d input (False: it returns None)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -244,6 +245,22 @@ class Module:
     def eval(self) -> Module:
         return self.train(False)
 
+    def set_input_grad(self, enabled: bool) -> Module:
+        """Whether ``backward`` computes the gradient of this module's input (default True; False: it returns
+        None). The input of a network is data, so nothing needs its gradient: ``fastconv.train.fit`` turns it
+        off, and the first convolution then skips grad_x, a pass as long as its forward. Containers pass the
+        setting to the children that see their input (Sequential: the first; Residual: body and shortcut)."""
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise TypeError(f"enabled must be True or False, got {enabled!r}")
+        self.input_grad = bool(enabled)
+        for child in self._input_children():
+            child.set_input_grad(enabled)
+        return self
+
+    def _input_children(self) -> list[Module]:
+        """The children that receive this module's input (``set_input_grad`` passes its setting to them)."""
+        return []
+
     def to(self, target: object) -> Module:
         """Move parameters, gradients and buffers, in place: `target` is a device ('cpu' or 'cuda') or a
         dtype (float32 or float64; floating arrays are converted where they are)."""
@@ -318,10 +335,13 @@ class Sequential(Module):
             x = run_child(m, x)
         return x
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+    def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
         for m in reversed(self.layers):
             grad_y = m.backward(grad_y)
         return grad_y
+
+    def _input_children(self) -> list[Module]:
+        return self.layers[:1]
 
 
 class Conv2d(Module):
@@ -351,8 +371,8 @@ class Conv2d(Module):
         self.x = x
         return conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        gx, gw, gb = conv2d_backward(grad_y, self.x, self.weight.data, *self._args())
+    def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
+        gx, gw, gb = conv2d_backward(grad_y, self.x, self.weight.data, *self._args(), input_grad=self.input_grad)
         accumulate(self.weight.grad, gw)
         if self.bias is not None:
             accumulate(self.bias.grad, gb)
@@ -394,7 +414,7 @@ class Linear(Module):
         ops.matmul(grad_y, self.x, trans_a=True, out=self.weight.grad)
         if self.bias is not None:
             ops.channel_sum(grad_y, out=self.bias.grad)
-        return ops.matmul(grad_y, self.weight.data)
+        return ops.matmul(grad_y, self.weight.data) if self.input_grad else None
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -542,8 +562,8 @@ class BatchNorm2d(Module):
             mean, var = ops.to_host(self.running_mean), ops.to_host(self.running_var)
         invstd = 1 / np.sqrt(var + self.eps)
         self.invstd, self.batch_stats = invstd.astype(x.dtype), self.training
-        self.xhat = ops.normalize(x, mean, invstd)
-        return ops.channel_affine(self.xhat, self.weight.data, self.bias.data)
+        self.xhat, y = ops.batch_norm(x, mean, invstd, self.weight.data, self.bias.data)
+        return y
 
     def _update_running(self, ops: ArrayOps, mean: np.ndarray, var: np.ndarray, count: int) -> None:
         m = self.momentum
@@ -555,10 +575,11 @@ class BatchNorm2d(Module):
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         ops = ops_for(grad_y)
         grad_y = ops.array("grad_y", grad_y)
-        ops.channel_sum(grad_y, out=self.bias.grad)
-        ops.channel_sum(ops.mul(grad_y, self.xhat), out=self.weight.grad)
         scale = (ops.to_host(self.weight.data) * self.invstd).astype(self.invstd.dtype)
-        return ops.batch_norm_backward(grad_y, self.xhat, scale, self.batch_stats)
+        grad_x, sum_g, sum_gx = ops.batch_norm_backward(grad_y, self.xhat, scale, self.batch_stats)
+        accumulate(self.bias.grad, sum_g)
+        accumulate(self.weight.grad, sum_gx)
+        return grad_x
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -574,9 +595,13 @@ class Residual(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         return _add(run_child(self.body, x), x if self.shortcut is None else run_child(self.shortcut, x))
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+    def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
         gx = self.body.backward(grad_y)
-        return _add(gx, grad_y if self.shortcut is None else self.shortcut.backward(grad_y))
+        gs = grad_y if self.shortcut is None else self.shortcut.backward(grad_y)
+        return _add(gx, gs) if self.input_grad else None
+
+    def _input_children(self) -> list[Module]:
+        return [self.body] + ([] if self.shortcut is None else [self.shortcut])
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -110,8 +110,10 @@ def _progress(total: int, desc: str, enabled: bool):
 def train_epoch(model: nn.Module, optimizer: optim.Optimizer, loader: data.DataLoader, *, progress: bool = True,
                 desc: str = "train") -> dict[str, float]:
     """One pass over ``loader``: for each batch zero_grad, forward, cross-entropy, backward, step.
-    Returns the mean loss and accuracy over the pass, its seconds and images/s."""
+    Returns the mean loss and accuracy over the pass, its seconds and images/s. The batches are data: the
+    model's input gradient is turned off (``Module.set_input_grad``)."""
     model.train()
+    model.set_input_grad(False)
     device = model.device
     bar = _progress(loader.num_examples, desc, progress)
     loss_sum, correct, seen = 0.0, 0, 0

@@ -44,7 +44,8 @@ def _conv(algo: str, x: np.ndarray, w: np.ndarray, padding: int = 0, groups: int
 
 def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
     """ReLU on the ranks models use (4-D after a convolution, 2-D after Linear; Numba compiles per rank),
-    Linear (our packed GEMM with transposed operands), and one SGD (momentum, Nesterov) and Adam step."""
+    Linear (our packed GEMM with transposed operands), BatchNorm2d (training and eval), and one SGD (momentum,
+    Nesterov) and Adam step."""
     def relu(shape: tuple[int, ...]) -> Callable[[], object]:
         def call() -> object:
             layer = nn.ReLU()
@@ -63,7 +64,15 @@ def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
             make([p]).step()
             return p.data
         return call
+    def batch_norm(training: bool) -> Callable[[], object]:
+        def call() -> object:
+            layer = nn.BatchNorm2d(3, dtype=dtype).train(training)
+            x = np.linspace(-1, 1, 2 * 3 * 4 * 4, dtype=dtype).reshape(2, 3, 4, 4)
+            return layer.backward(np.ones_like(layer(x)))
+        return call
+
     return [("relu 4-D", relu((2, 3, 4, 4))), ("relu 2-D", relu((2, 5))), ("linear", linear),
+            ("batch norm", batch_norm(True)), ("batch norm eval", batch_norm(False)),
             ("sgd", step(lambda params: optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))),
             ("adam", step(lambda params: optim.Adam(params)))]
 
@@ -129,12 +138,12 @@ def kernels() -> dict[str, CPUDispatcher]:
 
 
 def _dtypes_of(kernel: CPUDispatcher) -> set[str]:
-    """The float dtypes the kernel is compiled for: per signature, that of its float array arguments."""
+    """The float dtypes the kernel is compiled for: per signature, that of its first float array argument (the
+    data's; a kernel may also take float64 accumulators)."""
     out = set()
     for signature in kernel.signatures:
-        floats = {str(t.dtype) for t in signature if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)}
-        if len(floats) == 1:
-            out |= floats
+        floats = [str(t.dtype) for t in signature if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)]
+        out |= set(floats[:1])
     return out
 
 

@@ -116,3 +116,86 @@ def fingerprint(words):
     for b in range(blocks):
         total += parts[b]
     return total
+
+
+# ---- per-channel passes over (N, C, P) arrays (P = H*W): channel sums, batch norm ----------------------------
+# Sums are float64, kept in 8 partial accumulators so LLVM vectorises them (fastmath's reassociation, for the
+# sums only: the order of a float64 sum of float32 terms moves its result by far less than float32's rounding).
+
+_SUMS = {"reassoc", "contract"}
+
+
+@nb.njit(cache=True, nogil=True, fastmath=_SUMS)
+def _sum_runs(a, c):
+    """sum over n, p of a[n, c, p] (float64)."""
+    s = 0.0
+    for n in range(a.shape[0]):
+        row = a[n, c]
+        for p in range(row.shape[0]):
+            s += row[p]
+    return s
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def channel_sums(a, out):
+    """out[c] = sum over n, p of a[n, c, p] (float64 out (C,))."""
+    for c in nb.prange(a.shape[1]):
+        out[c] = _sum_runs(a, c)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=_SUMS)
+def channel_moments(a, mean, var):
+    """mean[c], var[c] (float64, biased): of a[:, c, :], two passes over each channel."""
+    N, C, P = a.shape
+    count = N * P
+    for c in nb.prange(C):
+        m = _sum_runs(a, c) / count
+        s = 0.0
+        for n in range(N):
+            row = a[n, c]
+            for p in range(P):
+                d = row[p] - m
+                s += d * d
+        mean[c] = m
+        var[c] = s / count
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def batch_norm_forward(x, mean, invstd, weight, bias, xhat, y):
+    """xhat = (x - mean[c]) * invstd[c]; y = xhat * weight[c] + bias[c] (mean, invstd, weight, bias in x's dtype)."""
+    N, C, P = x.shape
+    for item in nb.prange(N * C):
+        n, c = item // C, item % C
+        m, s, w, b = mean[c], invstd[c], weight[c], bias[c]
+        xr, hr, yr = x[n, c], xhat[n, c], y[n, c]
+        for p in range(P):
+            h = (xr[p] - m) * s
+            hr[p] = h
+            yr[p] = h * w + b
+
+
+@nb.njit(cache=True, nogil=True, parallel=True, fastmath=_SUMS)
+def batch_norm_backward_sums(grad_y, xhat, sum_g, sum_gx):
+    """sum_g[c] = sum of grad_y[:, c], sum_gx[c] = sum of grad_y * xhat over channel c (float64), one pass."""
+    N, C, P = grad_y.shape
+    for c in nb.prange(C):
+        s, sx = 0.0, 0.0
+        for n in range(N):
+            gr, hr = grad_y[n, c], xhat[n, c]
+            for p in range(P):
+                s += gr[p]
+                sx += gr[p] * hr[p]
+        sum_g[c] = s
+        sum_gx[c] = sx
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def batch_norm_backward_input(grad_y, xhat, scale, mean_g, mean_gx, grad_x):
+    """grad_x = scale[c] * (grad_y - mean_g[c] - xhat * mean_gx[c]) (all per-channel values in x's dtype)."""
+    N, C, P = grad_y.shape
+    for item in nb.prange(N * C):
+        n, c = item // C, item % C
+        s, mg, mgx = scale[c], mean_g[c], mean_gx[c]
+        gr, hr, out = grad_y[n, c], xhat[n, c], grad_x[n, c]
+        for p in range(P):
+            out[p] = s * (gr[p] - mg - hr[p] * mgx)

@@ -46,6 +46,11 @@ def accumulated(ops):
     return np.concatenate([ops.to_host(a).ravel(), ops.to_host(sums)])
 
 
+def flat(ops, arrays):
+    """Several results of one op as one host vector."""
+    return np.concatenate([ops.to_host(a).ravel() for a in arrays])
+
+
 CASES = {  # what each implementation computes: the same calls on host arrays moved with ops.from_host
     "add": lambda ops, h: ops.add(h(X), h(X * 2)),
     "mul": lambda ops, h: ops.mul(h(X), h(X - 1)),
@@ -55,9 +60,9 @@ CASES = {  # what each implementation computes: the same calls on host arrays mo
     "channel_sum": lambda ops, h: ops.channel_sum(h(X)),
     "channel_affine": lambda ops, h: ops.channel_affine(h(X), h(W), h(W * 3)),
     "batch_statistics": lambda ops, h: np.stack(ops.batch_statistics(h(X))),
-    "normalize": lambda ops, h: ops.normalize(h(X), MEAN, INVSTD),
-    "batch_norm_backward": lambda ops, h: ops.batch_norm_backward(h(GY), h(X), W, True),
-    "batch_norm_backward_eval": lambda ops, h: ops.batch_norm_backward(h(GY), h(X), W, False),
+    "batch_norm": lambda ops, h: flat(ops, ops.batch_norm(h(X), MEAN, INVSTD, h(W), h(W * 3))),
+    "batch_norm_backward": lambda ops, h: flat(ops, ops.batch_norm_backward(h(GY), h(X), W, True)),
+    "batch_norm_backward_eval": lambda ops, h: flat(ops, ops.batch_norm_backward(h(GY), h(X), W, False)),
     "softmax": lambda ops, h: ops.softmax(h(LOGITS)),
     "cross_entropy": lambda ops, h: ops.cross_entropy(h(LOGITS), LABELS),
     "mse_loss": lambda ops, h: ops.mse_loss(h(X), h(X * 0.5)),

@@ -964,3 +964,46 @@ def test_optimizer_step_refuses_parameters_it_could_not_update_in_place():
     p.data, p.grad = np.zeros(3), np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="dtype"):
         opt.step()
+
+
+@pytest.mark.parametrize("build", [lambda: models.lenet5(), lambda: models.resnet20()], ids=["lenet5", "resnet20"])
+def test_set_input_grad_false_skips_the_input_gradient_and_keeps_every_parameter_gradient(build):
+    """set_input_grad(False): backward returns None and the parameters' gradients are those of a model that
+    computes the input's; the setting reaches exactly the layers that see the input."""
+    rng = np.random.default_rng(0)
+    fc.manual_seed(0)
+    full, skipping = build().to(np.float64), build().to(np.float64)
+    skipping.load_state_dict(full.state_dict())
+    assert skipping.set_input_grad(False) is skipping
+    x = rng.standard_normal((3, *((1, 28, 28) if isinstance(full[0], nn.Conv2d) and full[0].in_channels == 1
+                                  else (3, 32, 32)))).astype(np.float64)
+    labels = rng.integers(0, 10, 3)
+    grads = []
+    for model in (full, skipping):
+        model.zero_grad()
+        _, g = nn.cross_entropy(model(x), labels)
+        grads.append((model.backward(g), {n: p.grad.copy() for n, p in model.named_parameters()}))
+    assert grads[0][0].shape == x.shape and grads[1][0] is None
+    for name, g in grads[0][1].items():
+        np.testing.assert_allclose(grads[1][1][name], g, rtol=1e-12, atol=1e-14, err_msg=name)
+    off = [m for m in skipping.modules() if not m.input_grad]
+    assert off[:2] == [skipping, skipping[0]] and all(not isinstance(m, nn.Linear) for m in off)
+    assert all(m.input_grad for m in skipping.layers[1:])
+    with pytest.raises(TypeError, match="enabled"):
+        skipping.set_input_grad("no")
+
+
+def test_a_residual_without_input_grad_still_fills_both_branches_gradients():
+    rng = np.random.default_rng(1)
+    fc.manual_seed(1)
+    block = models.basic_block(4, 8, stride=2).to(np.float64)
+    x = rng.standard_normal((2, 4, 6, 6))
+    u = rng.standard_normal(block(x).shape)
+    block.zero_grad()
+    block.backward(u)
+    expected = {n: p.grad.copy() for n, p in block.named_parameters()}
+    block.set_input_grad(False).zero_grad()
+    block(x)
+    assert block.backward(u) is None
+    for name, g in expected.items():
+        np.testing.assert_allclose(dict(block.named_parameters())[name].grad, g, rtol=1e-12, err_msg=name)

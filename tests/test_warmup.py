@@ -35,9 +35,9 @@ def cpu_kernels() -> dict[str, CPUDispatcher]:
 
 
 def compiled_dtypes() -> dict[str, list[list[str]]]:
-    """Per kernel, per signature it is compiled for in this process: the dtypes of its float arrays."""
-    return {name: [sorted({str(t.dtype) for t in signature
-                           if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)})
+    """Per kernel, per signature it is compiled for in this process: the dtype of its first float array (the
+    data's: a kernel may also take float64 accumulators), in a list, or an empty list when it takes none."""
+    return {name: [[str(t.dtype) for t in signature if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)][:1]
                    for signature in kernel.signatures]
             for name, kernel in cpu_kernels().items()}
 
