@@ -111,9 +111,11 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
     y, indices = max_pool2d(maps, 2, return_indices=True)
     grad_y = np.ones_like(y)
     out += [
-        ("max_pool2d forward", lambda: max_pool2d(maps, 3, 2, padding=1, return_indices=True)),
-        ("max_pool2d backward", lambda: max_pool2d_backward(grad_y, maps, 2)),
-        ("max_pool2d backward indices", lambda: max_pool2d_backward(grad_y, maps, 2, indices=indices)),
+        ("max_pool2d forward", lambda: max_pool2d(maps, 3, 2, padding=1, return_indices=True, algo="direct")),
+        ("max_pool2d backward", lambda: max_pool2d_backward(grad_y, maps, 2, algo="direct")),
+        ("max_pool2d backward indices", lambda: max_pool2d_backward(grad_y, maps, 2, indices=indices, algo="direct")),
+        ("max_pool2d 2x2 forward", lambda: max_pool2d(maps, 2, return_indices=True, algo="window_2x2")),
+        ("max_pool2d 2x2 backward", lambda: max_pool2d_backward(grad_y, maps, 2, algo="window_2x2")),
         ("avg_pool2d forward", lambda: avg_pool2d(maps, 3, 2, padding=1, count_include_pad=False)),
         ("avg_pool2d backward", lambda: avg_pool2d_backward(grad_y, maps, 2)),
     ]

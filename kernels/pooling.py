@@ -166,3 +166,73 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divis
                     row = h * W
                     for w in range(w0, w1):
                         gxp[np.uint64(row + w)] += g
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def max_pool2d_forward_2x2(x, y, idx):
+    """max_pool2d_forward for 2x2 windows at stride 2 without padding or dilation, OH = H // 2, OW = W // 2:
+    the same scan and NaN rule with the four taps spelled out (LLVM then vectorises along ow)."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(N * C, H * W)
+    yf = y.reshape(N * C, OH * OW)
+    idf = idx.reshape(N * C, OH * OW)
+    for p in nb.prange(N * C):
+        xp, yp, ip = xf[p], yf[p], idf[p]
+        for oh in range(OH):
+            top = xp[2 * oh * W:(2 * oh + 1) * W]
+            bottom = xp[(2 * oh + 1) * W:(2 * oh + 2) * W]
+            y_row = yp[oh * OW:(oh + 1) * OW]
+            i_row = ip[oh * OW:(oh + 1) * OW]
+            base = 2 * oh * W
+            for ow in range(OW):
+                j = 2 * ow
+                a, b, c, d = top[j], top[j + 1], bottom[j], bottom[j + 1]
+                best, bi = a, 0
+                bi = 1 if b > best else bi
+                best = b if b > best else best
+                bi = W if c > best else bi
+                best = c if c > best else best
+                bi = W + 1 if d > best else bi
+                best = d if d > best else best
+                nan = d != d or c != c or b != b or a != a
+                ni = W + 1 if d != d else (W if c != c else (1 if b != b else 0))
+                y_row[ow] = (d if d != d else (c if c != c else (b if b != b else a))) if nan else best
+                i_row[ow] = base + j + (ni if nan else bi)
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def max_pool2d_backward_2x2(gy, idx, gx):
+    """max_pool2d_backward for max_pool2d_forward_2x2's windows (they tile x's first 2*OH rows and 2*OW
+    columns without overlap): each window's four elements written once, gy at its max, zeros elsewhere. A
+    plane whose indices (given by the caller) leave their windows is redone as max_pool2d_backward does it."""
+    N, C, H, W = gx.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    gyf = gy.reshape(N * C, OH * OW)
+    idf = idx.reshape(N * C, OH * OW)
+    gxf = gx.reshape(N * C, H * W)
+    zero = gx.dtype.type(0)
+    for p in nb.prange(N * C):
+        gxp, gyp, ip = gxf[p], gyf[p], idf[p]
+        stray = False
+        if 2 * OH < H or 2 * OW < W:  # the last row or column that no window covers
+            gxp[:] = zero
+        for oh in range(OH):
+            top = gxp[2 * oh * W:(2 * oh + 1) * W]
+            bottom = gxp[(2 * oh + 1) * W:(2 * oh + 2) * W]
+            g_row = gyp[oh * OW:(oh + 1) * OW]
+            i_row = ip[oh * OW:(oh + 1) * OW]
+            base = 2 * oh * W
+            for ow in range(OW):
+                j = 2 * ow
+                k = i_row[ow] - base - j
+                g = g_row[ow]
+                top[j] = g if k == 0 else zero
+                top[j + 1] = g if k == 1 else zero
+                bottom[j] = g if k == W else zero
+                bottom[j + 1] = g if k == W + 1 else zero
+                stray |= not (k == 0 or k == 1 or k == W or k == W + 1)
+        if stray:
+            gxp[:] = zero
+            for o in range(OH * OW):
+                gxp[np.uint64(ip[o])] += gyp[o]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
+from fastconv._checks import pool2d_shape
 from fastconv.algorithm import REGISTRIES
 from op_check import assert_close, conv_shape, takes, to_numpy
 
@@ -50,6 +51,13 @@ def _run_sample(name, sample, algo):
 def _takes(name, record, sample) -> bool:
     """Whether the record computes the sample (conv2d's records may refuse a problem: then asking for one by
     name must raise a ValueError naming it)."""
+    if name == "max_pool2d":
+        x = _np(sample.input)
+
+        def shape(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+            return pool2d_shape(x if x.ndim == 4 else x[None], kernel_size, stride, padding, dilation, ceil_mode)
+        return takes(record, shape(x, *[_np(a) for a in sample.args], **sample.kwargs),
+                     lambda: _run_sample(name, sample, record.name))
     if name != "conv2d":
         return True
     kwargs = sample.kwargs
