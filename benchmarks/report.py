@@ -762,7 +762,7 @@ def _train_blocks(sel: list[Row], tag: str) -> list[tuple]:
                                  "twin of the same model and weights with the same threads. x PyTorch: PyTorch's "
                                  "time per step over ours (> 1: fastconv is faster). No naive or NumPy peer in this "
                                  "suite. GFLOP/s counts 3x the forward FLOPs of the convolutions and linear layers; "
-                                 "PyTorch skips the input gradient of the first convolution, fastconv computes it.")]
+                                 "both skip the input gradient of the first convolution.")]
     for case in dict.fromkeys(r["case"] for r in sel):
         case_rows = [r for r in sel if r["case"] == case]
         blocks.append(("h", 3, [("code", case), ("text", f": {case_rows[0]['label']}{tag}")]))

@@ -33,6 +33,8 @@ from .config import scratch
 from .kernels import conv_direct_simd
 
 BATCH_PREFERENCE = 0.85     # the batch kernel runs when its lane use * this beats the row kernel's
+WEIGHT_BATCH_PREFERENCE = 0.92  # the same for the weight gradient's kernels (measured: batch wins on 128x32x16x16,
+                                # rows use 0.89 of their lanes; rows win on 128x16x32x32 and CIFAR conv1, 0.94)
 
 
 def packed_weights(weight: np.ndarray, groups: int) -> np.ndarray:
@@ -58,10 +60,8 @@ def tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
     return np.ascontiguousarray(offs.reshape(-1), dtype=np.int64)
 
 
-@lru_cache(maxsize=256)
-def grad_tap_offsets(p: Conv2dShape, hq: int, wq: int) -> np.ndarray:
-    """``tap_offsets`` padded to a multiple of the weight-gradient tile's TR taps (repeating the last)."""
-    offs = tap_offsets(p, hq, wq)
+def _padded_to_tiles(offs: np.ndarray) -> np.ndarray:
+    """Tap offsets padded to a multiple of the weight-gradient tile's TR taps (repeating the last)."""
     padded = -(-offs.size // conv_direct_simd.TR) * conv_direct_simd.TR
     return np.concatenate([offs, np.full(padded - offs.size, offs[-1], np.int64)])
 
@@ -123,30 +123,69 @@ def _phase_geometry(p: Conv2dShape) -> tuple[int, int]:
 
 
 def backward_weight(grad_y: np.ndarray, x: np.ndarray, p: Conv2dShape) -> np.ndarray:
-    """grad_weight (K, C/groups, R, S) by the tiled kernel (``conv_direct_simd.backward_weight_phases``):
-    x phase-split as for the rows kernel (with a tail of zeros), grad_y gathered into blocks of KR channels
-    with the same row pitch, then one parallel kernel over (channel block, chunk of taps)."""
+    """grad_weight (K, C/groups, R, S) by the tiled kernels (``choose_weight_kernel``): "rows"
+    (``backward_weight_phases``: x phase-split as for the rows kernel with a tail of zeros, grad_y gathered into
+    blocks of KR channels with the same row pitch) or "batch" (``backward_weight_interleaved``: both with
+    blocks of images innermost); then one parallel kernel over (channel block, chunk of taps)."""
     dtype, (sh, sw), kr = x.dtype, p.stride, conv_direct_simd.KR
-    hq, wq = _phase_geometry(p)
     lanes = conv_direct_simd.lanes_for(dtype.itemsize)
-    size = p.n * p.c * sh * sw * hq * wq
-    xq = scratch("direct_simd.input", size + lanes, dtype)
-    conv_direct_simd.phase_split(x, xq, p.padding[0], p.padding[2], sh, sw, hq, wq)
-    xq[size:] = 0
-    lp = -(-((p.oh - 1) * wq + p.ow) // lanes) * lanes
     kg, cg = p.k // p.groups, p.c // p.groups
     kbg = -(-kg // kr)
-    gyq = scratch("direct_simd.grad_rows", p.n * p.groups * kbg * kr * lp, dtype)
-    conv_direct_simd.gather_grad_rows(grad_y, gyq, p.groups, wq, lp)
-    offs = grad_tap_offsets(p, hq, wq)
-    taps = offs.size
-    chunks = min(taps // conv_direct_simd.TR, max(1, -(-4 * runtime.num_threads() // (p.groups * kbg))))
-    tap_chunk = -(-(taps // conv_direct_simd.TR) // chunks) * conv_direct_simd.TR
-    gwp = np.empty(p.groups * kbg * taps * kr, dtype)
-    conv_direct_simd.backward_weight_phases(xq, gyq, offs, gwp, p.n, p.c, sh * sw * hq * wq, p.groups, kbg, lp,
-                                            tap_chunk)
-    blocks = gwp.reshape(p.groups, kbg, taps, kr).transpose(0, 1, 3, 2).reshape(p.groups, kbg * kr, taps)
-    return np.ascontiguousarray(blocks[:, :kg, :cg * p.r * p.s]).reshape(p.w_shape)
+    chunks_wanted = max(1, -(-4 * runtime.num_threads() // (p.groups * kbg)))  # items for every thread
+    if choose_weight_kernel(p, dtype.itemsize) == "batch":
+        top, bottom, left, right = p.padding
+        hp, wp = p.h + top + bottom, p.w + left + right
+        nb = conv_direct_simd.NV * lanes
+        blocks = -(-p.n // nb)
+        xi = scratch("direct_simd.input", blocks * p.c * hp * wp * nb, dtype)
+        conv_direct_simd.interleave_batch(x, xi, top, left, hp, wp, nb)
+        gyi = scratch("direct_simd.grad_rows", blocks * p.groups * kbg * kr * p.oh * p.ow * nb, dtype)
+        conv_direct_simd.interleave_grad_blocks(grad_y, gyi, p.groups, nb)
+        offs = _padded_to_tiles(batch_tap_offsets(p, hp, wp, nb))
+        tap_chunk = _tap_chunk(offs.size, chunks_wanted)
+        gwp = np.empty(p.groups * kbg * offs.size * kr, dtype)
+        conv_direct_simd.backward_weight_interleaved(xi, gyi, offs, gwp, blocks, p.c, hp, wp, p.oh, p.ow, p.groups,
+                                                     kbg, tap_chunk)
+    else:
+        hq, wq = _phase_geometry(p)
+        size = p.n * p.c * sh * sw * hq * wq
+        xq = scratch("direct_simd.input", size + lanes, dtype)
+        conv_direct_simd.phase_split(x, xq, p.padding[0], p.padding[2], sh, sw, hq, wq)
+        xq[size:] = 0
+        lp = -(-((p.oh - 1) * wq + p.ow) // lanes) * lanes
+        gyq = scratch("direct_simd.grad_rows", p.n * p.groups * kbg * kr * lp, dtype)
+        conv_direct_simd.gather_grad_rows(grad_y, gyq, p.groups, wq, lp)
+        offs = _padded_to_tiles(tap_offsets(p, hq, wq))
+        tap_chunk = _tap_chunk(offs.size, chunks_wanted)
+        gwp = np.empty(p.groups * kbg * offs.size * kr, dtype)
+        conv_direct_simd.backward_weight_phases(xq, gyq, offs, gwp, p.n, p.c, sh * sw * hq * wq, p.groups, kbg, lp,
+                                                tap_chunk)
+    packed = gwp.reshape(p.groups, kbg, offs.size, kr).transpose(0, 1, 3, 2).reshape(p.groups, kbg * kr, offs.size)
+    return np.ascontiguousarray(packed[:, :kg, :cg * p.r * p.s]).reshape(p.w_shape)
+
+
+def _tap_chunk(taps: int, chunks: int) -> int:
+    """Taps per work item of the weight-gradient kernels: `taps` (a multiple of TR) in about `chunks` chunks of
+    whole tiles."""
+    tiles = taps // conv_direct_simd.TR
+    return -(-tiles // min(tiles, chunks)) * conv_direct_simd.TR
+
+
+def weight_rows_efficiency(p: Conv2dShape, itemsize: int) -> float:
+    """Fraction of the rows weight-gradient kernel's positions that are real outputs."""
+    wq = _phase_geometry(p)[1]
+    lanes = conv_direct_simd.lanes_for(itemsize)
+    return p.oh * p.ow / (-(-((p.oh - 1) * wq + p.ow) // lanes) * lanes)
+
+
+@lru_cache(maxsize=1024)
+def choose_weight_kernel(p: Conv2dShape, itemsize: int) -> str:
+    """'batch' for stride-1 problems where blocks of images fill the lanes clearly better than the rows
+    kernel's positions do (small planes, batches of a vector block), else 'rows'."""
+    if p.stride != (1, 1):
+        return "rows"
+    better = batch_efficiency(p, itemsize) * WEIGHT_BATCH_PREFERENCE > weight_rows_efficiency(p, itemsize)
+    return "batch" if better else "rows"
 
 
 def _segment_rows(oh: int, wq: int) -> int:

@@ -309,8 +309,13 @@ class Module:
 
 def run_child(child: Module, x: np.ndarray) -> np.ndarray:
     """A container's call of a child's forward: unchecked (no ``_Call``), its backward trusting the container."""
+    return run_child_as(child, child.forward, x)
+
+
+def run_child_as(child: Module, forward: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``run_child`` with one of the child's forward methods."""
     child._call = None
-    return child.forward(x)
+    return forward(x)
 
 
 class Sequential(Module):
@@ -330,14 +335,28 @@ class Sequential(Module):
     def __len__(self) -> int:
         return len(self.layers)
 
+    def _relu_then_max_pool(self, i: int) -> bool:
+        """Whether layers i and i + 1 are ReLU then MaxPool2d, which run as one (``MaxPool2d.forward_relu``)."""
+        return (isinstance(self.layers[i], ReLU) and i + 1 < len(self.layers)
+                and isinstance(self.layers[i + 1], MaxPool2d))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        for m in self.layers:
-            x = run_child(m, x)
+        i = 0
+        while i < len(self.layers):
+            if self._relu_then_max_pool(i):
+                self.layers[i]._call = None
+                x = run_child_as(self.layers[i + 1], self.layers[i + 1].forward_relu, x)
+                i += 2
+            else:
+                x = run_child(self.layers[i], x)
+                i += 1
         return x
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
-        for m in reversed(self.layers):
-            grad_y = m.backward(grad_y)
+        i = len(self.layers) - 1
+        while i >= 0:
+            grad_y = self.layers[i].backward(grad_y)  # a MaxPool2d run by forward_relu: ReLU's backward too
+            i -= 2 if i > 0 and self._relu_then_max_pool(i - 1) else 1
         return grad_y
 
     def _input_children(self) -> list[Module]:
@@ -440,11 +459,22 @@ class MaxPool2d(Module):
         self.args = (kernel_size, stride, padding, dilation, ceil_mode)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x = x
+        self.x, self.relu_y = x, None
         y, self.indices = max_pool2d(x, *self.args, return_indices=True)
         return y
 
+    def forward_relu(self, x: np.ndarray) -> np.ndarray:
+        """max_pool2d(relu(x)) as relu(max_pool2d(x)) (equal: both are monotone; a window's maximum keeps its
+        first index, or its last NaN's, either way), so ReLU runs on the pooled values only; backward then
+        masks grad_y with the pooled ReLU before the scatter. Sequential runs ReLU, MaxPool2d so; the
+        gradient is the pair's (where the window's maximum is <= 0 it is zero, whichever element it names)."""
+        y = self.forward(x)
+        self.relu_y = ops_for(y).relu(y)
+        return self.relu_y
+
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        if self.relu_y is not None:
+            grad_y = ops_for(self.relu_y).relu_backward(grad_y, self.relu_y)
         return max_pool2d_backward(grad_y, self.x, *self.args, indices=self.indices)
 
     def extra_repr(self) -> str:

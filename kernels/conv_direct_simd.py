@@ -429,6 +429,20 @@ def _grad_tile_4x3(gyq, g_off, g_step, ld, xq, x_off, x_step, offs, t, acc, a_of
     vector_store(acc, a_off + 11 * lanes, c23)
 
 
+@njit(cache=True, nogil=True)
+def _sum_lanes(acc, gwp, kb, t0, t1, taps):
+    """gwp[(kb*taps + t)*KR + m] = the sum of the LANES lanes of tile sums acc for taps t0 <= t < t1."""
+    lanes = VECTOR_BYTES // acc.itemsize
+    tile = TR * KR * lanes
+    for t in range(t0, t1):
+        a = (t - t0) // TR * tile + (t - t0) % TR * KR * lanes
+        for m in range(KR):
+            s = acc[a + m * lanes]
+            for lane in range(1, lanes):
+                s += acc[a + m * lanes + lane]
+            gwp[(kb * taps + t) * KR + m] = s
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def backward_weight_phases(xq, gyq, offs, gwp, n_images, channels, chan_stride, groups, kb_per_group, lp,
                            tap_chunk):
@@ -463,11 +477,75 @@ def backward_weight_phases(xq, gyq, offs, gwp, n_images, channels, chan_stride, 
                 for t in range(t0, t1, TR):
                     _grad_tile_4x3(gyq, g_base + q0, KB * KR * lp, lp, xq, x_base + q0, channels * chan_stride,
                                    offs, t, acc, (t - t0) // TR * tile, images, vectors)
-        for t in range(t0, t1):
-            j = (t - t0) % TR
-            a = (t - t0) // TR * tile + j * KR * lanes
-            for m in range(KR):
-                s = acc[a + m * lanes]
-                for lane in range(1, lanes):
-                    s += acc[a + m * lanes + lane]
-                gwp[(kb * taps + t) * KR + m] = s
+        _sum_lanes(acc, gwp, kb, t0, t1, taps)
+
+
+# Weight gradient for stride 1, vectors along blocks of NB = NV*LANES images (small planes, large batches):
+# - xi: interleave_batch's layout (nb = NB).
+# - gyi: grad_y with blocks of NB images innermost, channels in blocks of KR:
+#       gyi[((((blk*KB + kb)*KR + m)*OH + oh)*OW + ow)*NB + v] = grad_y[blk*NB + v, g*Kg + (kb % KBg)*KR + m, oh, ow]
+#       (zero for images >= N and channels past Kg).
+# - offs: batch_tap_offsets ((c*Hp*Wp + r*DH*Wp + s*DW)*NB), padded to a multiple of TR.
+# At stride 1 a row of OW outputs of a block is OW*NB consecutive elements in gyi, and the inputs a tap meets for
+# it are OW*NB consecutive elements of xi: the same tile as the rows variant, its passes over output rows.
+
+@njit(cache=True, nogil=True, parallel=True)
+def interleave_grad_blocks(gy, gyi, groups, nb):
+    """Fill gyi (layout above) from grad_y (N, K, OH, OW)."""
+    N, K, OH, OW = gy.shape
+    Kg = K // groups
+    kb_per_group = (Kg + KR - 1) // KR
+    KB = groups * kb_per_group
+    P = OH * OW
+    blocks = (N + nb - 1) // nb
+    gyf = gy.reshape(N, K, P)
+    zero = gyi.dtype.type(0)
+    for item in prange(blocks * KB * KR):
+        blk = item // (KB * KR)
+        kb = (item // KR) % KB
+        m = item % KR
+        g = kb // kb_per_group
+        kk = (kb % kb_per_group) * KR + m
+        o = item * P * nb
+        images = min(nb, N - blk * nb)
+        if kk >= Kg or images < nb:
+            gyi[o:o + P * nb] = zero
+        if kk >= Kg:
+            continue
+        for v in range(images):
+            row = gyf[blk * nb + v, g * Kg + kk]
+            for q in range(P):
+                gyi[o + q * nb + v] = row[q]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def backward_weight_interleaved(xi, gyi, offs, gwp, blocks, channels, hp, wpitch, OH, OW, groups, kb_per_group,
+                                tap_chunk):
+    """backward_weight_phases's gwp for a stride-1 problem from the image-block layouts above. Parallel over
+    (channel block, chunk of taps); per image block and pass of whole output rows (about GRAD_BLOCK
+    positions x images), every tile of the chunk sweeps the pass's rows."""
+    taps = offs.shape[0]
+    KB = gwp.shape[0] // (taps * KR)
+    Cg = channels // groups
+    lanes = VECTOR_BYTES // xi.itemsize
+    nb = NV * lanes
+    tile = TR * KR * lanes
+    chunks = (taps + tap_chunk - 1) // tap_chunk
+    plane = OH * OW * nb
+    row_vectors = OW * NV
+    pass_rows = max(1, min(OH, GRAD_BLOCK // (OW * nb)))
+    for item in prange(KB * chunks):
+        kb = item // chunks
+        t0 = (item % chunks) * tap_chunk
+        t1 = min(taps, t0 + tap_chunk)
+        g = kb // kb_per_group
+        acc = np.zeros((t1 - t0) // TR * tile, dtype=xi.dtype)
+        for blk in range(blocks):
+            g_base = (blk * KB + kb) * KR * plane
+            x_base = (blk * channels + g * Cg) * hp * wpitch * nb
+            for oh0 in range(0, OH, pass_rows):
+                rows = min(pass_rows, OH - oh0)
+                for t in range(t0, t1, TR):
+                    _grad_tile_4x3(gyi, g_base + oh0 * OW * nb, OW * nb, plane, xi, x_base + oh0 * wpitch * nb,
+                                   wpitch * nb, offs, t, acc, (t - t0) // TR * tile, rows, row_vectors)
+        _sum_lanes(acc, gwp, kb, t0, t1, taps)

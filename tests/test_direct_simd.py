@@ -65,6 +65,28 @@ def test_general_shapes_match_naive(kernel, case):
     assert_close(actual, expected, int(np.prod(case.weight.shape[1:])))
 
 
+@pytest.mark.parametrize("kernel", ["rows", "batch"])
+@settings(max_examples=25)
+@given(case=conv_cases(max_batch=3), batch=st.sampled_from([1, 17, 40]))
+def test_both_weight_gradient_kernels_match_naive(kernel, case, batch):
+    """backward_weight by each kernel (the batch kernel runs stride 1 only) on the shared strategy's shapes,
+    the batch repeated to 17 or 40 images (partial and whole blocks of images), against naive (one image's
+    worth: direct beyond)."""
+    x = case.x if case.x.ndim == 4 else case.x[None]
+    x = contiguous(np.concatenate([x] * batch)[:batch] if batch > 1 else x)
+    reference = "naive" if x.shape[0] < 4 else "direct"
+    y = fc.conv2d(x, case.weight, **case.kwargs, algo=reference)
+    gy = np.random.default_rng(x.shape[0]).standard_normal(y.shape).astype(y.dtype)
+    expected = fc.conv2d_backward(gy, x, case.weight, **case.kwargs, algo=reference, input_grad=False)[1]
+    chosen = direct_simd.choose_weight_kernel
+    direct_simd.choose_weight_kernel = lambda p, itemsize: kernel if p.stride == (1, 1) else "rows"
+    try:
+        actual = fc.conv2d_backward(gy, x, case.weight, **case.kwargs, algo="direct_simd", input_grad=False)[1]
+    finally:
+        direct_simd.choose_weight_kernel = chosen
+    assert_close(actual, expected, gy.size // gy.shape[1])
+
+
 REAL_LAYERS = [  # (x shape, K, R, stride, padding)
     ((64, 3, 32, 32), 32, 3, 1, 0),
     ((64, 32, 15, 15), 64, 3, 1, 0),

@@ -1007,3 +1007,32 @@ def test_a_residual_without_input_grad_still_fills_both_branches_gradients():
     assert block.backward(u) is None
     for name, g in expected.items():
         np.testing.assert_allclose(dict(block.named_parameters())[name].grad, g, rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)])
+def test_relu_then_max_pool_run_as_one_give_the_separate_layers_results(pool):
+    """Sequential runs ReLU, MaxPool2d as max pooling then ReLU: the same output and grad_x as the two layers
+    run apart, on windows all negative, with ties, zeros and NaN."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 8))
+    x[0, 0, :4, :4] = -1.0  # windows of negatives only
+    x[0, 1, :2, :2] = 0.5   # ties
+    x[1, 2, 3, 3] = np.nan
+    u = rng.standard_normal(nn.Sequential(nn.ReLU(), nn.MaxPool2d(**pool))(x).shape)
+    fused = nn.Sequential(nn.Conv2d(3, 3, 1).to(np.float64), nn.ReLU(), nn.MaxPool2d(**pool))
+    relu, max_pool = nn.ReLU(), nn.MaxPool2d(**pool)
+    conv = fused[0]
+    y_apart = max_pool(relu(conv(x)))
+    gx_apart = conv.backward(relu.backward(max_pool.backward(u)))
+    gw_apart = conv.weight.grad.copy()
+    conv.zero_grad()
+    y = fused(x)
+    np.testing.assert_array_equal(y, y_apart)
+    np.testing.assert_array_equal(fused.backward(u), gx_apart)
+    np.testing.assert_array_equal(conv.weight.grad, gw_apart)
+    assert fused[1].__dict__.get("y") is None  # ReLU's own forward did not run: it ran on the pooled values
+
+
+def test_relu_then_max_pool_gradients_against_finite_differences():
+    rng = np.random.default_rng(4)
+    check_layer_gradients(nn.Sequential(nn.ReLU(), nn.MaxPool2d(2)), away_from_zero((2, 2, 6, 6), rng))
