@@ -218,27 +218,57 @@ def conv_padding(padding: object, kernel: tuple[int, int], dilation: tuple[int, 
     return (ph, ph, pw, pw)
 
 
+def typed_key(value: object) -> object:
+    """A hashable key of an argument that tells apart values equal across types (True and 1, 2.0 and 2), also
+    inside tuples and lists; TypeError when the value is unhashable."""
+    if isinstance(value, (tuple, list)):
+        return type(value), tuple(typed_key(v) for v in value)
+    hash(value)
+    return type(value), value
+
+
+def keyed_value(key: tuple) -> object:
+    """The argument a ``typed_key`` stands for."""
+    kind, value = key
+    return kind(keyed_value(v) for v in value) if kind in (tuple, list) else value
+
+
 def conv2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: object,
                  dilation: object, groups: object) -> Conv2dShape:
-    """Validate conv2d arguments for a batched x (N, C, H, W) and return the shape rule."""
+    """Validate conv2d arguments for a batched x (N, C, H, W) and return the shape rule (the arrays' checks
+    on every call; the rest computed once per shape and arguments)."""
     check_array("weight", weight, (4,), x.dtype, is_device_array(x))
+    try:
+        args = tuple(typed_key(a) for a in (stride, padding, dilation, groups))
+    except TypeError:  # an unhashable argument: validated below, uncached
+        return _conv2d_rule(x.shape, np.dtype(x.dtype), weight.shape, stride, padding, dilation, groups)
+    return _conv2d_rule_cached(x.shape, np.dtype(x.dtype), weight.shape, args)
+
+
+@lru_cache(maxsize=1024)
+def _conv2d_rule_cached(x_shape: tuple, dtype: np.dtype, w_shape: tuple, args: tuple) -> Conv2dShape:
+    return _conv2d_rule(x_shape, dtype, w_shape, *(keyed_value(a) for a in args))
+
+
+def _conv2d_rule(x_shape: tuple, dtype: np.dtype, w_shape: tuple, stride: object, padding: object,
+                 dilation: object, groups: object) -> Conv2dShape:
     if isinstance(groups, bool) or not isinstance(groups, Integral) or not 1 <= groups <= MAX_SIZE_ARG:
         raise ValueError(f"groups must be a positive int, got {groups!r}")
     groups = int(groups)
-    n, c, h, w = x.shape
-    k, cg, r, s = weight.shape
+    n, c, h, w = x_shape
+    k, cg, r, s = w_shape
     if min(k, cg, r, s) < 1:
-        raise ValueError(f"weight must have non-zero sizes, got shape {weight.shape}")
+        raise ValueError(f"weight must have non-zero sizes, got shape {w_shape}")
     if c % groups:
         raise ValueError(f"input channels ({c}) must be divisible by groups ({groups})")
     if k % groups:
         raise ValueError(f"out channels of weight ({k}) must be divisible by groups ({groups})")
     if cg * groups != c:
         raise ValueError(
-            f"weight must have in_channels/groups = {c // groups} channels in dimension 1, got shape {weight.shape}"
+            f"weight must have in_channels/groups = {c // groups} channels in dimension 1, got shape {w_shape}"
         )
     if min(c, h, w) < 1:
-        raise ValueError(f"x must have non-zero channels, height and width, got shape {x.shape}")
+        raise ValueError(f"x must have non-zero channels, height and width, got shape {x_shape}")
     stride_hw = pair("stride", stride, 1)
     dilation_hw = pair("dilation", dilation, 1)
     pads = conv_padding(padding, (r, s), dilation_hw, stride_hw)
@@ -252,9 +282,9 @@ def conv2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: obj
     oh = (hp - eff_r) // stride_hw[0] + 1
     ow = (wp - eff_s) // stride_hw[1] + 1
     shape = Conv2dShape(n, c, h, w, k, r, s, groups, stride_hw, dilation_hw, pads, oh, ow)
-    check_fits("conv2d output", shape.y_shape, x.dtype)
+    check_fits("conv2d output", shape.y_shape, dtype)
     if any(pads):
-        check_fits("zero-padded input", shape.padded_shape, x.dtype)
+        check_fits("zero-padded input", shape.padded_shape, dtype)
     return shape
 
 
@@ -306,11 +336,27 @@ def pool2d_args(kernel_size: object, stride: object, padding: object, dilation: 
 
 def pool2d_shape(x: np.ndarray, kernel_size: object, stride: object, padding: object,
                  dilation: object, ceil_mode: object) -> Pool2dShape:
-    """Validate pooling arguments for a batched x (N, C, H, W) and return the shape rule."""
+    """Validate pooling arguments for a batched x (N, C, H, W) and return the shape rule (computed once per
+    shape and arguments)."""
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    try:
+        keys = tuple(typed_key(a) for a in args)
+    except TypeError:  # an unhashable argument: validated below, uncached
+        return _pool2d_rule(x.shape, np.dtype(x.dtype), *args)
+    return _pool2d_rule_cached(x.shape, np.dtype(x.dtype), keys)
+
+
+@lru_cache(maxsize=1024)
+def _pool2d_rule_cached(x_shape: tuple, dtype: np.dtype, args: tuple) -> Pool2dShape:
+    return _pool2d_rule(x_shape, dtype, *(keyed_value(a) for a in args))
+
+
+def _pool2d_rule(x_shape: tuple, dtype: np.dtype, kernel_size: object, stride: object, padding: object,
+                 dilation: object, ceil_mode: object) -> Pool2dShape:
     kernel, stride_hw, pad, dil = pool2d_args(kernel_size, stride, padding, dilation, ceil_mode)
-    n, c, h, w = x.shape
+    n, c, h, w = x_shape
     if min(c, h, w) < 1:
-        raise ValueError(f"x must have non-zero channels, height and width, got shape {x.shape}")
+        raise ValueError(f"x must have non-zero channels, height and width, got shape {x_shape}")
     oh = _pool_out(h, kernel[0], pad[0], stride_hw[0], dil[0], bool(ceil_mode))
     ow = _pool_out(w, kernel[1], pad[1], stride_hw[1], dil[1], bool(ceil_mode))
     if oh < 1 or ow < 1:
@@ -328,5 +374,5 @@ def pool2d_shape(x: np.ndarray, kernel_size: object, stride: object, padding: ob
                 f"holds no input element (input {name} {size}): choose a smaller padding or dilation"
             )
     shape = Pool2dShape(n, c, h, w, kernel, stride_hw, pad, dil, oh, ow)
-    check_fits("pooling output", shape.y_shape, x.dtype)
+    check_fits("pooling output", shape.y_shape, dtype)
     return shape

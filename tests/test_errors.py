@@ -124,3 +124,21 @@ def test_settings_and_lookups_reject_bad_values():
         fc.algorithms("conv3d")
     with pytest.raises(ValueError, match="device must be 'cpu'"):
         fc.algorithms("conv2d", device="tpu")
+
+
+def test_shape_rules_computed_once_still_refuse_arguments_equal_to_valid_ones():
+    """conv2d's and pooling's shape rules are kept per shape and arguments: an argument equal to a valid one
+    but of another type (True == 1, 1.0 == 1), given after it, is still refused."""
+    x, w = np.zeros((1, 2, 6, 6), np.float32), np.zeros((2, 2, 3, 3), np.float32)
+    fc.conv2d(x, w, stride=(1, 1), padding=1)
+    fc.max_pool2d(x, (2, 2))
+    for bad in [(True, 1), (1.0, 1)]:
+        with pytest.raises(TypeError, match="stride"):
+            fc.conv2d(x, w, stride=bad, padding=1)
+    fc.max_pool2d(x, (1, 1))
+    for bad in [(True, 1), (1.0, 1)]:
+        with pytest.raises(TypeError, match="kernel_size"):
+            fc.max_pool2d(x, bad)
+    with pytest.raises((TypeError, ValueError), match="groups"):
+        fc.conv2d(x, w, groups=True)
+    fc.conv2d(x, w, stride=[1, 1], padding=[1, 1])  # unhashable arguments: validated, not kept
