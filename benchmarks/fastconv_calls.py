@@ -68,8 +68,10 @@ def build_model(case: cases.Train, dtype: str) -> fc.nn.Module:
 
 def train_step(case: cases.Train, dtype: str, device: str) -> Callable[[], object]:
     """A fresh model and Adam; each call is one step (zero_grad, forward, cross-entropy, backward, update)
-    on the case's batch, with the layers' default algorithms; the input's gradient is not computed (as by the
-    trainer, and by PyTorch for an input that does not require it)."""
+    on the case's batch, with the layers' default algorithms, set up as the trainer runs it: the input's gradient
+    is not computed (as by PyTorch for an input that does not require it) and freed memory is kept for the next
+    step (``runtime.keep_freed_memory``, in this worker process only)."""
+    fc.runtime.keep_freed_memory()
     move, synced = _on(device)
     x, y = (move(a) for a in cases.train_inputs(case, dtype))
     model = build_model(case, dtype).set_input_grad(False)

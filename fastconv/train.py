@@ -38,7 +38,7 @@ except ImportError:  # not POSIX: --out is not locked against other processes
 
 import numpy as np
 
-from . import data, models, nn, optim
+from . import data, models, nn, optim, runtime
 from .device import check_device, require_cuda, to
 
 CHECKPOINT_VERSION = 1
@@ -111,9 +111,11 @@ def train_epoch(model: nn.Module, optimizer: optim.Optimizer, loader: data.DataL
                 desc: str = "train") -> dict[str, float]:
     """One pass over ``loader``: for each batch zero_grad, forward, cross-entropy, backward, step.
     Returns the mean loss and accuracy over the pass, its seconds and images/s. The batches are data: the
-    model's input gradient is turned off (``Module.set_input_grad``)."""
+    model's input gradient is turned off (``Module.set_input_grad``); freed memory is kept for the next step
+    (``runtime.keep_freed_memory``)."""
     model.train()
     model.set_input_grad(False)
+    runtime.keep_freed_memory()
     device = model.device
     bar = _progress(loader.num_examples, desc, progress)
     loss_sum, correct, seen = 0.0, 0, 0

@@ -1,4 +1,5 @@
-"""fastconv's place in the process: the compile notice, one OpenMP level after Numba starts its threads."""
+"""fastconv's place in the process: the compile notice, one OpenMP level after Numba starts its threads, freed
+memory kept on request."""
 import os
 import subprocess
 import sys
@@ -46,3 +47,29 @@ def test_the_first_compile_says_so_once(tmp_path):
     assert warm.returncode == 0 and "compiling" not in warm.stderr, warm.stderr
     quiet = _run(code, NUMBA_CACHE_DIR=str(tmp_path / "other"), FASTCONV_COMPILE_NOTICE="0")
     assert quiet.returncode == 0 and "compiling" not in quiet.stderr, quiet.stderr
+
+
+def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_allocations():
+    """In a fresh process (glibc): with glibc's fixed default thresholds (keep_freed_memory(False)) a 64 MiB
+    array allocated, touched and freed again and again faults in its pages every time; kept, not once after
+    the first."""
+    code = ("import resource, numpy as np\n"
+            "from fastconv import runtime\n"
+            "def faults():\n"
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    for _ in range(5):\n"
+            "        a = np.empty(16 * 2**20, np.float32); a.fill(1); del a\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+            "released = runtime.keep_freed_memory(False)\n"
+            "default = faults()\n"
+            "kept = runtime.keep_freed_memory()\n"
+            "faults()\n"
+            "print(released, default, kept, faults())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    released, default, kept, after = done.stdout.split()
+    if kept == "True":
+        assert released == "True" and int(default) > 4 * 2**20 * 4 // 2**21, done.stdout  # 5 x 64 MiB, 2 MiB pages at most
+        assert int(after) < 100, done.stdout
+    from fastconv import runtime
+    with pytest.raises(TypeError, match="enabled"):
+        runtime.keep_freed_memory("yes")
