@@ -98,9 +98,10 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
     # depthwise at stride 2: its row kernels
     out += [(f"conv2d depthwise strided {name}", call) for name, call in
             zip(("forward", "backward"), _conv("depthwise", x_dw, w_dw, padding=1, groups=4, stride=2))]
-    # direct_simd's batch kernel runs on small output planes with a batch of at least one block of
-    # vectors of images (32 float32 with AVX-512).
-    out.append(("conv2d direct_simd batch forward", _conv("direct_simd", normal(32, 2, 4, 4), normal(6, 2, 3, 3))[0]))
+    # direct_simd's batch kernels (forward and weight gradient) run on small output planes with a batch of at
+    # least one block of vectors of images (32 float32 with AVX-512).
+    out += [(f"conv2d direct_simd batch {name}", call) for name, call in
+            zip(("forward", "backward"), _conv("direct_simd", normal(32, 2, 4, 4), normal(6, 2, 3, 3)))]
     # grouped layers: Winograd's unfused transforms and, with few channels per group, its grouped products
     x_g, w_g = normal(2, 4, 6, 6), normal(4, 1, 3, 3)
     grouped = conv2d_shape(x_g, w_g, 1, 1, 1, 4)
