@@ -12,6 +12,7 @@ None or a non-zero int. ``naive`` is the plain-Python reference, ``direct`` the 
 """
 from __future__ import annotations
 
+from functools import partial
 from numbers import Integral
 
 import numpy as np
@@ -26,17 +27,22 @@ MAX_POOL2D = Registry("max_pool2d", __doc__)
 AVG_POOL2D = Registry("avg_pool2d", __doc__)
 
 
-def _max_forward_direct(x: np.ndarray, p: Pool2dShape) -> tuple[np.ndarray, np.ndarray]:
+def _max_forward(x: np.ndarray, p: Pool2dShape, windows_2x2: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled window loop, or with `windows_2x2` its 2x2 stride-2 form (``window_2x2_unsupported``)."""
     y = np.empty(p.y_shape, x.dtype)
     idx = np.empty(p.y_shape, np.int64)
-    pooling.max_pool2d_forward(x, y, idx, *p.kernel, *p.stride, *p.padding, *p.dilation)
+    if windows_2x2:
+        pooling.max_pool2d_forward_2x2(x, y, idx)
+    else:
+        pooling.max_pool2d_forward(x, y, idx, *p.kernel, *p.stride, *p.padding, *p.dilation)
     return y, idx
 
 
-def _max_backward_direct(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape, indices: np.ndarray | None) -> np.ndarray:
-    idx = _max_forward_direct(x, p)[1] if indices is None else indices
+def _max_backward(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape, indices: np.ndarray | None,
+                  windows_2x2: bool = False) -> np.ndarray:
+    idx = _max_forward(x, p, windows_2x2)[1] if indices is None else indices
     gx = np.empty(x.shape, x.dtype)
-    pooling.max_pool2d_backward(grad_y, idx, gx)
+    (pooling.max_pool2d_backward_2x2 if windows_2x2 else pooling.max_pool2d_backward)(grad_y, idx, gx)
     return gx
 
 
@@ -48,20 +54,6 @@ def window_2x2_unsupported(p: Pool2dShape) -> str | None:
         return None
     return (f"needs 2x2 windows at stride 2 inside x, without padding or dilation, got kernel {p.kernel}, "
             f"stride {p.stride}, padding {p.padding}, dilation {p.dilation}, output {(p.oh, p.ow)} of {(p.h, p.w)}")
-
-
-def _max_forward_2x2(x: np.ndarray, p: Pool2dShape) -> tuple[np.ndarray, np.ndarray]:
-    y = np.empty(p.y_shape, x.dtype)
-    idx = np.empty(p.y_shape, np.int64)
-    pooling.max_pool2d_forward_2x2(x, y, idx)
-    return y, idx
-
-
-def _max_backward_2x2(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape, indices: np.ndarray | None) -> np.ndarray:
-    idx = _max_forward_2x2(x, p)[1] if indices is None else indices
-    gx = np.empty(x.shape, x.dtype)
-    pooling.max_pool2d_backward_2x2(grad_y, idx, gx)
-    return gx
 
 
 def _avg_forward_direct(x: np.ndarray, p: Pool2dShape, count_include_pad: bool,
@@ -122,8 +114,9 @@ def _max_rule(p: Pool2dShape, itemsize: int) -> str:
 
 
 MAX_POOL2D.add(Algorithm("naive", "cpu", naive.max_pool2d, naive.max_pool2d_backward, reference=True))
-MAX_POOL2D.add(Algorithm("direct", "cpu", _max_forward_direct, _max_backward_direct))
-MAX_POOL2D.add(Algorithm("window_2x2", "cpu", _max_forward_2x2, _max_backward_2x2, unsupported=window_2x2_unsupported))
+MAX_POOL2D.add(Algorithm("direct", "cpu", _max_forward, _max_backward))
+MAX_POOL2D.add(Algorithm("window_2x2", "cpu", partial(_max_forward, windows_2x2=True),
+                         partial(_max_backward, windows_2x2=True), unsupported=window_2x2_unsupported))
 MAX_POOL2D.add(Algorithm("direct", "cuda", _max_forward_cuda, _max_backward_cuda))
 AVG_POOL2D.add(Algorithm("naive", "cpu", naive.avg_pool2d, naive.avg_pool2d_backward, reference=True))
 AVG_POOL2D.add(Algorithm("direct", "cpu", _avg_forward_direct, _avg_backward_direct))

@@ -341,20 +341,31 @@ TR = 3             # taps per weight-gradient tile (input runs)
 GRAD_BLOCK = 1024  # positions (of one or more images) per pass of a tile: its grad_y rows and input runs stay in L1
 
 
+@njit(cache=True, nogil=True)
+def _grad_blocks(K, groups):
+    """(KBg, KB): blocks of KR channels per group and in all."""
+    kb_per_group = (K // groups + KR - 1) // KR
+    return kb_per_group, groups * kb_per_group
+
+
+@njit(cache=True, nogil=True)
+def _grad_row(item, K, groups):
+    """Row `item` of the gathered grad_y layouts, ((outer*KB + kb)*KR + m): (outer, group g, channel kk within
+    the group (>= Kg: a zero row), Kg)."""
+    kb_per_group, KB = _grad_blocks(K, groups)
+    kb = (item // KR) % KB
+    g = kb // kb_per_group
+    return item // (KB * KR), g, (kb % kb_per_group) * KR + item % KR, K // groups
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def gather_grad_rows(gy, gyq, groups, wq, lp):
     """Fill gyq (see the weight gradient's layouts) from grad_y (N, K, OH, OW)."""
     N, K, OH, OW = gy.shape
-    Kg = K // groups
-    kb_per_group = (Kg + KR - 1) // KR
-    KB = groups * kb_per_group
+    KB = _grad_blocks(K, groups)[1]
     zero = gyq.dtype.type(0)
     for item in prange(N * KB * KR):
-        n = item // (KB * KR)
-        kb = (item // KR) % KB
-        m = item % KR
-        g = kb // kb_per_group
-        kk = (kb % kb_per_group) * KR + m
+        n, g, kk, Kg = _grad_row(item, K, groups)
         o = item * lp
         if kk >= Kg:
             for q in range(lp):
@@ -493,19 +504,13 @@ def backward_weight_phases(xq, gyq, offs, gwp, n_images, channels, chan_stride, 
 def interleave_grad_blocks(gy, gyi, groups, nb):
     """Fill gyi (layout above) from grad_y (N, K, OH, OW)."""
     N, K, OH, OW = gy.shape
-    Kg = K // groups
-    kb_per_group = (Kg + KR - 1) // KR
-    KB = groups * kb_per_group
+    KB = _grad_blocks(K, groups)[1]
     P = OH * OW
     blocks = (N + nb - 1) // nb
     gyf = gy.reshape(N, K, P)
     zero = gyi.dtype.type(0)
     for item in prange(blocks * KB * KR):
-        blk = item // (KB * KR)
-        kb = (item // KR) % KB
-        m = item % KR
-        g = kb // kb_per_group
-        kk = (kb % kb_per_group) * KR + m
+        blk, g, kk, Kg = _grad_row(item, K, groups)
         o = item * P * nb
         images = min(nb, N - blk * nb)
         if kk >= Kg or images < nb:
