@@ -23,7 +23,17 @@ from .gemm import gemm
 from .nn import manual_seed
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
+from .runtime import num_threads as get_num_threads, set_num_threads
+
 __version__ = "0.1.0"
+LAZY_MODULES = ("data", "train")  # fc.data, fc.train: imported on first use (the trainer pulls in more)
+
+
+def __getattr__(name: str) -> object:
+    if name in LAZY_MODULES:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
 
 
 def algorithms(op: str, device: str = "cpu") -> list[str]:
@@ -38,5 +48,5 @@ def algorithms(op: str, device: str = "cpu") -> list[str]:
 __all__ = [
     "algorithms", "avg_pool2d", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
     "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
-    "workspace_limit",
+    "workspace_limit", "get_num_threads", "set_num_threads", "data", "train",
 ]

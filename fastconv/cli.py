@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .device import CudaUnavailableError
 
 BENCH_EXTRA = 'the benchmark tools are missing: pip install -e ".[bench]"'
@@ -160,6 +161,7 @@ def _training_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastconv", description="Convolution engine with compiled kernels.")
+    parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run every conv2d algorithm on a few layers: agreement and time")

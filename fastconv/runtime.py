@@ -67,6 +67,17 @@ def num_threads() -> int:
     return count
 
 
+def set_num_threads(count: int) -> None:
+    """Run fastconv's kernels on `count` threads (1 to the cores Numba started with, ``NUMBA_NUM_THREADS``:
+    the machine's by default); for the calling thread, as ``numba.set_num_threads``."""
+    most = numba.config.NUMBA_NUM_THREADS
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"count must be an int, got {count!r}")
+    if not 1 <= count <= most:
+        raise ValueError(f"count must be between 1 and {most} (NUMBA_NUM_THREADS), got {count}")
+    numba.set_num_threads(count)
+
+
 class _Listener(event.Listener):
     """Numba's compile events: the compile notice, and the OpenMP level right after Numba launches its
     threads (which it does while it compiles or loads a parallel kernel, under its compiler lock)."""

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import fastconv as fc
 
@@ -67,3 +68,33 @@ def test_demo_runs_every_algorithm(monkeypatch, capsys):
         for algo in fc.algorithms("conv2d"):
             assert re.search(rf"^{layer}\s+{algo}\*?\s", out, re.M), (layer, algo)
     assert re.search(r"^tiny 5x5\s+winograd\s+\(needs a 3x3 kernel, stride 1 and dilation 1", out, re.M)
+
+
+def test_data_and_train_are_attributes_of_the_package():
+    """`import fastconv as fc; fc.data, fc.train` as the README writes them (in a fresh process: here other tests
+    have imported the submodules already)."""
+    code = "import fastconv as fc; print(fc.data.load_mnist.__name__, fc.train.fit.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["load_mnist", "fit"], done.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        fc.nothing
+
+
+def test_version_option(capsys):
+    from fastconv import cli
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"fastconv {fc.__version__}"
+
+
+def test_set_num_threads():
+    before = fc.get_num_threads()
+    try:
+        fc.set_num_threads(1)
+        assert fc.get_num_threads() == 1
+    finally:
+        fc.set_num_threads(before)
+    with pytest.raises(ValueError, match="count must be between 1"):
+        fc.set_num_threads(0)
+    with pytest.raises(TypeError, match="count must be an int"):
+        fc.set_num_threads(True)
