@@ -1037,6 +1037,7 @@ def _text_table(headers: list[str], body: list[list[str]]) -> str:
 def compare(old: dict, new: dict, threshold: float = 0.25) -> tuple[str, list[dict]]:
     """Compare two runs record by record, matched on (suite, case, pass, impl, dtype).
 
+    ValueError when no record is in both runs (a gate that compared nothing must not pass).
     Returns a text report (slower then faster records, each sorted by the new/old time ratio, then
     the records found in only one run) and the regressions: fastconv's own (non-peer) records whose
     new time exceeds old * (1 + threshold), as dicts with suite, case, pass, impl, dtype, old_s,
@@ -1053,6 +1054,9 @@ def compare(old: dict, new: dict, threshold: float = 0.25) -> tuple[str, list[di
         return out
 
     o, n = index(old), index(new)
+    if not set(o) & set(n):
+        raise ValueError(f"the two runs have no record in common (matched on {', '.join(key_names)}): nothing to "
+                         "compare; compare runs of the same suite, cases and dtype")
     matched = []
     for key in [k for k in n if k in o]:
         entry = dict(zip(key_names, key))

@@ -265,7 +265,10 @@ def _conv2d_rule(x_shape: tuple, dtype: np.dtype, w_shape: tuple, stride: object
         raise ValueError(f"out channels of weight ({k}) must be divisible by groups ({groups})")
     if cg * groups != c:
         raise ValueError(
-            f"weight must have in_channels/groups = {c // groups} channels in dimension 1, got shape {w_shape}"
+            f"weight must have in_channels/groups = {c // groups} channels in dimension 1, got shape {w_shape}: "
+            f"x has {c} channels in dimension 1, the weight takes {cg * groups}"
+            + (f" (x of shape {x_shape} looks channels-last, (N, H, W, C): fastconv takes (N, C, H, W), "
+               "x.transpose(0, 3, 1, 2))" if x_shape[3] == cg * groups else "")
         )
     if min(c, h, w) < 1:
         raise ValueError(f"x must have non-zero channels, height and width, got shape {x_shape}")

@@ -240,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="output folder (default: the results file's folder)")
 
     cmp = commands.add_parser("compare", help="compare two results.json; exit 1 on a regression")
-    cmp.add_argument("old", type=Path)
-    cmp.add_argument("new", type=Path)
+    cmp.add_argument("old", type=Path, help="the baseline run's results.json")
+    cmp.add_argument("new", type=Path, help="the run to check against it (exit 1 on a regression, 2 when the two "
+                                            "runs have no record in common)")
     cmp.add_argument("--threshold", type=float, default=0.25,
                      help="a fastconv time more than this fraction slower is a regression (default 0.25)")
     return parser

@@ -307,6 +307,14 @@ class Module:
         return head + ("\n" + "\n".join(kids) + "\n)" if kids else ")")
 
 
+def _same_dtype(layer: str, x: object, weight: object) -> None:
+    """TypeError naming the fix when a float input's dtype is not the layer's weights'."""
+    xd, wd = getattr(x, "dtype", None), weight.dtype
+    if xd is not None and np.dtype(xd).kind == "f" and np.dtype(xd) != np.dtype(wd):
+        raise TypeError(f"{layer}: x is {np.dtype(xd)} but the layer's weights are {np.dtype(wd)}: convert the input "
+                        f"(x.astype(np.{np.dtype(wd)})) or the model (model.to(np.{np.dtype(xd)}))")
+
+
 def run_child(child: Module, x: np.ndarray) -> np.ndarray:
     """A container's call of a child's forward: unchecked (no ``_Call``), its backward trusting the container."""
     return run_child_as(child, child.forward, x)
@@ -387,6 +395,7 @@ class Conv2d(Module):
         return self.stride, self.padding, self.dilation, self.groups
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        _same_dtype(type(self).__name__, x, self.weight.data)
         self.x = x
         return conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
 
@@ -420,6 +429,7 @@ class Linear(Module):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear({self.in_features}, {self.out_features}) needs x of shape "
                              f"(N, {self.in_features}), got {x.shape}")
+        _same_dtype(type(self).__name__, x, self.weight.data)
         ops = ops_for(x)
         self.x = ops.array("x", x)
         y = ops.matmul(self.x, self.weight.data, trans_b=True)

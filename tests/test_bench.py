@@ -82,6 +82,12 @@ def test_report_rerenders_and_compare_flags_a_regression(tiny_run, tmp_path):
     done = _fastconv("compare", str(results), str(slower))
     assert done.returncode == 1, done.stdout + done.stderr
     assert re.search(r"train_step lenet5-b8 step auto float32 +REGRESSION", done.stdout), done.stdout
+    for record in data["benchmarks"]:
+        record["extra_info"]["case"] += "-elsewhere"
+    disjoint = tmp_path / "disjoint.json"
+    disjoint.write_text(json.dumps(data))
+    done = _fastconv("compare", str(results), str(disjoint))
+    assert done.returncode == 2 and "no record in common" in done.stderr, done.stdout + done.stderr
 
 
 def test_report_renders_a_run_without_training_steps(tiny_run, tmp_path):

@@ -142,3 +142,15 @@ def test_shape_rules_computed_once_still_refuse_arguments_equal_to_valid_ones():
     with pytest.raises((TypeError, ValueError), match="groups"):
         fc.conv2d(x, w, groups=True)
     fc.conv2d(x, w, stride=[1, 1], padding=[1, 1])  # unhashable arguments: validated, not kept
+
+
+def test_messages_name_the_input_when_the_input_is_wrong():
+    """A channels-last image is the input's fault, and a float64 batch into a float32 model names the fix."""
+    x = np.zeros((2, 28, 28, 1), np.float32)  # NHWC
+    with pytest.raises(ValueError, match=r"looks channels-last.*x.transpose\(0, 3, 1, 2\)"):
+        fc.conv2d(x, np.zeros((6, 1, 5, 5), np.float32))
+    model = fc.models.lenet5()
+    with pytest.raises(TypeError, match=r"x is float64 but the layer's weights are float32.*model.to\(np.float64\)"):
+        model(np.zeros((2, 1, 28, 28)))
+    with pytest.raises(TypeError, match=r"Linear: x is float64"):
+        fc.nn.Linear(3, 2)(np.zeros((1, 3)))
