@@ -86,9 +86,10 @@ def test_conv2d_auto_records_its_choice_and_matches_the_reference():
     assert {k.split(".")[1] for k in made} == {"forward", "backward_input", "backward_weight"}  # timed apart
     p = conv2d_shape(x, w, 1, 1, 1, 1)
     assert set(made.values()) <= set(CONV2D.candidates(p, 4))  # only what the records let auto time
-    np.testing.assert_allclose(y, fc.conv2d(x, w, padding=1, algo="direct"), rtol=1e-4, atol=1e-4)
+    # auto may pick winograd_4x4 for y or grad_x: up to 20x a plain sum's rounding (its forward_rounding), 2e-4 here
+    np.testing.assert_allclose(y, fc.conv2d(x, w, padding=1, algo="direct"), rtol=1e-3, atol=1e-3)
     ref_gx, ref_gw, _ = fc.conv2d_backward(gy, x, w, padding=1, algo="direct")
-    np.testing.assert_allclose(gx, ref_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gx, ref_gx, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(gw, ref_gw, rtol=1e-3, atol=1e-3)
 
 
