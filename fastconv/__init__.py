@@ -20,10 +20,11 @@ from .algorithm import REGISTRIES
 from .config import set_workspace_limit, workspace_limit
 from .conv import conv2d, conv2d_backward
 from .gemm import gemm
-from .nn import manual_seed
+from .nn import is_grad_enabled, manual_seed, no_grad
 from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 from .runtime import num_threads as get_num_threads, set_num_threads
+from .serialize import load, save
 
 __version__ = "0.1.0"
 LAZY_MODULES = ("data", "train")  # fc.data, fc.train: imported on first use (the trainer pulls in more)
@@ -48,5 +49,6 @@ def algorithms(op: str, device: str = "cpu") -> list[str]:
 __all__ = [
     "algorithms", "avg_pool2d", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
     "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
-    "workspace_limit", "get_num_threads", "set_num_threads", "data", "train",
+    "workspace_limit", "get_num_threads", "set_num_threads", "data", "train", "no_grad", "is_grad_enabled", "save",
+    "load",
 ]

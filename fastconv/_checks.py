@@ -134,6 +134,24 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=native(a.dtype))
 
 
+def check_bool(name: str, value: object) -> bool:
+    """`value` as a bool; TypeError naming `name` unless it is True or False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def as_array(name: str, a: object) -> object:
+    """`a` itself when it is a NumPy or GPU array; a PyTorch CPU tensor (anything NumPy reads through
+    ``__array__``, lists excluded) as the NumPy array it shares memory with. TypeError names `name`."""
+    if isinstance(a, np.ndarray) or is_device_array(a) or not hasattr(a, "__array__"):
+        return a
+    try:
+        return np.asarray(a)
+    except (RuntimeError, TypeError, ValueError) as error:  # e.g. a tensor that requires grad
+        raise TypeError(f"{name} cannot be read as a NumPy array: {error}") from None
+
+
 def is_device_array(a: object) -> bool:
     """Whether `a` is a GPU array: anything with __cuda_array_interface__ (Numba, CuPy, PyTorch CUDA), or a
     device array of Numba's CUDA simulator. The one rule for "is this on the GPU" (``device.device_of``)."""

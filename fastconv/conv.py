@@ -17,7 +17,7 @@ from functools import lru_cache, partial
 import numpy as np
 
 from . import autotune, depthwise, direct, direct_simd, naive, runtime, winograd
-from ._checks import Conv2dShape, batched, check_array, check_grad, contiguous, conv2d_shape
+from ._checks import Conv2dShape, as_array, batched, check_bool, check_array, check_grad, contiguous, conv2d_shape
 from .algorithm import Algorithm, Registry
 from .array_ops import ops_for
 from .config import batch_chunk, scratch, workspace_limit
@@ -447,6 +447,7 @@ def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, device: str, run: Callabl
 
 def _prepare(x, weight, stride, padding, dilation, groups, algo: str):
     """Validate the arguments shared by forward and backward: (device, batched x, weight, unbatched, p)."""
+    x, weight = as_array("x", x), as_array("weight", weight)
     device = device_of(x)
     CONV2D.check(algo, device)
     if device == "cuda":
@@ -475,7 +476,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     """
     device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
     if bias is not None:
-        bias = as_device("bias", bias) if device == "cuda" else bias
+        bias = as_device("bias", bias) if device == "cuda" else as_array("bias", bias)
         check_array("bias", bias, (1,), xb.dtype, device=device == "cuda")
         if bias.shape != (p.k,):
             raise ValueError(f"bias must have shape ({p.k},), got {bias.shape}")
@@ -503,10 +504,9 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     Arguments and algorithms as in ``conv2d`` (device arrays in, device arrays out). With ``algo="auto"``
     the two gradients are separate passes, each run by the algorithm measured fastest for it.
     """
-    if not isinstance(input_grad, (bool, np.bool_)):
-        raise TypeError(f"input_grad must be True or False, got {input_grad!r}")
+    check_bool("input_grad", input_grad)
     device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
-    gy = as_device("grad_y", grad_y) if device == "cuda" else grad_y
+    gy = as_device("grad_y", grad_y) if device == "cuda" else as_array("grad_y", grad_y)
     gy = check_grad("grad_y", gy, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype, device=device == "cuda")
     gy = contiguous(gy.reshape(p.y_shape)) if device == "cpu" else gy.reshape(p.y_shape)
     w = contiguous(weight) if device == "cpu" else weight

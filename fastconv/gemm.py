@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import naive
-from ._checks import check_array, check_fits, contiguous, native
+from ._checks import as_array, check_array, check_fits, contiguous, native
 from .algorithm import Algorithm, Registry
 from .device import as_device, device_of, empty
 from .kernels import matmul
@@ -58,6 +58,7 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     Transposed views (Fortran-ordered operands) are read in place, without a copy.
     On device arrays: 'auto' or 'tiled' (shared-memory tiled GEMM on the GPU), C-contiguous operands.
     """
+    a, b = as_array("a", a), as_array("b", b)
     device = device_of(a)
     GEMM.check(algo, device)
     if device == "cuda":

@@ -20,13 +20,14 @@ weights and biases of Conv2d and Linear), drawn from fastconv's generator: ``fc.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 from collections.abc import Callable, Iterator
 from numbers import Real
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, check_int, conv_padding, float_dtype, native, pair, pool2d_args
+from ._checks import FLOAT_DTYPES, as_array, check_bool, check_int, conv_padding, float_dtype, native, pair, pool2d_args
 from .array_ops import ArrayOps, ops_for
 from .conv import conv2d, conv2d_backward
 from .device import check_device, to
@@ -54,9 +55,42 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+_building = threading.local()  # building.budget: a zero_parameters block's bytes left, or absent
+
+
+def constant(shape: tuple[int, ...], value: float, dtype: np.dtype) -> np.ndarray:
+    """A new parameter or buffer array filled with `value`, debited from ``zero_parameters``' budget."""
+    budget = getattr(_building, "budget", None)
+    if budget is not None:
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if nbytes > budget[0]:
+            raise ValueError(f"the layers take more than the {budget[1]} bytes of weights there are to load")
+        budget[0] -= nbytes
+    return np.full(shape, value, dtype)
+
+
 def _uniform(shape: tuple[int, ...], fan_in: int, dtype: np.dtype) -> Parameter:
+    if getattr(_building, "budget", None) is not None:
+        return Parameter(constant(shape, 0.0, dtype))
     bound = 1.0 / np.sqrt(fan_in)
     return Parameter(_generator.uniform(-bound, bound, shape).astype(dtype))
+
+
+class zero_parameters:
+    """Inside ``with zero_parameters(budget):`` new layers' parameters start as zeros, drawing nothing from
+    the generator, and their parameters and buffers together may take at most `budget` bytes (ValueError
+    beyond): for modules whose weights are loaded next, from a file that holds `budget` bytes of them."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = [budget, budget]  # [left, at first]
+
+    def __enter__(self) -> zero_parameters:
+        self.before = getattr(_building, "budget", None)
+        _building.budget = self.budget
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _building.budget = self.before
 
 
 def fingerprint(a: np.ndarray) -> int:
@@ -90,6 +124,38 @@ class _Call:
                                "(backward needs them as they were): pass a copy to forward, or run it again")
 
 
+_grad_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """Whether layers keep what their backward needs (this thread; False inside ``no_grad``)."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+class no_grad:
+    """Inference mode, as ``torch.no_grad()``: inside ``with fc.no_grad():`` (or in a function decorated
+    ``@fc.no_grad()``) layers keep nothing for backward, so activations are freed as soon as the next layer
+    has read them and no input is fingerprinted; a backward after such a forward raises RuntimeError.
+    Per thread, and nestable. ``model.eval()`` is separate (as in PyTorch): it switches batch norm to its
+    running statistics and dropout off, and a forward in eval mode can still be differentiated."""
+
+    def __enter__(self) -> no_grad:
+        stack = _grad_mode.__dict__.setdefault("stack", [])
+        stack.append(is_grad_enabled())
+        _grad_mode.enabled = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _grad_mode.enabled = _grad_mode.stack.pop()
+
+    def __call__(self, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def without_grad(*args, **kwargs):
+            with no_grad():
+                return function(*args, **kwargs)
+        return without_grad
+
+
 _running_lock = threading.Lock()
 _running: dict[int, list[int]] = {}  # id(module) -> [top-level calls in progress, calls started so far]
 
@@ -119,6 +185,9 @@ def _checked_backward(backward: Callable[[Module, np.ndarray], np.ndarray]) -> C
     own (no other thread may call the module meanwhile). A module run by its container has no call of its own."""
     @functools.wraps(backward)
     def checked(self: Module, grad_y: np.ndarray) -> np.ndarray:
+        if not self.__dict__.get("_kept", True):
+            raise RuntimeError(f"{type(self).__name__}.backward: its last forward ran under fc.no_grad(), which keeps "
+                               "nothing for backward: run the forward again outside no_grad")
         call = self.__dict__.get("_call")
         if call is None:
             with _running_lock:
@@ -141,6 +210,16 @@ def _checked_backward(backward: Callable[[Module, np.ndarray], np.ndarray]) -> C
     return checked
 
 
+def _recording_init(init: Callable) -> Callable:
+    """A Module subclass's __init__ that records its arguments first (the outermost call: the class built)."""
+    @functools.wraps(init)
+    def recording(self, *args, **kwargs) -> None:
+        if "_init_args" not in self.__dict__:
+            self._init_args = (args, dict(kwargs))
+        init(self, *args, **kwargs)
+    return recording
+
+
 class Module:
     """Base layer: subclasses set parameters, buffers (non-trained state) and child modules as
     attributes in PyTorch's order and define ``forward`` and ``backward``.
@@ -160,14 +239,22 @@ class Module:
         super().__init_subclass__(**kwargs)
         if "backward" in cls.__dict__:
             cls.backward = _checked_backward(cls.__dict__["backward"])
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init(cls.__dict__["__init__"])
+
+    def constructor_args(self) -> tuple[tuple, dict]:
+        """The (args, kwargs) this module was constructed with (``fastconv.serialize`` rebuilds it from them)."""
+        return self.__dict__.get("_init_args", ((), {}))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = as_array("x", x)
         state, alone, started = _start(self, refuse=self.training)
         self._call: _Call | None = None
+        self._kept = kept = is_grad_enabled()
         call = None
         try:
             y = self.forward(x)
-            call = _Call(x, y)
+            call = _Call(x, y) if kept else None
         finally:
             with _running_lock:
                 alone = _finish(self, state, started) and alone
@@ -182,6 +269,32 @@ class Module:
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def keep(self, **arrays: object) -> None:
+        """Set what backward needs as attributes (``self.keep(x=x)``); under ``no_grad`` set them to None, so
+        nothing of this forward outlives the call."""
+        enabled = is_grad_enabled()
+        for name, value in arrays.items():
+            setattr(self, name, value if enabled else None)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The outputs for inputs x (N, ...), computed in eval mode under ``no_grad`` in batches of
+        `batch_size` (the model's mode is restored afterwards). Returns a host array (N, ...)."""
+        x = as_array("x", x)
+        if not hasattr(x, "shape") or len(x.shape) < 1:
+            raise ValueError(f"x must be an array with a batch dimension (N, ...), got {type(x).__name__}")
+        batch_size = check_int("batch_size", batch_size, 1)
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            with no_grad():
+                outputs = [ops_for(x).to_host(self(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        if not outputs:
+            raise ValueError("predict needs at least one input, got an empty batch")
+        return np.concatenate(outputs)
+
     def _members(self, kind: type) -> Iterator[tuple[str, object]]:
         for name, value in vars(self).items():
             if isinstance(value, kind):
@@ -189,6 +302,19 @@ class Module:
 
     def children(self) -> Iterator[tuple[str, Module]]:
         return self._members(Module)
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """(name, module) for this module ('' or `prefix`) and every descendant ('0', '3.body.1', ...), as PyTorch."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def apply(self, function: Callable[[Module], object]) -> Module:
+        """Call function(module) on every descendant, then on this module (PyTorch's order); returns self."""
+        for _, child in self.children():
+            child.apply(function)
+        function(self)
+        return self
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         for name, p in self._members(Parameter):
@@ -250,9 +376,7 @@ class Module:
         None). The input of a network is data, so nothing needs its gradient: ``fastconv.train.fit`` turns it
         off, and the first convolution then skips grad_x, a pass as long as its forward. Containers pass the
         setting to the children that see their input (Sequential: the first; Residual: body and shortcut)."""
-        if not isinstance(enabled, (bool, np.bool_)):
-            raise TypeError(f"enabled must be True or False, got {enabled!r}")
-        self.input_grad = bool(enabled)
+        self.input_grad = check_bool("enabled", enabled)
         for child in self._input_children():
             child.set_input_grad(enabled)
         return self
@@ -322,7 +446,7 @@ def run_child(child: Module, x: np.ndarray) -> np.ndarray:
 
 def run_child_as(child: Module, forward: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     """``run_child`` with one of the child's forward methods."""
-    child._call = None
+    child._call, child._kept = None, is_grad_enabled()
     return forward(x)
 
 
@@ -389,14 +513,14 @@ class Conv2d(Module):
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
         d = float_dtype(dtype)
         self.weight = _uniform((out_channels, in_channels // groups, *self.kernel_size), fan_in, d)
-        self.bias = _uniform((out_channels,), fan_in, d) if bias else None
+        self.bias = _uniform((out_channels,), fan_in, d) if check_bool("bias", bias) else None
 
     def _args(self) -> tuple:
         return self.stride, self.padding, self.dilation, self.groups
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         _same_dtype(type(self).__name__, x, self.weight.data)
-        self.x = x
+        self.keep(x=x)
         return conv2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
@@ -423,7 +547,7 @@ class Linear(Module):
         self.out_features = check_int("out_features", out_features, 1)
         d = float_dtype(dtype)
         self.weight = _uniform((out_features, in_features), in_features, d)
-        self.bias = _uniform((out_features,), in_features, d) if bias else None
+        self.bias = _uniform((out_features,), in_features, d) if check_bool("bias", bias) else None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -431,8 +555,9 @@ class Linear(Module):
                              f"(N, {self.in_features}), got {x.shape}")
         _same_dtype(type(self).__name__, x, self.weight.data)
         ops = ops_for(x)
-        self.x = ops.array("x", x)
-        y = ops.matmul(self.x, self.weight.data, trans_b=True)
+        x = ops.array("x", x)
+        self.keep(x=x)
+        y = ops.matmul(x, self.weight.data, trans_b=True)
         if self.bias is not None:
             ops.add_channel_bias(y, self.bias.data)
         return y
@@ -454,8 +579,9 @@ class ReLU(Module):
     The gradient passes where the output is not <= 0 (positive or NaN, as PyTorch)."""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.y = ops_for(x).relu(x)
-        return self.y
+        y = ops_for(x).relu(x)
+        self.keep(y=y)
+        return y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         return ops_for(self.y).relu_backward(grad_y, self.y)
@@ -469,8 +595,11 @@ class MaxPool2d(Module):
         self.args = (kernel_size, stride, padding, dilation, ceil_mode)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x, self.relu_y = x, None
-        y, self.indices = max_pool2d(x, *self.args, return_indices=True)
+        if not is_grad_enabled():
+            self.keep(x=None, indices=None, relu_y=None)
+            return max_pool2d(x, *self.args)
+        y, indices = max_pool2d(x, *self.args, return_indices=True)
+        self.keep(x=x, indices=indices, relu_y=None)
         return y
 
     def forward_relu(self, x: np.ndarray) -> np.ndarray:
@@ -479,8 +608,9 @@ class MaxPool2d(Module):
         masks grad_y with the pooled ReLU before the scatter. Sequential runs ReLU, MaxPool2d so; the
         gradient is the pair's (where the window's maximum is <= 0 it is zero, whichever element it names)."""
         y = self.forward(x)
-        self.relu_y = ops_for(y).relu(y)
-        return self.relu_y
+        relu_y = ops_for(y).relu(y)
+        self.keep(relu_y=relu_y)
+        return relu_y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         if self.relu_y is not None:
@@ -500,7 +630,7 @@ class AvgPool2d(Module):
         self.args = (kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.x = x
+        self.keep(x=x)
         return avg_pool2d(x, *self.args)
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
@@ -516,7 +646,7 @@ class GlobalAvgPool2d(Module):
     def forward(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
             raise ValueError(f"GlobalAvgPool2d needs x of shape (N, C, H, W), got {x.shape}")
-        self.x = x
+        self.keep(x=x)
         return avg_pool2d(x, x.shape[2:])
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
@@ -548,9 +678,10 @@ class Dropout(Module):
             return x
         ops = ops_for(x)
         x = ops.array("x", x)
-        keep = _generator.random(x.shape) >= self.p  # drawn on the host: the same masks on every device
-        self.mask = ops.from_host((keep / (1 - self.p) if self.p < 1 else keep * 0.0).astype(x.dtype))
-        return ops.mul(x, self.mask)
+        kept = _generator.random(x.shape) >= self.p  # drawn on the host: the same masks on every device
+        mask = ops.from_host((kept / (1 - self.p) if self.p < 1 else kept * 0.0).astype(x.dtype))
+        self.keep(mask=mask)
+        return ops.mul(x, mask)
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
         if self.mask is None:
@@ -577,10 +708,10 @@ class BatchNorm2d(Module):
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.eps, self.momentum = float(eps), float(momentum)
         d = float_dtype(dtype)
-        self.weight = Parameter(np.ones(num_features, d))
-        self.bias = Parameter(np.zeros(num_features, d))
-        self.running_mean = np.zeros(num_features, d)
-        self.running_var = np.ones(num_features, d)
+        self.weight = Parameter(constant((num_features,), 1.0, d))
+        self.bias = Parameter(constant((num_features,), 0.0, d))
+        self.running_mean = constant((num_features,), 0.0, d)
+        self.running_var = constant((num_features,), 1.0, d)
         self.num_batches_tracked = np.zeros((), np.int64)
 
     def _buffer_names(self) -> tuple[str, ...]:
@@ -601,8 +732,9 @@ class BatchNorm2d(Module):
         else:
             mean, var = ops.to_host(self.running_mean), ops.to_host(self.running_var)
         invstd = 1 / np.sqrt(var + self.eps)
-        self.invstd, self.batch_stats = invstd.astype(x.dtype), self.training
-        self.xhat, y = ops.batch_norm(x, mean, invstd, self.weight.data, self.bias.data)
+        xhat, y = ops.batch_norm(x, mean, invstd, self.weight.data, self.bias.data)
+        self.keep(xhat=xhat, invstd=invstd.astype(x.dtype))
+        self.batch_stats = self.training
         return y
 
     def _update_running(self, ops: ArrayOps, mean: np.ndarray, var: np.ndarray, count: int) -> None:
@@ -663,6 +795,7 @@ def fill(a: np.ndarray, value: float) -> None:
 def _check_logits(logits: np.ndarray) -> np.ndarray:
     """logits as a float (N, classes) array of its device (TypeError/ValueError say what is wrong)."""
     message = "logits must be a float32/float64 array of shape (N, classes), got"
+    logits = as_array("logits", logits)
     if not hasattr(logits, "shape"):
         raise TypeError(f"{message} a {type(logits).__name__}")
     logits = ops_for(logits).array("logits", logits)
@@ -689,6 +822,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
     to lie in range) or a host array (checked).
     """
     logits = _check_logits(logits)
+    labels = as_array("labels", labels)
     n, classes = logits.shape
     labels_on_host = ops_for(labels).device == "cpu"
     if labels_on_host:
@@ -704,6 +838,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.nda
 
 def mse_loss(prediction: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray]:
     """Mean of (prediction - target)**2 over all elements, and its gradient with respect to prediction."""
+    prediction, target = as_array("prediction", prediction), as_array("target", target)
     shape = getattr(prediction, "shape", None)
     if shape is None or getattr(target, "shape", None) != shape:
         raise ValueError(f"prediction and target must be arrays of one shape, got {shape} "

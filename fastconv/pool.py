@@ -18,7 +18,7 @@ from numbers import Integral
 import numpy as np
 
 from . import naive
-from ._checks import MAX_SIZE_ARG, Pool2dShape, batched, check_grad, contiguous, pool2d_shape
+from ._checks import MAX_SIZE_ARG, Pool2dShape, as_array, batched, check_grad, contiguous, pool2d_shape
 from .algorithm import Algorithm, Registry
 from .device import as_device, device_of, empty, zeros
 from .kernels import pooling
@@ -127,6 +127,7 @@ AVG_POOL2D.rules.update(cpu=_direct, cuda=_direct)
 
 def _prepare(registry: Registry, x, kernel_size, stride, padding, dilation, ceil_mode, algo: str):
     """(device, batched C-contiguous x, unbatched, p, the algorithm's name)."""
+    x = as_array("x", x)
     device = device_of(x)
     registry.check(algo, device)
     if device == "cuda":
@@ -141,7 +142,7 @@ def _prepare(registry: Registry, x, kernel_size, stride, padding, dilation, ceil
 
 
 def _grad(grad_y, p: Pool2dShape, unbatched: bool, dtype: np.dtype, device: str):
-    gy = as_device("grad_y", grad_y) if device == "cuda" else grad_y
+    gy = as_device("grad_y", grad_y) if device == "cuda" else as_array("grad_y", grad_y)
     gy = check_grad("grad_y", gy, p.y_shape[1:] if unbatched else p.y_shape, dtype, device=device == "cuda")
     return contiguous(gy.reshape(p.y_shape)) if device == "cpu" else gy.reshape(p.y_shape)
 

@@ -38,7 +38,7 @@ except ImportError:  # not POSIX: --out is not locked against other processes
 
 import numpy as np
 
-from . import data, models, nn, optim, runtime
+from . import data, models, nn, optim, runtime, serialize
 from .device import check_device, require_cuda, to
 
 CHECKPOINT_VERSION = 1
@@ -182,6 +182,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: optim.Optimiz
     arrays.update({f"optimizer/{k}": v for k, v in optimizer.state_dict().items()})
     if scheduler is not None:
         arrays.update({f"scheduler/{k}": v for k, v in scheduler.state_dict().items()})
+    try:  # what fc.load needs to rebuild the model without code
+        meta = {**serialize.describe(model), **meta}
+    except ValueError:
+        pass
     arrays["meta"] = np.array(json.dumps({**meta, "version": CHECKPOINT_VERSION}))
     return _atomic_write(Path(path), lambda f: np.savez(f, **arrays))
 

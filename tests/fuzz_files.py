@@ -1,6 +1,6 @@
 """Hostile-file fuzz harness for fastconv's file readers (issue 7).
 
-    python tests/fuzz_files.py --reader {idx,cifar10,checkpoint,autotune,all} --inputs 100000 [--seed S]
+    python tests/fuzz_files.py --reader {idx,cifar10,checkpoint,model,autotune,all} --inputs 100000 [--seed S]
                                [--workers 1|2] [--save DIR]
 
 Each input is a file built from seeded random choices: random bytes, or a valid file (made with
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import faulthandler
 import gc
 import gzip
@@ -56,7 +57,7 @@ from fastconv import autotune, nn, optim  # noqa: E402
 from fastconv.data import load_cifar10, load_mnist, read_idx, write_cifar10, write_idx  # noqa: E402
 from fastconv.train import load_checkpoint, save_checkpoint  # noqa: E402
 
-READERS = ("idx", "cifar10", "checkpoint", "autotune")
+READERS = ("idx", "cifar10", "checkpoint", "model", "autotune")
 LIMIT_S = 2.0           # per input; a longer run is a hang
 HARD_LIMIT_S = 30.0     # stuck in C code past this: the watchdog thread dumps the stacks and exits the process
 MNIST_IMAGES, MNIST_LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
@@ -326,9 +327,15 @@ def setup_checkpoint(folder: Path) -> None:
 def checkpoint_input(rng: random.Random) -> tuple[str, bytes]:
     """('checkpoint.npz', bytes): random bytes, or the base checkpoint with its members replaced, added,
     removed, renamed or damaged, zipped again, then with zip fields and bytes damaged."""
+    return "checkpoint.npz", damaged_checkpoint(rng, BASE_CHECKPOINT)
+
+
+def damaged_checkpoint(rng: random.Random, base: list[tuple[str, bytes]]) -> bytes:
+    """Random bytes, or the members of `base` replaced, added, removed, renamed or damaged, zipped again,
+    then with zip fields and bytes damaged."""
     if rng.random() < 0.08:
-        return "checkpoint.npz", random_blob(rng, (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY\x01\x00", b"\x80\x04"))
-    members = list(BASE_CHECKPOINT)
+        return random_blob(rng, (b"PK\x03\x04", b"PK\x05\x06", b"\x93NUMPY\x01\x00", b"\x80\x04"))
+    members = list(base)
     for _ in range(rng.randint(0, 3)):
         i = rng.randrange(len(members))
         name, blob = members[i]
@@ -358,7 +365,7 @@ def checkpoint_input(rng: random.Random) -> tuple[str, bytes]:
         blob = corrupt_zip_field(rng, blob)
     if rng.random() < 0.4:
         blob = mutate_some(rng, blob, [0, 4, 30, len(blob) - 22, len(blob) - 10, len(blob)], 2)
-    return "checkpoint.npz", blob
+    return blob
 
 
 def check_checkpoint(folder: Path, name: str, blob: bytes, rng: random.Random) -> None:
@@ -371,6 +378,71 @@ def check_checkpoint(folder: Path, name: str, blob: bytes, rng: random.Random) -
         for key, value in part.items():
             _expect(isinstance(key, str) and key and isinstance(value, np.ndarray) and not value.dtype.hasobject,
                     f"entry {key!r} is {type(value)} {getattr(value, 'dtype', '')}")
+
+
+# --- whole models (fc.save / fc.load: a checkpoint whose meta holds the architecture) ---------------------
+
+BASE_MODEL: list[tuple[str, bytes]] = []
+MODEL_TYPES = ("Module", "__class__", "os.system", "", "Sequential", "Linear", "Conv2d", "BatchNorm2d", "Residual",
+               "ReLU", "Dropout", "MaxPool2d", 7, None)
+MODEL_VALUES = (2**31 - 1, 2**31, 10**6, 60_000, 8, 3, 2, 1, 0, -1, 1e308, 0.5, float("nan"), True, False, None, "x",
+                "same", "valid", [], {}, {"module": 1}, {"dtype": "object"}, {"dtype": "float64"},
+                {"tuple": [2**31 - 1, 2**31 - 1]}, {"tuple": [3, 3]}, {"list": "x"}, {"pickle": 1},
+                {"module": {"type": "Sequential", "args": [], "kwargs": {}}}, [[[[[[1]]]]]])
+
+
+def setup_model(folder: Path) -> None:
+    """BASE_MODEL: the members of fc.save of a small model with every kind of constructor argument."""
+    from fastconv import serialize
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=(1, 1), bias=False), nn.BatchNorm2d(2), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(2 * 2 * 2, 3))
+    path = serialize.save(model, folder / "base.npz")
+    with zipfile.ZipFile(path) as zf:
+        BASE_MODEL[:] = [(info.filename, zf.read(info)) for info in zf.infolist()]
+    path.unlink()
+
+
+def _nodes(value: object) -> list[object]:
+    """Every dict and list inside a JSON value, itself first."""
+    found = [value] if isinstance(value, (dict, list)) else []
+    for inner in (value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()):
+        found += _nodes(inner)
+    return found
+
+
+def model_input(rng: random.Random) -> tuple[str, bytes]:
+    """('model.npz', bytes): the base model file with its meta's architecture changed in 1-3 places (a value
+    replaced by a hostile one, a class name swapped, a key dropped), or damaged as a checkpoint is."""
+    if rng.random() < 0.5:
+        return "model.npz", damaged_checkpoint(rng, BASE_MODEL)
+    members = dict(BASE_MODEL)
+    meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+    for _ in range(rng.randint(1, 3)):
+        node = rng.choice(_nodes(meta["architecture"]))
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            continue
+        key = rng.choice(keys)
+        pick = rng.random()
+        if pick < 0.2 and isinstance(node, dict) and "type" in node:
+            node["type"] = rng.choice(MODEL_TYPES)
+        elif pick < 0.3 and isinstance(node, dict):
+            del node[key]
+        else:
+            node[key] = copy.deepcopy(rng.choice(MODEL_VALUES))
+    if rng.random() < 0.1:
+        meta[rng.choice(("dtype", "training", "architecture"))] = copy.deepcopy(rng.choice(MODEL_VALUES))
+    members["meta.npy"] = _npy_of(np.array(json.dumps(meta)))
+    return "model.npz", zip_members(list(members.items()), rng)
+
+
+def check_model(folder: Path, name: str, blob: bytes, rng: random.Random) -> None:
+    """fc.load must give a Module whose arrays are all plain numbers."""
+    from fastconv import serialize
+    model = serialize.load(folder / name)
+    _expect(isinstance(model, nn.Module), f"load gave {type(model)}")
+    for key, value in model.state_dict().items():
+        _expect(isinstance(value, np.ndarray) and value.dtype.kind in "fiu", f"entry {key!r} is {type(value)}")
 
 
 # --- the autotune cache (JSON) ----------------------------------------------------------------------
@@ -462,9 +534,12 @@ def setup_autotune(folder: Path) -> None:
 
 # --- the run ----------------------------------------------------------------------------------------
 
-SETUP = {"idx": setup_idx, "cifar10": setup_cifar10, "checkpoint": setup_checkpoint, "autotune": setup_autotune}
-GENERATE = {"idx": idx_input, "cifar10": cifar_input, "checkpoint": checkpoint_input, "autotune": autotune_input}
-CHECK = {"idx": check_idx, "cifar10": check_cifar10, "checkpoint": check_checkpoint, "autotune": check_autotune_choice}
+SETUP = {"idx": setup_idx, "cifar10": setup_cifar10, "checkpoint": setup_checkpoint, "model": setup_model,
+         "autotune": setup_autotune}
+GENERATE = {"idx": idx_input, "cifar10": cifar_input, "checkpoint": checkpoint_input, "model": model_input,
+            "autotune": autotune_input}
+CHECK = {"idx": check_idx, "cifar10": check_cifar10, "checkpoint": check_checkpoint, "model": check_model,
+         "autotune": check_autotune_choice}
 
 
 def _expect(condition: bool, what: str) -> None:
