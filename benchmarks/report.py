@@ -5,9 +5,11 @@ Reads the pytest-benchmark JSON that ``fastconv bench`` writes (our figures unde
 
 - :func:`rows`: one flat row per benchmark with the derived figures (time, GFLOP/s, % of peak,
   speed-up over naive and NumPy, ratios to PyTorch and ONNX Runtime, images/s of training steps, memory,
-  compile time);
+  compile time, the spread of the timed calls and whether it makes the record noisy);
 - :func:`headline`: the few numbers that summarise a run;
-- :func:`render`: ``report.md``, ``report.html`` (standalone: inline CSS, no JS) and PNG plots;
+- :func:`render`: ``report.md``, ``report.html`` (standalone: inline CSS, no JS; wide tables scroll in their
+  own box) and PNG plots (:func:`speedup_figure`, :func:`conv_gflops_figure`, :func:`gemm_figure`), the
+  report opening with a warning when records are noisy;
 - :func:`compare`: two runs side by side, with the regressions of fastconv's own implementations.
 
 matplotlib is optional: without it :func:`render` writes the two reports and no plots.
@@ -19,19 +21,21 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from .cases import is_batch1
+from .cases import BATCH1_SUFFIX, CONV, is_batch1
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PEERS = ("naive", "numpy", "pytorch", "onnxruntime")
 SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
 GPU_SUITES = tuple("cuda_" + s for s in SUITES)  # the GPU suite's records (fastconv bench --device cuda)
 PASSES = ("forward", "backward")
 MODELS = ("lenet5", "cifar_cnn", "resnet20", "resnext_cifar")  # train_step cases: a model, "-bN" for batch N
-CONV_LAYERS = ("lenet1", "lenet2", "cifar1", "cifar2", "cifar3", "resnet", "down", "pointwise", "vgg",
-               "alexnet", "depthwise")
-IMPLS = ("direct", "direct_simd", "im2col", "im2col_packed", "winograd", "blas", "packed", "auto", "naive", "numpy",
-         "pytorch", "onnxruntime")
+CONV_LAYERS = tuple(c.name for c in CONV if not is_batch1(c.name))  # each also has its batch-1 twin
+IMPLS = ("direct", "direct_simd", "im2col", "im2col_packed", "winograd", "winograd_4x4", "depthwise", "window_2x2",
+         "blas", "packed", "auto", "naive", "numpy", "pytorch", "onnxruntime")
 IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch", "onnxruntime": "ONNX Runtime"}
 SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM",
                 "train_step": "training step"}
@@ -41,9 +45,14 @@ GPU_TARGET_LAYERS = ("resnet", "vgg")
 REQUIRED_KEYS = ("suite", "case", "pass", "impl", "flops")
 DEFAULT_DTYPE = "float32"
 PLOT_DPI = 110
-COLORS = {"direct": "#1f77b4", "direct_simd": "#bcbd22", "winograd": "#e377c2", "im2col": "#ff7f0e", "im2col_packed": "#2ca02c", "blas": "#ff7f0e",
-          "packed": "#2ca02c", "auto": "#17becf", "naive": "#7f7f7f", "numpy": "#9467bd",
+COLORS = {"direct": "#1f77b4", "direct_simd": "#bcbd22", "im2col": "#ff7f0e", "im2col_packed": "#2ca02c",
+          "winograd": "#e377c2", "winograd_4x4": "#f7b6d2", "depthwise": "#17becf", "window_2x2": "#aec7e8",
+          "blas": "#ff7f0e", "packed": "#2ca02c", "auto": "#393b79", "naive": "#7f7f7f", "numpy": "#9467bd",
           "pytorch": "#d62728", "onnxruntime": "#8c564b"}
+OTHER_COLOR = "#000000"
+# A record is noisy when the interquartile range of its timed calls exceeds this fraction of their median
+# (a quiet 2-core VM: about 15% typically, above 50% for 2-9% of a run's records, mostly the naive peers).
+NOISY_SPREAD = 0.5
 
 Row = dict[str, Any]
 
@@ -114,13 +123,13 @@ def _order(values: Iterable[str], canonical: Iterable[str]) -> list[str]:
 
 
 def _case_key(case: str) -> tuple:
-    """Sort key of a case id: conv layers in the suite's order, pooling by layer then window,
+    """Sort key of a case id: conv layers in the suite's order (batch-1 twins after), pooling by layer then window,
     square GEMMs by size then the im2col GEMMs by layer, training steps by model."""
     def layer(name: str) -> int:
         return CONV_LAYERS.index(name) if name in CONV_LAYERS else len(CONV_LAYERS)
 
-    if case in CONV_LAYERS:
-        return (0, layer(case), case)
+    if case.removesuffix(BATCH1_SUFFIX) in CONV_LAYERS:  # the layers at their batch, then their batch-1 twins
+        return (0, is_batch1(case), layer(case.removesuffix(BATCH1_SUFFIX)), case)
     m = re.fullmatch(r"pool-(.+)-(\d+)x(\d+)s(\d+)", case)
     if m:
         return (1, layer(m.group(1)), m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4)))
@@ -152,7 +161,8 @@ def rows(results: dict) -> list[Row]:
     speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch and ratio_onnxruntime (the
     peer's time / this time: > 1 means faster than that peer), images and images_per_s (training steps;
     None elsewhere),
-    peak_memory_bytes, compile_s, first_call_s, threads, rounds, is_peak, name. Peers are matched
+    peak_memory_bytes, compile_s, first_call_s, threads, rounds, spread (the interquartile range of the
+    timed calls over their median) and noisy (spread above NOISY_SPREAD), is_peak, name. Peers are matched
     on (suite, case, pass, dtype); a missing peer or figure is None.
     """
     _validate(results, "results")
@@ -165,6 +175,8 @@ def rows(results: dict) -> list[Row]:
         flops = info.get("flops")
         images = info.get("images")
         impl = str(info["impl"])
+        iqr = stats.get("iqr")
+        spread = iqr / stats["median"] if isinstance(iqr, (int, float)) and stats["median"] > 0 else None
         out.append({
             "suite": str(info["suite"]),
             "case": str(info["case"]),
@@ -190,6 +202,8 @@ def rows(results: dict) -> list[Row]:
             "first_call_s": info.get("first_call_s"),
             "threads": info.get("threads"),
             "rounds": stats.get("rounds"),
+            "spread": spread,
+            "noisy": spread is not None and spread > NOISY_SPREAD,
             "is_peak": bool(info.get("is_peak")),
             "peak_gflops": flops / best_s / 1e9 if info.get("is_peak") and flops and best_s > 0 else None,
             "name": bench.get("name"),
@@ -263,7 +277,8 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
             "speedup_naive_min": pick(low, "speedup_naive"),
             "speedup_naive_max": pick(high, "speedup_naive"),
         }
-    out["train_step"] = [{k: r[k] for k in ("case", "label", "images", "time_s", "images_per_s", "ratio_pytorch")}
+    out["train_step"] = [{k: r[k] for k in ("case", "label", "images", "time_s", "images_per_s", "ratio_pytorch",
+                                            "noisy")}
                          for r in all_rows if r["suite"] == "train_step" and r["impl"] == "auto"
                          and r["dtype"] == dtype]
     out["cuda"] = _gpu_headline(all_rows, dtype)
@@ -372,7 +387,7 @@ def headline(results: dict) -> dict:
     ``worst_onnxruntime`` (the same against ONNX Runtime, forward only), ``speedup_naive_geomean`` and its range
     ``speedup_naive_min`` / ``speedup_naive_max`` (``{case, label, speedup_naive}``). Then
     ``train_step``: fastconv auto's training steps, each ``{case, label, images, time_s,
-    images_per_s, ratio_pytorch}`` (an empty list when none were run); ``cuda``: the GPU suite against its
+    images_per_s, ratio_pytorch, noisy}`` (an empty list when none were run); ``cuda``: the GPU suite against its
     targets (``_gpu_headline``; None without GPU records). Then ``peak_gflops`` (the
     ``is_peak`` record's) with ``peak_record``, and ``counts``. Figures that cannot be computed (no
     PyTorch, no auto records) are None.
@@ -443,9 +458,11 @@ def impl_name(impl: str) -> str:
 
 # ------------------------------------------------------------------------------ document blocks
 # A report is a list of blocks rendered twice, to Markdown and to HTML, so both carry the same
-# content. Inline text is a str or a list of (kind, text) segments, kind in "text", "code", "b".
-#   ("h", level, inline)  ("p", inline)  ("ul", [inline, ...])  ("code", text)
+# content. Inline text is a str or a list of (kind, text) segments, kind in "text", "code", "b", "sub" (a line
+# of its own in smaller type in HTML, after a space in Markdown).
+#   ("h", level, inline)  ("p", inline)  ("warn", inline)  ("ul", [inline, ...])  ("code", text)
 #   ("table", headers, body, notes)      ("img", file name, alt text)
+# Table headers are str; cells are inline.
 
 def _segments(inline: str | list) -> list[tuple[str, str]]:
     return [("text", inline)] if isinstance(inline, str) else inline
@@ -462,15 +479,16 @@ def _md_inline(inline: str | list) -> str:
             parts.append(f"`{text}`")
         elif kind == "b":
             parts.append(f"**{_md_escape(text)}**")
+        elif kind == "sub":
+            parts.append(" " + _md_escape(text))
         else:
             parts.append(_md_escape(text))
     return "".join(parts)
 
 
 def _html_inline(inline: str | list) -> str:
-    tags = {"code": "code", "b": "strong"}
-    return "".join(f"<{tags[k]}>{html.escape(t)}</{tags[k]}>" if k in tags else html.escape(t)
-                   for k, t in _segments(inline))
+    tags = {"code": "<code>{}</code>", "b": "<strong>{}</strong>", "sub": '<br><span class="sub">{}</span>'}
+    return "".join(tags[k].format(html.escape(t)) if k in tags else html.escape(t) for k, t in _segments(inline))
 
 
 def to_markdown(blocks: list[tuple]) -> str:
@@ -482,6 +500,8 @@ def to_markdown(blocks: list[tuple]) -> str:
             out.append("#" * block[1] + " " + _md_inline(block[2]))
         elif kind == "p":
             out.append(_md_inline(block[1]))
+        elif kind == "warn":
+            out.append("> " + _md_inline(block[1]))
         elif kind == "ul":
             out.append("\n".join("- " + _md_inline(item) for item in block[1]))
         elif kind == "code":
@@ -492,21 +512,29 @@ def to_markdown(blocks: list[tuple]) -> str:
             headers, body, notes = block[1], block[2], block[3]
             lines = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
                      "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
-            lines += ["| " + " | ".join(_md_escape(c) for c in cells) + " |" for cells in body]
+            lines += ["| " + " | ".join(_md_inline(c) for c in cells) + " |" for cells in body]
             if notes:
                 lines += ["", "  \n".join(_md_inline(n) for n in notes)]
             out.append("\n".join(lines))
     return "\n\n".join(out) + "\n"
 
 
+# A table wider than the page scrolls sideways in its own box, its first column (what the row is) kept in view;
+# headers and first cells wrap, figures do not.
 HTML_STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
 h1, h2, h3, h4 { margin-top: 1.6em; } h1 { border-bottom: 2px solid #ddd; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #d0d0d0; padding: 3px 8px; text-align: right; white-space: nowrap; }
-th { background: #f0f3f6; } th:first-child, td:first-child { text-align: left; }
-tbody tr:nth-child(even) { background: #fafafa; }
+.table-wrap { overflow-x: auto; margin: 0.6em 0; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #d0d0d0; padding: 3px 6px; text-align: right; white-space: nowrap; }
+th { background: #f0f3f6; white-space: normal; vertical-align: bottom; }
+th:first-child, td:first-child { text-align: left; white-space: normal; min-width: 10em; position: sticky; left: 0;
+                                 background: #fff; }
+th:first-child { background: #f0f3f6; }
+tbody tr:nth-child(even), tbody tr:nth-child(even) td:first-child { background: #fafafa; }
+span.sub { font-size: 0.85em; color: #555; white-space: nowrap; }
+p.warn { background: #fff4e0; border-left: 4px solid #e69500; padding: 0.5em 0.8em; }
 code, pre { background: #f4f4f4; font-family: Menlo, Consolas, monospace; font-size: 0.9em; }
 pre { padding: 0.6em; overflow-x: auto; } p.note { font-size: 0.85em; color: #555; margin: 0.15em 0; }
 img { max-width: 100%; border: 1px solid #eee; }
@@ -523,6 +551,8 @@ def to_html(blocks: list[tuple], title: str) -> str:
             out.append(f"<h{block[1]}>{_html_inline(block[2])}</h{block[1]}>")
         elif kind == "p":
             out.append(f"<p>{_html_inline(block[1])}</p>")
+        elif kind == "warn":
+            out.append(f'<p class="warn">{_html_inline(block[1])}</p>')
         elif kind == "ul":
             out.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in block[1]) + "</ul>")
         elif kind == "code":
@@ -531,11 +561,11 @@ def to_html(blocks: list[tuple], title: str) -> str:
             out.append(f'<p><img src="{html.escape(block[1])}" alt="{html.escape(block[2])}"></p>')
         elif kind == "table":
             headers, body, notes = block[1], block[2], block[3]
-            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-                       + "</tr></thead><tbody>")
-            out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+            out.append('<div class="table-wrap"><table><thead><tr>'
+                       + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead><tbody>")
+            out += ["<tr>" + "".join(f"<td>{_html_inline(c)}</td>" for c in cells) + "</tr>"
                     for cells in body]
-            out.append("</tbody></table>")
+            out.append("</tbody></table></div>")
             out += [f'<p class="note">{_html_inline(n)}</p>' for n in notes]
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
@@ -566,21 +596,43 @@ def _scaled_notes(scaled_rows: list[Row]) -> list[str]:
             for what, cases in by_slice.items()]
 
 
-DETAIL_HEADERS = ["impl", "time", "GFLOP/s", "% peak", "x naive", "x NumPy", "x PyTorch", "x ONNX Runtime",
-                  "peak mem (MiB)", "compile (s)"]
+NOISY_MARK = "†"
+
+
+def _noisy_notes(table_rows: list[Row]) -> list[str]:
+    """The footnote of a table that holds noisy records."""
+    if not any(r["noisy"] for r in table_rows):
+        return []
+    return [f"{NOISY_MARK} noisy record: the interquartile range of its timed calls is more than "
+            f"{NOISY_SPREAD:.0%} of their median, so its time and the ratios built on it are uncertain"]
+
+
+def _time_cell(r: Row) -> str:
+    """The record's time, marked "*" when scaled and with NOISY_MARK when noisy."""
+    return fmt_time(r["time_s"], r["scaled"]) + (f" {NOISY_MARK}" if r["noisy"] else "")
+
+
+def _case_cell(case: str, label: str) -> list[tuple[str, str]]:
+    """A table's first cell: the case id, then its label (which holds the shape) when it has one."""
+    return [("code", case)] + ([("sub", label)] if label != case else [])
+
+
+DETAIL_HEADERS = ["impl", "time", "IQR / median", "GFLOP/s", "% peak", "x naive", "x NumPy", "x PyTorch",
+                  "x ONNX Runtime", "peak mem (MiB)", "compile (s)"]
 
 
 def _detail_cells(r: Row) -> list[str]:
-    return [impl_name(r["impl"]), fmt_time(r["time_s"], r["scaled"]), fmt_num(r["gflops"]),
-            fmt_pct(r["pct_peak"]), fmt_ratio(r["speedup_naive"]), fmt_ratio(r["speedup_numpy"]),
-            fmt_ratio(r["ratio_pytorch"]), fmt_ratio(r["ratio_onnxruntime"]), fmt_mib(r["peak_memory_bytes"]),
-            fmt_s(r["compile_s"])]
+    return [impl_name(r["impl"]), _time_cell(r), fmt_pct(None if r["spread"] is None else 100 * r["spread"]),
+            fmt_num(r["gflops"]), fmt_pct(r["pct_peak"]), fmt_ratio(r["speedup_naive"]),
+            fmt_ratio(r["speedup_numpy"]), fmt_ratio(r["ratio_pytorch"]), fmt_ratio(r["ratio_onnxruntime"]),
+            fmt_mib(r["peak_memory_bytes"]), fmt_s(r["compile_s"])]
 
 
 def _detail_table(case_rows: list[Row]) -> tuple:
     """Rows = implementations of one case and pass, columns = every derived figure."""
     body = [_detail_cells(r) for r in case_rows]
-    return ("table", DETAIL_HEADERS, body, _scaled_notes([r for r in case_rows if r["scaled"]]))
+    return ("table", DETAIL_HEADERS, body,
+            _scaled_notes([r for r in case_rows if r["scaled"]]) + _noisy_notes(case_rows))
 
 
 def _compact_table(sel: list[Row], with_pass: bool, focus: str, extra: list[str]) -> tuple:
@@ -597,21 +649,16 @@ def _compact_table(sel: list[Row], with_pass: bool, focus: str, extra: list[str]
     body = []
     dtype = sel[0]["dtype"]
     suite = sel[0]["suite"]
+    labels = {r["case"]: r["label"] for r in sel}
     for case, pass_ in keys:
-        cells = [case] + ([pass_] if with_pass else [])
+        cells: list = [_case_cell(case, labels[case])] + ([pass_] if with_pass else [])
         for impl in impls:
             r = idx.get((suite, case, pass_, dtype, impl))
-            cells.append(fmt_time(r["time_s"], r["scaled"]) if r else "-")
+            cells.append(_time_cell(r) if r else "-")
         f = idx.get((suite, case, pass_, dtype, focus))
         cells += [fmts.get(k, fmt_ratio)(f[k]) if f else "-" for k in extra]
         body.append(cells)
-    return ("table", headers, body, _scaled_notes([r for r in sel if r["scaled"]]))
-
-
-def _case_labels(sel: list[Row]) -> tuple:
-    """A list block naming each case's label, for compact tables that show only the ids."""
-    labels = dict.fromkeys((r["case"], r["label"]) for r in sel)
-    return ("ul", [[("code", case), ("text", f": {label}")] for case, label in labels if label != case])
+    return ("table", headers, body, _scaled_notes([r for r in sel if r["scaled"]]) + _noisy_notes(sel))
 
 
 VERSION_KEYS = ("fastconv", "python", "numpy", "numba", "llvmlite", "scipy", "torch", "onnxruntime", "onnx", "pytest",
@@ -747,12 +794,13 @@ def _train_headline(steps: list[dict]) -> str:
     for step in steps:
         vs = "" if step["ratio_pytorch"] is None else f" ({fmt_ratio(step['ratio_pytorch'])} PyTorch)"
         model = re.sub(r"-b\d+$", "", step["case"])
-        by_batch.setdefault(step["images"], []).append(f"{model} {fmt_num(step['images_per_s'])} img/s{vs}")
+        mark = f" {NOISY_MARK}" if step["noisy"] else ""
+        by_batch.setdefault(step["images"], []).append(f"{model} {fmt_num(step['images_per_s'])} img/s{mark}{vs}")
     return "; ".join(f"at batch {n}: " + ", ".join(parts) for n, parts in by_batch.items())
 
 
-TRAIN_HEADERS = ["impl", "time per step", "images/s", "x PyTorch", "GFLOP/s", "peak mem (MiB)", "first call (s)",
-                 "compile (s)"]
+TRAIN_HEADERS = ["impl", "time per step", "IQR / median", "images/s", "x PyTorch", "GFLOP/s", "peak mem (MiB)",
+                 "first call (s)", "compile (s)"]
 
 
 def _train_blocks(sel: list[Row], tag: str) -> list[tuple]:
@@ -766,17 +814,33 @@ def _train_blocks(sel: list[Row], tag: str) -> list[tuple]:
     for case in dict.fromkeys(r["case"] for r in sel):
         case_rows = [r for r in sel if r["case"] == case]
         blocks.append(("h", 3, [("code", case), ("text", f": {case_rows[0]['label']}{tag}")]))
-        body = [["fastconv auto" if r["impl"] == "auto" else impl_name(r["impl"]), fmt_time(r["time_s"]),
-                 fmt_num(r["images_per_s"]), fmt_ratio(r["ratio_pytorch"]), fmt_num(r["gflops"]),
-                 fmt_mib(r["peak_memory_bytes"]), fmt_s(r["first_call_s"]), fmt_s(r["compile_s"])]
+        body = [["fastconv auto" if r["impl"] == "auto" else impl_name(r["impl"]), _time_cell(r),
+                 fmt_pct(None if r["spread"] is None else 100 * r["spread"]), fmt_num(r["images_per_s"]),
+                 fmt_ratio(r["ratio_pytorch"]), fmt_num(r["gflops"]), fmt_mib(r["peak_memory_bytes"]),
+                 fmt_s(r["first_call_s"]), fmt_s(r["compile_s"])]
                 for r in case_rows]
-        blocks.append(("table", TRAIN_HEADERS, body, []))
+        blocks.append(("table", TRAIN_HEADERS, body, _noisy_notes(case_rows)))
     return blocks
+
+
+def _noise_block(all_rows: list[Row]) -> tuple:
+    """The report's first line: how many records are noisy (a warning), or that none is, with the threshold."""
+    rule = f"the interquartile range of its timed calls is more than {NOISY_SPREAD:.0%} of their median"
+    noisy = [r for r in all_rows if r["noisy"]]
+    if not noisy:
+        return ("p", f"No noisy record in this run (a record is noisy when {rule}).")
+    worst = max(noisy, key=lambda r: r["spread"])
+    return ("warn", [("b", f"Warning: {len(noisy)} of {len(all_rows)} records are noisy"),
+                     ("text", f" (a record is noisy when {rule}), marked {NOISY_MARK} in the tables; the noisiest: "
+                              f"{worst['suite']} {worst['case']} {worst['pass']} {impl_name(worst['impl'])}, "
+                              f"IQR {fmt_pct(100 * worst['spread'])} of the median. Their times are uncertain "
+                              "(a busy machine makes them so): time them again on a quiet machine before quoting "
+                              "them.")])
 
 
 def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -> list[tuple]:
     head = _headline_from_rows(all_rows)
-    blocks: list[tuple] = [("h", 1, "fastconv benchmark report")]
+    blocks: list[tuple] = [("h", 1, "fastconv benchmark report"), _noise_block(all_rows)]
     blocks += _machine_block(results)
     blocks += [("h", 2, "Headline")] + _headline_blocks(head, all_rows) + _gpu_headline_blocks(head["cuda"])
     if "speedup" in plots:
@@ -801,7 +865,6 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                     blocks.append(("h", 3, f"GEMM{tag}"))
                 blocks.append(_compact_table(sel, False, "auto", ["gflops", "pct_peak", "speedup_numpy",
                                                                   "ratio_pytorch", "ratio_onnxruntime"]))
-                blocks.append(_case_labels(sel))
                 if not tag and "gemm_gflops" in plots:
                     blocks.append(("img", plots["gemm_gflops"].name, "GEMM GFLOP/s per size"))
             elif suite in ("train_step", "cuda_train_step"):
@@ -811,7 +874,6 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                     blocks.append(("h", 3, f"{title}{tag}"))
                 blocks.append(_compact_table(sel, True, "auto", ["speedup_naive", "speedup_numpy",
                                                                  "ratio_pytorch", "ratio_onnxruntime"]))
-                blocks.append(_case_labels(sel))
     return [b for b in blocks if not (b[0] == "ul" and not b[1])]
 
 
@@ -833,140 +895,169 @@ def _conv_blocks(sel: list[Row], tag: str) -> list[tuple]:
 
 
 # -------------------------------------------------------------------------------------- plots
+# The conv2d plots are dot plots: one row per layer (named by its shape), one marker per implementation or
+# peer, the rows shared by the panels (forward and backward at the layers' batch, forward at batch 1).
 
-def _figure(width: float, height: float, ncols: int):
-    """A matplotlib Figure on the Agg canvas (no pyplot, no global backend state)."""
+LAYER_LABEL = re.compile(r"(?P<title>.*?) (?P<n>\d+)x(?P<c>\d+)x(?P<h>\d+)x(?P<w>\d+) -> (?P<k>\d+) "
+                         r"(?P<kernel>\d+x\d+)(?P<rest>.*)")
+MARKERS = "osD^vPX<>hp*"
+
+
+def layer_name(label: str) -> str:
+    """A conv layer as the plots name it, without its batch (the panel's title gives it): the record label
+    "LeNet-5 conv1 64x1x28x28 -> 6 5x5 pad 2" becomes "LeNet-5 conv1\\n1→6 5x5, 28x28 pad 2" (input → output
+    channels, kernel, input height x width, then stride, padding, groups); a label of another form is kept."""
+    m = LAYER_LABEL.fullmatch(label)
+    if m is None:
+        return label
+    return f"{m['title']}\n{m['c']}→{m['k']} {m['kernel']}, {m['h']}x{m['w']}{m['rest']}"
+
+
+def _layer(case: str) -> str:
+    """The layer of a conv case: its id, without the suffix of a batch-1 twin."""
+    return case.removesuffix(BATCH1_SUFFIX)
+
+
+def _conv_panels(sel: list[Row]) -> list[tuple[str, list[Row]]]:
+    """The panels of a conv2d plot, each (title, rows): each pass at the layers' batch, then each pass at batch 1
+    when the run has batch-1 twins."""
+    panels = []
+    for batch1 in (False, True):
+        for pass_ in _order((r["pass"] for r in sel), PASSES):
+            in_panel = [r for r in sel if r["pass"] == pass_ and is_batch1(r["case"]) == batch1]
+            batches = sorted({int(m["n"]) for r in in_panel if (m := LAYER_LABEL.fullmatch(r["label"]))})
+            if in_panel:
+                panels.append((pass_ + (", batch " + " or ".join(map(str, batches)) if batches else ""), in_panel))
+    return panels
+
+
+def _panel_figure(n_panels: int, n_layers: int, n_series: int) -> tuple[Figure, Any]:
+    """A Figure (Agg canvas, constrained layout) of ``n_panels`` panels side by side that share one x axis and
+    one y axis of ``n_layers`` rows of ``n_series`` markers, with room for the layer names and a legend below."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="tight")
+    fig = Figure(figsize=(2.8 + 3.2 * n_panels, 1.9 + n_layers * (0.2 + 0.04 * n_series)), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, sharey=True, squeeze=False)[0]
-    return fig, axes
+    return fig, fig.subplots(1, n_panels, sharex=True, sharey=True, squeeze=False)[0]
+
+
+def _dots(ax, layers: list[str], series: list[tuple[str, str, dict[str, float]]]) -> None:
+    """One row per layer, top to bottom; in each, one marker per series (legend name, colour, {layer: value}),
+    offset a little from the others; a layer without a value has no marker."""
+    step = 0.6 / max(1, len(series))
+    for i, (name, color, values) in enumerate(series):
+        rows = [(j + (i - (len(series) - 1) / 2) * step, values[layer]) for j, layer in enumerate(layers)
+                if values.get(layer)]
+        ax.plot([v for _, v in rows], [y for y, _ in rows], linestyle="none", marker=MARKERS[i % len(MARKERS)],
+                markersize=5, color=color, label=name)
+    for j in range(len(layers)):
+        ax.axhline(j, color="#e4e4e4", linewidth=0.6, zorder=0)
+    ax.set_ylim(len(layers) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3, which="both")
+
+
+def _layer_ticks(ax, layers: list[str], sel: list[Row]) -> None:
+    """Name each row by its layer's shape (``layer_name``)."""
+    labels = {_layer(r["case"]): r["label"] for r in sorted(sel, key=lambda r: not is_batch1(r["case"]))}
+    ax.set_yticks(range(len(layers)), [layer_name(labels[layer]) for layer in layers], fontsize=8)
 
 
 def _log_if_wide(ax, values: list[float], limit: float) -> None:
-    """Log y axis (with plain-number labels) when ``values`` span more than ``limit`` times."""
+    """Log x axis (with plain-number labels) when ``values`` span more than ``limit`` times."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     values = [v for v in values if v and v > 0]
     if values and max(values) / min(values) > limit:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         wide = max(values) / min(values) > 300  # several decades: label the decades only
 
         def minor(v: float, _: Any) -> str:  # label 2 and 5 within a decade
             return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
 
-        ax.yaxis.set_minor_formatter(NullFormatter() if wide else FuncFormatter(minor))
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.xaxis.set_minor_formatter(NullFormatter() if wide else FuncFormatter(minor))
+        ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
-def _legend_outside(ax) -> None:
-    """The legend to the right of ``ax`` (the last panel), clear of the bars."""
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+def _legend(fig) -> None:
+    """The figure's legend, below the panels: one entry per series any panel drew."""
+    handles = {}
+    for panel in fig.axes:
+        for handle, label in zip(*panel.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(5, len(handles)), fontsize=8)
 
 
-def _panel_width(n_cases: int) -> float:
-    """Inches for one panel of grouped bars over ``n_cases`` cases."""
-    return min(6.5, 2.8 + 0.45 * n_cases)
-
-
-def _grouped_bars(ax, cases: list[str], series: list[tuple[str, str, list[float | None]]],
-                  base: float = 0.0) -> None:
-    """Bars grouped per case; ``series`` is (legend, color, values); None values leave a gap.
-    Bars start at ``base`` (1 for speed-ups: up when faster, down when slower)."""
-    width = 0.8 / max(1, len(series))
-    for i, (name, color, values) in enumerate(series):
-        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(cases))]
-        ax.bar([x for x, v in zip(xs, values) if v], [v - base for v in values if v], width,
-               bottom=base, label=name, color=color)
-    ax.set_xticks(range(len(cases)), cases, rotation=40, ha="right")
-    ax.grid(axis="y", alpha=0.3, which="both")
-
-
-def _plot_speedup(all_rows: list[Row], dtype: str, path: Path) -> bool:
-    """Speed-up bars of fastconv auto over naive, NumPy, PyTorch and ONNX Runtime per conv layer."""
+def speedup_figure(all_rows: list[Row], dtype: str) -> Figure | None:
+    """Speed-up of fastconv auto over naive, NumPy, PyTorch and ONNX Runtime per conv layer (the peer's time over
+    auto's; right of the line at 1: fastconv is faster), one panel per pass and batch; None without records."""
     auto = [r for r in all_rows if r["suite"] == "conv2d" and r["impl"] == "auto" and r["dtype"] == dtype]
-    passes = _order((r["pass"] for r in auto), PASSES)
-    if not passes:
-        return False
-    n_cases = max(sum(r["pass"] == p for r in auto) for p in passes)
-    fig, axes = _figure(_panel_width(n_cases) * len(passes) + 1.2, 4.6, len(passes))
-    values: list[float] = []
-    for ax, pass_ in zip(axes, passes):
-        sel = sorted((r for r in auto if r["pass"] == pass_), key=lambda r: _case_key(r["case"]))
-        cases = [r["case"] for r in sel]
-        series = [("over naive", COLORS["naive"], [r["speedup_naive"] for r in sel]),
-                  ("over NumPy", COLORS["numpy"], [r["speedup_numpy"] for r in sel]),
-                  ("over PyTorch", COLORS["pytorch"], [r["ratio_pytorch"] for r in sel]),
-                  ("over ONNX Runtime", COLORS["onnxruntime"], [r["ratio_onnxruntime"] for r in sel])]
-        series = [s for s in series if any(s[2])]  # a peer missing from every layer: no bars
-        _grouped_bars(ax, cases, series, base=1.0)
-        title = f"conv2d {pass_} ({dtype})"
-        names = [name for name, _, _ in series]
-        if "over PyTorch" in names:
-            width = 0.8 / len(series)
-            x = (names.index("over PyTorch") - (len(series) - 1) / 2) * width
-            for j, r in enumerate(sel):
-                if r["ratio_pytorch"] is None:
-                    ax.annotate("no PyTorch", (j + x, 1), rotation=90, fontsize=7,
-                                ha="center", va="bottom", color=COLORS["pytorch"])
-        else:
-            title += ": no PyTorch records"
-        ax.axhline(1.0, color="black", linewidth=1)
-        ax.set_title(title)
-        values += [v for _, _, vals in series for v in vals if v]
-    _log_if_wide(axes[0], values + [1.0], 30.0)
-    axes[0].set_ylabel("speed-up of fastconv auto (x, > 1: faster)")
-    _legend_outside(axes[-1])
-    fig.savefig(path, dpi=PLOT_DPI)
-    return True
+    panels = _conv_panels(auto)
+    if not panels:
+        return None
+    layers = sorted({_layer(r["case"]) for r in auto}, key=_case_key)
+    peers = [(key, f"over {impl_name(peer)}", COLORS[peer]) for peer, key in
+             (("naive", "speedup_naive"), ("numpy", "speedup_numpy"), ("pytorch", "ratio_pytorch"),
+              ("onnxruntime", "ratio_onnxruntime")) if any(r[key] for r in auto)]
+    fig, axes = _panel_figure(len(panels), len(layers), len(peers))
+    for ax, (title, sel) in zip(axes, panels):
+        _dots(ax, layers, [(name, color, {_layer(r["case"]): r[key] for r in sel}) for key, name, color in peers])
+        ax.axvline(1.0, color="black", linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("speed-up (x, > 1: faster)")
+    _log_if_wide(axes[0], [r[key] for r in auto for key, _, _ in peers] + [1.0], 30.0)
+    _layer_ticks(axes[0], layers, auto)
+    no_torch = "" if any(key == "ratio_pytorch" for key, _, _ in peers) else " (no PyTorch records in this run)"
+    fig.suptitle(f"Speed-up of fastconv auto per conv2d layer, {dtype}{no_torch}")
+    _legend(fig)
+    return fig
 
 
-def _plot_conv_gflops(all_rows: list[Row], dtype: str, peak: float | None, path: Path) -> bool:
-    """GFLOP/s per conv layer for each fastconv algorithm and PyTorch, with the peak line."""
+def conv_gflops_figure(all_rows: list[Row], dtype: str, peak: float | None) -> Figure | None:
+    """GFLOP/s per conv layer of each fastconv algorithm, PyTorch and ONNX Runtime, with the measured peak as a
+    dashed line, one panel per pass and batch; None without records."""
     sel = [r for r in all_rows if r["suite"] == "conv2d" and r["dtype"] == dtype
            and r["impl"] not in ("auto", "naive", "numpy") and r["gflops"]]
-    passes = _order((r["pass"] for r in sel), PASSES)
-    if not passes:
-        return False
-    idx = _index(sel)
+    panels = _conv_panels(sel)
+    if not panels:
+        return None
+    layers = sorted({_layer(r["case"]) for r in sel}, key=_case_key)
     impls = _order((r["impl"] for r in sel), IMPLS)
-    n_cases = max(len({r["case"] for r in sel if r["pass"] == p}) for p in passes)
-    fig, axes = _figure(_panel_width(n_cases) * len(passes) + 1.6, 4.6, len(passes))
-    values = [r["gflops"] for r in sel] + ([peak] if peak else [])
-    for ax, pass_ in zip(axes, passes):
-        cases = sorted({r["case"] for r in sel if r["pass"] == pass_}, key=_case_key)
-        series = []
-        for impl in impls:
-            vals = [idx[k]["gflops"] if (k := ("conv2d", c, pass_, dtype, impl)) in idx else None for c in cases]
-            series.append((impl_name(impl), COLORS.get(impl, "#8c564b"), vals))
-        _grouped_bars(ax, cases, series)
+    fig, axes = _panel_figure(len(panels), len(layers), len(impls))
+    for ax, (title, in_panel) in zip(axes, panels):
+        fastest = sorted(in_panel, key=lambda r: -r["time_s"])  # where a record repeats, the fastest is kept
+        _dots(ax, layers, [(impl_name(impl), COLORS.get(impl, OTHER_COLOR),
+                            {_layer(r["case"]): r["gflops"] for r in fastest if r["impl"] == impl})
+                           for impl in impls])
         if peak:
-            ax.axhline(peak, color="black", linestyle="--", linewidth=1,
-                       label=f"peak {fmt_num(peak)} GFLOP/s")
-        ax.set_title(f"conv2d {pass_} GFLOP/s ({dtype})")
-    _log_if_wide(axes[0], values, 100.0)
-    axes[0].set_ylabel("GFLOP/s")
-    _legend_outside(axes[-1])
-    fig.savefig(path, dpi=PLOT_DPI)
-    return True
+            ax.axvline(peak, color="black", linestyle="--", linewidth=1, label=f"peak {fmt_num(peak)} GFLOP/s")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("GFLOP/s")
+    _log_if_wide(axes[0], [r["gflops"] for r in sel] + ([peak] if peak else []), 100.0)
+    _layer_ticks(axes[0], layers, sel)
+    fig.suptitle(f"conv2d GFLOP/s per layer, {dtype}")
+    _legend(fig)
+    return fig
 
 
-def _plot_gemm(all_rows: list[Row], dtype: str, peak: float | None, path: Path) -> bool:
-    """GEMM GFLOP/s per square size for blas, packed, NumPy and PyTorch, with the peak line."""
+def gemm_figure(all_rows: list[Row], dtype: str, peak: float | None) -> Figure | None:
+    """GEMM GFLOP/s per square size for blas, packed, NumPy and PyTorch, with the peak line; None without records."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     sel = [r for r in all_rows if r["suite"] == "gemm" and r["dtype"] == dtype and r["gflops"]
            and re.fullmatch(r"gemm-\d+", r["case"]) and r["impl"] in ("blas", "packed", "numpy", "pytorch")]
     if not sel:
-        return False
-    fig, axes = _figure(7.0, 4.6, 1)
-    ax = axes[0]
+        return None
+    fig = Figure(figsize=(7.0, 4.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     sizes = sorted({int(r["case"][5:]) for r in sel})
     for impl in _order((r["impl"] for r in sel), IMPLS):
         pts = sorted((int(r["case"][5:]), r["gflops"]) for r in sel if r["impl"] == impl)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=impl_name(impl),
-                color=COLORS.get(impl))
+                color=COLORS.get(impl, OTHER_COLOR))
     if peak:
         ax.axhline(peak, color="black", linestyle="--", linewidth=1, label=f"peak {fmt_num(peak)} GFLOP/s")
     ax.set_xscale("log", base=2)
@@ -978,8 +1069,7 @@ def _plot_gemm(all_rows: list[Row], dtype: str, peak: float | None, path: Path) 
     ax.set_title(f"GEMM ({dtype})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=PLOT_DPI)
-    return True
+    return fig
 
 
 def _plots(all_rows: list[Row], out_dir: Path) -> dict[str, Path] | None:
@@ -990,14 +1080,13 @@ def _plots(all_rows: list[Row], out_dir: Path) -> dict[str, Path] | None:
         return None
     head = _headline_from_rows(all_rows)
     dtype, peak = head["dtype"], head["peak_gflops"]
+    figures = {"speedup": speedup_figure(all_rows, dtype), "conv_gflops": conv_gflops_figure(all_rows, dtype, peak),
+               "gemm_gflops": gemm_figure(all_rows, dtype, peak)}
     written = {}
-    jobs = {"speedup": lambda p: _plot_speedup(all_rows, dtype, p),
-            "conv_gflops": lambda p: _plot_conv_gflops(all_rows, dtype, peak, p),
-            "gemm_gflops": lambda p: _plot_gemm(all_rows, dtype, peak, p)}
-    for name, job in jobs.items():
-        path = out_dir / f"{name}.png"
-        if job(path):
-            written[name] = path
+    for name, fig in figures.items():
+        if fig is not None:
+            written[name] = out_dir / f"{name}.png"
+            fig.savefig(written[name], dpi=PLOT_DPI)
     return written
 
 

@@ -253,3 +253,96 @@ def test_tiny_run_times_pytorch_and_onnxruntime_each_where_it_applies(tiny_run):
     assert ort == {("conv2d", "forward"), ("max_pool2d", "forward"), ("avg_pool2d", "forward"), ("gemm", "forward")}
     assert ("conv2d", "backward") in torch and ("train_step", "step") in torch
     assert all(i["library"] == i["impl"] and i["threads"] >= 1 for i in infos if i["impl"] in ("pytorch", "onnxruntime"))
+
+
+def _record(case: str, pass_: str, impl: str, median: float, suite: str = "conv2d", iqr: float | None = None) -> dict:
+    """A record in the suite's JSON layout, its label the case's own (benchmarks/cases.py)."""
+    from fastconv.benchmarks import cases
+    info = {"suite": suite, "case": case, "label": cases.find(suite, case).label, "pass": pass_, "impl": impl,
+            "peer": impl in ("naive", "numpy", "pytorch", "onnxruntime"), "flops": 1e8, "dtype": "float32"}
+    if suite == "train_step":
+        info["images"] = 64
+    return {"name": f"{case}-{pass_}-{impl}", "extra_info": info,
+            "stats": {"median": median, "min": 0.9 * median, "iqr": 0.1 * median if iqr is None else iqr, "rounds": 60}}
+
+
+def _synthetic(layers=("lenet1", "cifar2")) -> dict:
+    """conv2d records of fastconv auto and its four peers on `layers` (ONNX Runtime forward only), and LeNet-5's
+    training step, every record quiet (IQR 10% of the median)."""
+    records = []
+    for layer in layers:
+        for pass_ in ("forward", "backward"):
+            for impl, ms in (("auto", 1.0), ("naive", 900.0), ("numpy", 3.0), ("pytorch", 0.5), ("onnxruntime", 0.6)):
+                if not (impl == "onnxruntime" and pass_ == "backward"):
+                    records.append(_record(layer, pass_, impl, ms * 1e-3))
+    records += [_record("lenet5", "step", "auto", 5.8e-3, "train_step"),
+                _record("lenet5", "step", "pytorch", 5.6e-3, "train_step")]
+    return {"machine_info": {"fastconv": {"cpu": "test CPU"}}, "benchmarks": records}
+
+
+def test_report_warns_of_noisy_records_and_marks_them(tmp_path):
+    """The busy-machine run: LeNet-5's step at 112 images/s, its calls spread over twice their median."""
+    from fastconv.benchmarks import report
+    quiet = _synthetic()
+    busy = _synthetic()
+    step = next(r for r in busy["benchmarks"] if r["name"] == "lenet5-step-auto")
+    step["stats"].update(median=64 / 112, iqr=2 * 64 / 112)
+    assert [r["name"] for r in report.rows(busy) if r["noisy"]] == [step["name"]]
+    assert not any(r["noisy"] for r in report.rows(quiet))
+    for name, results in (("busy", busy), ("quiet", quiet)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(results))
+        report.render(tmp_path / f"{name}.json", tmp_path / name)
+    busy_md = (tmp_path / "busy" / "report.md").read_text()
+    first = busy_md.split("\n\n")[1]
+    assert first.startswith("> **Warning: 1 of 20 records are noisy**") and "more than 50% of their median" in first
+    assert "the noisiest: train\\_step lenet5 step auto, IQR 200% of the median" in first
+    assert "| fastconv auto | 571 ms † | 200% | 112 |" in busy_md
+    assert "lenet5 112 img/s †" in busy_md and "† noisy record" in busy_md
+    busy_html = (tmp_path / "busy" / "report.html").read_text()
+    assert '<p class="warn"><strong>Warning: 1 of 20 records are noisy' in busy_html
+    quiet_md = (tmp_path / "quiet" / "report.md").read_text()
+    assert quiet_md.split("\n\n")[1].startswith("No noisy record in this run (a record is noisy when the interquartile "
+                                                "range of its timed calls is more than 50% of their median)")
+    assert "†" not in quiet_md
+
+
+def test_report_tables_scroll_in_their_own_box_and_name_the_shape(tmp_path):
+    from fastconv.benchmarks import report
+    (tmp_path / "run.json").write_text(json.dumps(_synthetic()))
+    report.render(tmp_path / "run.json", tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("<table>") > 3 and page.count('<div class="table-wrap"><table>') == page.count("<table>")
+    assert re.search(r"\.table-wrap \{[^}]*overflow-x: auto", page)
+    assert '<td><code>lenet1</code><br><span class="sub">LeNet-5 conv1 64x1x28x28 -&gt; 6 5x5 pad 2</span></td>' in page
+    assert "| `cifar2` CIFAR conv2 64x32x15x15 -> 64 3x3 |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_plots_name_layers_by_shape_and_keep_titles_apart():
+    """Small (one layer) and large (every layer, batch-1 twins too) runs: rows named by the layer's shape, the
+    panel titles, suptitle and legend clear of each other, every peer in the legend."""
+    from fastconv.benchmarks import cases, report
+    layers = [c.name for c in cases.CONV]
+    for names in (["lenet1"], layers):
+        results = _synthetic(names)
+        results["benchmarks"] = [r for r in results["benchmarks"] if not (cases.is_batch1(r["extra_info"]["case"])
+                                                                         and r["extra_info"]["pass"] == "backward")]
+        fig = report.speedup_figure(report.rows(results), "float32")
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        panels = fig.axes
+        titles = ["forward, batch 8 or 64", "backward, batch 8 or 64", "forward, batch 1"]
+        assert [ax.get_title() for ax in panels] == (["forward, batch 64", "backward, batch 64"] if len(names) == 1
+                                                     else titles)
+        ticks = [t.get_text() for t in panels[0].get_yticklabels()]
+        assert ticks[0] == "LeNet-5 conv1\n1→6 5x5, 28x28 pad 2" and len(ticks) == len(names) - 15 * (len(names) > 1)
+        texts = [ax.title for ax in panels] + [fig._suptitle] + fig.legends
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["over naive", "over NumPy", "over PyTorch",
+                                                                      "over ONNX Runtime"]
+
+
+def test_report_orders_batch1_twins_after_the_layers():
+    from fastconv.benchmarks import report
+    cases = ["lenet1-b1", "vgg", "lenet1", "stem7", "vgg-b1"]
+    assert sorted(cases, key=report._case_key) == ["lenet1", "vgg", "stem7", "lenet1-b1", "vgg-b1"]
