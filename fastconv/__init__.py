@@ -17,11 +17,12 @@ from . import autotune, device, models, nn, optim  # noqa: F401
 from .autotune import set_autotune
 from . import device as _device
 from .algorithm import REGISTRIES
-from .config import set_workspace_limit, workspace_limit
-from .conv import conv2d, conv2d_backward
+from .config import conv2d_algorithm, set_conv2d_algorithm, set_workspace_limit, workspace_limit
+from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .gemm import gemm
 from .nn import is_grad_enabled, manual_seed, no_grad
-from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, avg_pool2d, avg_pool2d_backward, max_pool2d,
+                   max_pool2d_backward)
 
 from .runtime import num_threads as get_num_threads, set_num_threads
 from .serialize import load, save
@@ -50,5 +51,5 @@ __all__ = [
     "algorithms", "avg_pool2d", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
     "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
     "workspace_limit", "get_num_threads", "set_num_threads", "data", "train", "no_grad", "is_grad_enabled", "save",
-    "load",
+    "load", "conv2d_algorithm", "set_conv2d_algorithm", "conv_transpose2d", "conv_transpose2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

@@ -81,6 +81,36 @@ class ArrayOps:
         """grad_x = grad_y where y > 0 (or NaN), else 0; grad_y must have y's shape and dtype (validated)."""
         raise NotImplementedError
 
+    def sigmoid(self, x: object) -> object:
+        """1 / (1 + exp(-x)) elementwise (NaN stays NaN) for a float x of any shape, validated as "x"."""
+        raise NotImplementedError
+
+    def sigmoid_backward(self, grad_y: object, y: object) -> object:
+        """grad_x = grad_y * y * (1 - y) for y = sigmoid(x); grad_y must have y's shape and dtype (validated)."""
+        raise NotImplementedError
+
+    def tanh(self, x: object) -> object:
+        """tanh(x) elementwise for a float x of any shape, validated as "x"."""
+        raise NotImplementedError
+
+    def tanh_backward(self, grad_y: object, y: object) -> object:
+        """grad_x = grad_y * (1 - y * y) for y = tanh(x); grad_y must have y's shape and dtype (validated)."""
+        raise NotImplementedError
+
+    def leaky_relu(self, x: object, negative_slope: float) -> object:
+        """x where x > 0, else x * negative_slope (NaN stays NaN), for a float x of any shape, validated as "x"."""
+        raise NotImplementedError
+
+    def leaky_relu_backward(self, grad_y: object, x: object, negative_slope: float) -> object:
+        """grad_x = grad_y where x > 0, else grad_y * negative_slope (PyTorch's rule: on the input x, C-contiguous);
+        grad_y must have x's shape and dtype (validated)."""
+        raise NotImplementedError
+
+    def resize_planes(self, a: object, h: int, w: int) -> object:
+        """a (N, C, H, W) with each plane cut or zero-extended at the bottom and right to (h, w) (a itself when it is
+        that size)."""
+        raise NotImplementedError
+
     def channel_sum(self, a: object, out: object = None) -> object:
         """(C,) sums of a (N, C, ...) over every axis but 1; added into `out` (C,) when given."""
         raise NotImplementedError
@@ -191,6 +221,47 @@ class CpuOps(ArrayOps):
         grad_x = np.empty_like(grad_y)
         elementwise.relu_backward(grad_y, y, grad_x)
         return grad_x
+
+    def _map(self, kernel, x, *args):
+        """kernel(x, y, *args) into a new y, for a float x of any shape."""
+        x = contiguous(check_array("x", x, ANY_RANK))
+        y = np.empty_like(x)
+        kernel(x, y, *args)
+        return y
+
+    def _map_backward(self, kernel, grad_y, kept, *args):
+        """kernel(grad_y, kept, grad_x, *args) into a new grad_x; grad_y validated against kept (forward's y or x)."""
+        grad_y = contiguous(check_grad("grad_y", grad_y, kept.shape, kept.dtype))
+        grad_x = np.empty_like(grad_y)
+        kernel(grad_y, kept, grad_x, *args)
+        return grad_x
+
+    def sigmoid(self, x):
+        return self._map(elementwise.sigmoid_forward, x)
+
+    def sigmoid_backward(self, grad_y, y):
+        return self._map_backward(elementwise.sigmoid_backward, grad_y, y)
+
+    def tanh(self, x):
+        return self._map(lambda x, y: np.tanh(x, out=y), x)
+
+    def tanh_backward(self, grad_y, y):
+        return self._map_backward(elementwise.tanh_backward, grad_y, y)
+
+    def leaky_relu(self, x, negative_slope):
+        x = check_array("x", x, ANY_RANK)
+        return self._map(elementwise.leaky_relu_forward, x, x.dtype.type(negative_slope))
+
+    def leaky_relu_backward(self, grad_y, x, negative_slope):
+        return self._map_backward(elementwise.leaky_relu_backward, grad_y, x, x.dtype.type(negative_slope))
+
+    def resize_planes(self, a, h, w):
+        if a.shape[2:] == (h, w):
+            return a
+        out = np.zeros((*a.shape[:2], h, w), a.dtype)
+        rows, cols = min(h, a.shape[2]), min(w, a.shape[3])
+        out[:, :, :rows, :cols] = a[:, :, :rows, :cols]
+        return out
 
     def channel_sum(self, a, out=None):
         sums = np.empty(a.shape[1], np.float64)  # float64 sums: long reductions
@@ -350,6 +421,48 @@ class CudaOps(ArrayOps):
         if y.size:
             _k().relu_backward(_flat(grad_y), _flat(y), _flat(grad_x))
         return grad_x
+
+    def _map(self, kernel, x, *args):
+        """kernel(flat x, flat y, *args) into a new y."""
+        x = as_device("x", x)
+        y = empty(x.shape, x.dtype)
+        if x.size:
+            kernel(_flat(x), _flat(y), *args)
+        return y
+
+    def _map_backward(self, kernel, grad_y, kept, *args):
+        """kernel(flat grad_y, flat kept, flat grad_x, *args), grad_y validated against kept (the forward's y or x)."""
+        grad_y = check_grad("grad_y", as_device("grad_y", grad_y), kept.shape, kept.dtype, device=True)
+        grad_x = empty(kept.shape, kept.dtype)
+        if kept.size:
+            kernel(_flat(grad_y), _flat(kept), _flat(grad_x), *args)
+        return grad_x
+
+    def sigmoid(self, x):
+        return self._map(_k().sigmoid_forward, x)
+
+    def sigmoid_backward(self, grad_y, y):
+        return self._map_backward(_k().sigmoid_backward, grad_y, y)
+
+    def tanh(self, x):
+        return self._map(_k().tanh_forward, x)
+
+    def tanh_backward(self, grad_y, y):
+        return self._map_backward(_k().tanh_backward, grad_y, y)
+
+    def leaky_relu(self, x, negative_slope):
+        return self._map(_k().leaky_relu_forward, x, negative_slope)
+
+    def leaky_relu_backward(self, grad_y, x, negative_slope):
+        return self._map_backward(_k().leaky_relu_backward, grad_y, x, negative_slope)
+
+    def resize_planes(self, a, h, w):
+        if a.shape[2:] == (h, w):
+            return a
+        out = zeros((*a.shape[:2], h, w), a.dtype, "cuda")
+        if a.size and out.size:
+            _k().copy_corner(a, out)
+        return out
 
     def channel_sum(self, a, out=None):
         if out is None:

@@ -1,4 +1,5 @@
-"""Process-wide settings of fastconv, and the scratch buffers kernels reuse across calls."""
+"""Process-wide settings of fastconv (the workspace limit, a fixed conv2d algorithm), and the scratch buffers kernels
+reuse across calls."""
 from __future__ import annotations
 
 import threading
@@ -55,3 +56,27 @@ def scratch(name: str, size: int, dtype: np.dtype) -> np.ndarray:
 def release_scratch() -> None:
     """Free this thread's scratch buffers (they are allocated again when needed)."""
     _scratch.__dict__.pop("buffers", None)
+
+
+_conv2d_algorithm = "auto"
+
+
+def conv2d_algorithm() -> str:
+    """The algorithm every ``conv2d`` call made with ``algo="auto"`` runs (its backward passes and the layers of
+    every model included): 'auto', the default (measured per problem, ``fastconv.autotune``), or the name
+    ``set_conv2d_algorithm`` fixed."""
+    return _conv2d_algorithm
+
+
+def set_conv2d_algorithm(name: str = "auto") -> None:
+    """Fix the algorithm of every ``algo="auto"`` conv2d call, forward and backward, in this process: `name` is
+    one of ``fastconv.algorithms("conv2d")`` (or of its ``device="cuda"`` list, for models on the GPU), or 'auto'
+    to measure again. Calls that name an algorithm keep theirs. There is no fallback: a call the fixed algorithm
+    cannot compute (depthwise on a dense layer, winograd on a 5x5 kernel, a workspace above the limit, a name
+    without a version on the array's device) raises ValueError saying so. ``fastconv train --algo NAME`` sets it."""
+    global _conv2d_algorithm
+    from .conv import CONV2D  # conv imports this module
+    names = list(dict.fromkeys(CONV2D.names("cpu") + CONV2D.names("cuda")))
+    if not isinstance(name, str) or (name != "auto" and name not in names):
+        raise ValueError(f"name must be 'auto' or one of {names}, got {name!r}")
+    _conv2d_algorithm = name

@@ -13,14 +13,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache, partial
+from numbers import Integral
 
 import numpy as np
 
 from . import autotune, depthwise, direct, direct_simd, naive, runtime, winograd
-from ._checks import Conv2dShape, as_array, batched, check_bool, check_array, check_grad, contiguous, conv2d_shape
+from ._checks import (MAX_SIZE_ARG, Conv2dShape, as_array, batched, check_array, check_bool, check_fits, check_grad,
+                      contiguous, conv2d_shape, is_device_array, pair)
 from .algorithm import Algorithm, Registry
 from .array_ops import ops_for
-from .config import batch_chunk, scratch, workspace_limit
+from .config import batch_chunk, conv2d_algorithm, scratch, workspace_limit
 from .device import as_device, device_of, empty, zeros
 from .kernels import elementwise, im2col, matmul
 
@@ -435,10 +437,25 @@ def _tuning(pass_: str, p: Conv2dShape, dtype: np.dtype, version: int, limit: in
     return tuple(names), key, rule
 
 
+def _fixed(name: str, p: Conv2dShape, itemsize: int, device: str) -> str:
+    """`name`, the algorithm ``config.set_conv2d_algorithm`` fixed, where it computes p on `device`; else ValueError."""
+    fixed = f"conv2d's algorithm is fixed to {name!r} (fastconv.config.set_conv2d_algorithm, fastconv's --algo)"
+    if name not in CONV2D.names(device):
+        raise ValueError(f"{fixed}, which has no {device} version: fix one of {CONV2D.names(device)} or 'auto'")
+    try:
+        CONV2D.require(name, device, p, itemsize)
+    except ValueError as error:
+        raise ValueError(f"{fixed}, which cannot compute x {p.x_shape} with weight {p.w_shape}: {error}; fix "
+                         "another algorithm, or 'auto'") from None
+    return name
+
+
 def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, device: str, run: Callable[[str], object]) -> str:
-    """The algorithm ``algo="auto"`` runs for this problem and pass: on the CPU measured once per process
-    (``fastconv.autotune``) among the candidates, with the CPU rule for small problems or when timing is
-    off; on the GPU the GPU rule."""
+    """The algorithm ``algo="auto"`` runs for this problem and pass: the one ``config.set_conv2d_algorithm``
+    fixed, if any (``_fixed``); else on the CPU measured once per process (``fastconv.autotune``) among the
+    candidates, with the CPU rule for small problems or when timing is off; on the GPU the GPU rule."""
+    if conv2d_algorithm() != "auto":
+        return _fixed(conv2d_algorithm(), p, dtype.itemsize, device)
     if device != "cpu":
         return CONV2D.rule(p, dtype.itemsize, device)
     names, key, rule = _tuning(pass_, p, dtype, CONV2D.version, workspace_limit())
@@ -525,3 +542,136 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     gx, gw = grads["backward_input"], grads["backward_weight"]
     gb = ops_for(gy).channel_sum(gy)
     return (gx.reshape(p.x_shape[1:]) if unbatched and gx is not None else gx), gw, gb
+
+
+# ---- conv_transpose2d: conv2d's passes with the roles of input and output swapped ----------------------
+
+def conv_transpose2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, padding: object,
+                           output_padding: object, groups: object, dilation: object) -> Conv2dShape:
+    """Validate conv_transpose2d's arguments for a batched x (N, C_in, H, W) and weight (C_in, C_out/groups, R, S),
+    and return the conv2d problem it is the input gradient of: conv2d's input is the transposed conv's output
+    y (N, C_out, OH, OW), OH = (H-1)*stride_h - 2*padding_h + dilation_h*(R-1) + output_padding_h + 1 (OW
+    likewise), its weight is `weight` (K = C_in) and its output x, H + output_padding_h // stride_h rows tall:
+    output_padding, which must be smaller than stride or dilation, may reach a row past x where it is not
+    smaller than the stride (that row is zero in grad_y)."""
+    check_array("weight", weight, (4,), x.dtype, is_device_array(x))
+    if isinstance(groups, bool) or not isinstance(groups, Integral) or not 1 <= groups <= MAX_SIZE_ARG:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    groups = int(groups)
+    n, c_in, h, w = x.shape
+    k, cg_out, r, s = weight.shape
+    if min(k, cg_out, r, s) < 1:
+        raise ValueError(f"weight must have non-zero sizes, got shape {weight.shape}")
+    if min(c_in, h, w) < 1:
+        raise ValueError(f"x must have non-zero channels, height and width, got shape {x.shape}")
+    if k != c_in:
+        raise ValueError(f"weight must have x's {c_in} input channels in dimension 0 (weight is (in_channels, "
+                         f"out_channels/groups, kh, kw)), got shape {weight.shape}")
+    if c_in % groups:
+        raise ValueError(f"input channels ({c_in}) must be divisible by groups ({groups})")
+    (sh, sw), (dh, dw) = pair("stride", stride, 1), pair("dilation", dilation, 1)
+    (ph, pw), (oph, opw) = pair("padding", padding, 0), pair("output_padding", output_padding, 0)
+    if oph >= max(sh, dh) or opw >= max(sw, dw):
+        raise ValueError(f"output_padding must be smaller than either stride or dilation, got "
+                         f"output_padding={output_padding!r}, stride={stride!r}, dilation={dilation!r}")
+    oh = (h - 1) * sh - 2 * ph + dh * (r - 1) + oph + 1
+    ow = (w - 1) * sw - 2 * pw + dw * (s - 1) + opw + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"padding={padding!r} leaves an empty output ({oh}, {ow}) for x of size ({h}, {w}) and a "
+                         f"kernel of size ({r}, {s}): choose a smaller padding")
+    p = Conv2dShape(n, cg_out * groups, oh, ow, c_in, r, s, groups, (sh, sw), (dh, dw), (ph, ph, pw, pw),
+                    h + oph // sh, w + opw // sw)
+    check_fits("conv_transpose2d output", p.x_shape, x.dtype)
+    if ph or pw:
+        check_fits("zero-padded output", p.padded_shape, x.dtype)
+    return p
+
+
+def _prepare_transpose(x, weight, stride, padding, output_padding, groups, dilation, algo: str):
+    """``_prepare`` for conv_transpose2d: (device, batched x, weight, unbatched, p), p its conv2d problem."""
+    x, weight = as_array("x", x), as_array("weight", weight)
+    device = device_of(x)
+    CONV2D.check(algo, device)
+    if device == "cuda":
+        x, weight = as_device("x", x), as_device("weight", weight)
+    xb, unbatched = batched("x", x)
+    p = conv_transpose2d_shape(xb, weight, stride, padding, output_padding, groups, dilation)
+    if algo != "auto":
+        CONV2D.require(algo, device, p, xb.dtype.itemsize if p.n else None)
+    if device == "cpu":
+        xb, weight = contiguous(xb), contiguous(weight)
+    return device, xb, weight, unbatched, p
+
+
+def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
+                     output_padding=0, groups: int = 1, dilation=1, *, algo: str = "auto") -> np.ndarray:
+    """2-D transposed convolution with the semantics of ``torch.nn.functional.conv_transpose2d``.
+
+    x: (N, C_in, H, W) or unbatched (C_in, H, W); weight: (C_in, C_out/groups, R, S); bias: (C_out,) or None.
+    stride, padding (>= 0), output_padding (>= 0, smaller than stride or dilation), dilation: int or (h, w) pair.
+    Returns y: (N, C_out, OH, OW) (unbatched (C_out, OH, OW) for an unbatched x) in x's dtype,
+    OH = (H-1)*stride_h - 2*padding_h + dilation_h*(R-1) + output_padding_h + 1, OW likewise.
+    It is conv2d's input gradient: y is grad_x of the conv2d (stride, padding, dilation, groups) taking
+    (N, C_out, OH, OW) to x, run by a conv2d algorithm's ``backward``; ``algo`` is 'auto' (timed among
+    conv2d's algorithms for that pass) or one of ``fastconv.algorithms('conv2d')``. Device arrays run on the GPU.
+    """
+    device, xb, weight, unbatched, p = _prepare_transpose(x, weight, stride, padding, output_padding, groups,
+                                                          dilation, algo)
+    if bias is not None:
+        bias = as_device("bias", bias) if device == "cuda" else as_array("bias", bias)
+        check_array("bias", bias, (1,), xb.dtype, device=device == "cuda")
+        if bias.shape != (p.c,):
+            raise ValueError(f"bias must have shape ({p.c},), got {bias.shape}")
+    if p.n == 0:
+        y = zeros(p.x_shape, xb.dtype, device)
+    else:
+        gy = ops_for(xb).resize_planes(xb, p.oh, p.ow)  # zero rows where output_padding reaches past x
+
+        def run(name: str) -> np.ndarray:
+            return CONV2D[device, name].backward(gy, weight, p)
+        name = _auto("backward_input", p, xb.dtype, device, run) if algo == "auto" else algo
+        y = _redo_if_nonfinite(name, "backward_input", p, xb.dtype.itemsize, run) if device == "cpu" else run(name)
+    if bias is not None:
+        ops_for(y).add_channel_bias(y, contiguous(bias) if device == "cpu" else bias)
+    return y.reshape(p.x_shape[1:]) if unbatched else y
+
+
+def conv_transpose2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, stride=1, padding=0,
+                              output_padding=0, groups: int = 1, dilation=1, *, algo: str = "auto",
+                              input_grad: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of conv_transpose2d: returns (grad_x, grad_weight, grad_bias).
+
+    grad_y: d loss / d y, shaped like conv_transpose2d's output (unbatched when x is); grad_x like x (None when
+    ``input_grad`` is False), grad_weight like weight, grad_bias (C_out,) = grad_y summed over N, OH, OW.
+    grad_x is conv2d's forward on grad_y and grad_weight conv2d's weight gradient with the roles of x and grad_y
+    swapped (grad_y the input, x the output gradient); with ``algo="auto"`` each pass is timed and chosen apart.
+    Arguments and algorithms as in ``conv_transpose2d``.
+    """
+    check_bool("input_grad", input_grad)
+    device, xb, weight, unbatched, p = _prepare_transpose(x, weight, stride, padding, output_padding, groups,
+                                                          dilation, algo)
+    gy = as_device("grad_y", grad_y) if device == "cuda" else as_array("grad_y", grad_y)
+    gy = check_grad("grad_y", gy, p.x_shape[1:] if unbatched else p.x_shape, xb.dtype, device=device == "cuda")
+    gy = contiguous(gy.reshape(p.x_shape)) if device == "cpu" else gy.reshape(p.x_shape)
+    ops = ops_for(gy)
+    gb = ops.channel_sum(gy)
+    if p.n == 0:
+        gx, gw = zeros(xb.shape, xb.dtype, device), zeros(p.w_shape, xb.dtype, device)
+    else:
+        gx = None
+        if input_grad:
+            name = algo
+            if algo == "auto":
+                name = _auto("forward", p, xb.dtype, device, lambda n: CONV2D[device, n].forward(gy, weight, None, p))
+            if device == "cpu":
+                name = _safe_forward_algorithm(name, p, gy, weight)
+            gx = ops.resize_planes(CONV2D[device, name].forward(gy, weight, None, p), *xb.shape[2:])
+        out = ops.resize_planes(xb, p.oh, p.ow)  # zero rows where output_padding reaches past x
+
+        def run(name: str) -> np.ndarray:
+            return CONV2D[device, name].backward_weight(out, gy, p)
+        name = _auto("backward_weight", p, xb.dtype, device, run) if algo == "auto" else algo
+        gw = _redo_if_nonfinite(name, "backward_weight", p, xb.dtype.itemsize, run) if device == "cpu" else run(name)
+    if not input_grad:
+        gx = None
+    return (gx.reshape(xb.shape[1:]) if unbatched and gx is not None else gx), gw, gb

@@ -27,12 +27,14 @@ from numbers import Real
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, as_array, check_bool, check_int, conv_padding, float_dtype, native, pair, pool2d_args
+from ._checks import (FLOAT_DTYPES, as_array, check_bool, check_grad, check_int, conv_padding, float_dtype, native,
+                      pair, pool2d_args)
 from .array_ops import ArrayOps, ops_for
-from .conv import conv2d, conv2d_backward
+from .conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
 from .device import check_device, to
 from .kernels import elementwise
-from .pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from .pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, adaptive_pool2d_size, avg_pool2d,
+                   avg_pool2d_backward, max_pool2d, max_pool2d_backward)
 
 _generator = np.random.default_rng()
 
@@ -693,12 +695,15 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
-class BatchNorm2d(Module):
-    """Per-channel normalization of (N, C, H, W): y = (x - mean) / sqrt(var + eps) * weight + bias.
+class _BatchNorm(Module):
+    """Per-channel normalization of x (N, C, ...): y = (x - mean) / sqrt(var + eps) * weight + bias, the
+    statistics over every axis but 1. BatchNorm1d and BatchNorm2d are this with the shapes they take.
 
     Training uses the batch's mean and biased variance and updates running_mean/running_var
     (unbiased variance) with ``momentum``, as PyTorch; eval uses the running statistics.
     """
+
+    shapes: dict[int, str] = {}  # rank -> the shape of x taken at that rank, as errors write it ('{c}': num_features)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, dtype: object = np.float32) -> None:
         self.num_features = check_int("num_features", num_features, 1)
@@ -718,12 +723,13 @@ class BatchNorm2d(Module):
         return "running_mean", "running_var", "num_batches_tracked"
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        if x.ndim != 4 or x.shape[1] != self.num_features:
-            raise ValueError(f"BatchNorm2d({self.num_features}) needs x of shape (N, {self.num_features}, H, W), "
-                             f"got {x.shape}")
+        name, c = type(self).__name__, self.num_features
+        if x.ndim not in self.shapes or x.shape[1] != c:
+            shapes = " or ".join(s.format(c=c) for s in self.shapes.values())
+            raise ValueError(f"{name}({c}) needs x of shape {shapes}, got {x.shape}")
         count = x.size // x.shape[1]
         if self.training and count < 2:
-            raise ValueError(f"BatchNorm2d in training needs more than one value per channel, got {x.shape}")
+            raise ValueError(f"{name} in training needs more than one value per channel, got {x.shape}")
         ops = ops_for(x)
         x = ops.array("x", x)
         if self.training:
@@ -744,17 +750,30 @@ class BatchNorm2d(Module):
             ops.assign(old, ((1 - m) * ops.to_host(old) + m * new).astype(old.dtype))
         self.num_batches_tracked += 1
 
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        ops = ops_for(grad_y)
-        grad_y = ops.array("grad_y", grad_y)
+    def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
+        ops = ops_for(self.xhat)
+        grad_y = check_grad("grad_y", ops.array("grad_y", grad_y), self.xhat.shape, self.xhat.dtype,
+                            device=ops.device == "cuda")
         scale = (ops.to_host(self.weight.data) * self.invstd).astype(self.invstd.dtype)
         grad_x, sum_g, sum_gx = ops.batch_norm_backward(grad_y, self.xhat, scale, self.batch_stats)
         accumulate(self.bias.grad, sum_g)
         accumulate(self.weight.grad, sum_gx)
-        return grad_x
+        return grad_x if self.input_grad else None
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Per-channel normalization of (N, C, H, W) (``_BatchNorm``), as ``nn.BatchNorm2d``."""
+
+    shapes = {4: "(N, {c}, H, W)"}
+
+
+class BatchNorm1d(_BatchNorm):
+    """Per-channel normalization of (N, C) or (N, C, L) (``_BatchNorm``), as ``nn.BatchNorm1d``."""
+
+    shapes = {2: "(N, {c})", 3: "(N, {c}, L)"}
 
 
 class Residual(Module):
@@ -774,6 +793,207 @@ class Residual(Module):
 
     def _input_children(self) -> list[Module]:
         return [self.body] + ([] if self.shortcut is None else [self.shortcut])
+
+
+class Identity(Module):
+    """y = x, as ``nn.Identity``: a placeholder for an optional layer; its arguments are ignored."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return grad_y
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)) elementwise on float32/float64 arrays of any shape; NaN propagates.
+    The gradient is grad_y * y * (1 - y), from the output (as PyTorch)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = ops_for(x).sigmoid(x)
+        self.keep(y=y)
+        return y
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return ops_for(self.y).sigmoid_backward(grad_y, self.y)
+
+
+class Tanh(Module):
+    """tanh(x) elementwise on float32/float64 arrays of any shape; NaN propagates.
+    The gradient is grad_y * (1 - y * y), from the output (as PyTorch)."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = ops_for(x).tanh(x)
+        self.keep(y=y)
+        return y
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return ops_for(self.y).tanh_backward(grad_y, self.y)
+
+
+class LeakyReLU(Module):
+    """x where x > 0, else negative_slope * x, elementwise on float arrays of any shape; NaN propagates.
+    The gradient is grad_y where the input is > 0, else grad_y * negative_slope (PyTorch's rule, at 0 too)."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, Real):
+            raise TypeError(f"negative_slope must be a number, got {negative_slope!r}")
+        if not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope must be finite, got {negative_slope!r}")
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        ops = ops_for(x)
+        x = ops.array("x", x)
+        y = ops.leaky_relu(x, self.negative_slope)
+        self.keep(x=x)
+        return y
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return ops_for(self.x).leaky_relu_backward(grad_y, self.x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class AdaptiveAvgPool2d(Module):
+    """``fc.adaptive_avg_pool2d`` as a layer: (N, C, H, W) -> (N, C, OH, OW) for output_size OH or (OH, OW), an
+    entry None keeping the input's size. ``AdaptiveAvgPool2d(1)`` is ``GlobalAvgPool2d``."""
+
+    def __init__(self, output_size) -> None:
+        adaptive_pool2d_size(output_size, 1, 1)
+        self.output_size = tuple(output_size) if isinstance(output_size, list) else output_size
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim not in (3, 4):
+            raise ValueError(f"AdaptiveAvgPool2d needs x of shape (N, C, H, W) or (C, H, W), got {x.shape}")
+        self.keep(x=x)
+        return adaptive_avg_pool2d(x, self.output_size)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray:
+        return adaptive_avg_pool2d_backward(grad_y, self.x, self.output_size)
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class ConvTranspose2d(Module):
+    """``fc.conv_transpose2d`` with a weight (in, out/groups, kh, kw) and a bias (out,): x (N, in, H, W) ->
+    (N, out, OH, OW), OH = (H-1)*stride - 2*padding + dilation*(kh-1) + output_padding + 1 (OW likewise).
+    Initialized as PyTorch's: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = out/groups * kh * kw."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
+                 groups: int = 1, bias: bool = True, dilation=1, dtype: object = np.float32) -> None:
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.out_channels = check_int("out_channels", out_channels, 1)
+        self.groups = check_int("groups", groups, 1)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                             f"by groups ({groups})")
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride, self.dilation = pair("stride", stride, 1), pair("dilation", dilation, 1)
+        self.padding, self.output_padding = pair("padding", padding, 0), pair("output_padding", output_padding, 0)
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
+            raise ValueError(f"output_padding must be smaller than either stride or dilation, got output_padding="
+                             f"{output_padding!r}, stride={stride!r}, dilation={dilation!r}")
+        fan_in = out_channels // groups * self.kernel_size[0] * self.kernel_size[1]
+        d = float_dtype(dtype)
+        self.weight = _uniform((in_channels, out_channels // groups, *self.kernel_size), fan_in, d)
+        self.bias = _uniform((out_channels,), fan_in, d) if check_bool("bias", bias) else None
+
+    def _args(self) -> tuple:
+        return self.stride, self.padding, self.output_padding, self.groups, self.dilation
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim not in (3, 4) or x.shape[x.ndim - 3] != self.in_channels:
+            raise ValueError(f"ConvTranspose2d({self.in_channels}, {self.out_channels}) needs x of shape "
+                             f"(N, {self.in_channels}, H, W) or ({self.in_channels}, H, W), got {x.shape}")
+        _same_dtype(type(self).__name__, x, self.weight.data)
+        self.keep(x=x)
+        return conv_transpose2d(x, self.weight.data, None if self.bias is None else self.bias.data, *self._args())
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
+        gx, gw, gb = conv_transpose2d_backward(grad_y, self.x, self.weight.data, *self._args(),
+                                               input_grad=self.input_grad)
+        accumulate(self.weight.grad, gw)
+        if self.bias is not None:
+            accumulate(self.bias.grad, gb)
+        return gx
+
+    def extra_repr(self) -> str:  # PyTorch's: the arguments that differ from their defaults
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        for name, default in (("padding", (0, 0)), ("dilation", (1, 1)), ("output_padding", (0, 0)), ("groups", 1)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + (", bias=False" if self.bias is None else "")
+
+
+class LayerNorm(Module):
+    """Normalization of x (..., *normalized_shape) over its last len(normalized_shape) axes, at each leading
+    position: y = (x - mean) / sqrt(var + eps) * weight + bias with the biased variance, weight (ones) and bias
+    (zeros) of normalized_shape (none without ``elementwise_affine``; no bias with bias=False), as
+    ``nn.LayerNorm``; the same in training and eval."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 dtype: object = np.float32) -> None:
+        shape = normalized_shape if isinstance(normalized_shape, (tuple, list)) else (normalized_shape,)
+        self.normalized_shape = tuple(check_int("normalized_shape", n, 1) for n in shape)
+        if not self.normalized_shape:
+            raise ValueError("normalized_shape must name at least one dimension, got ()")
+        if isinstance(eps, bool) or not isinstance(eps, Real) or not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.eps, self.elementwise_affine = float(eps), check_bool("elementwise_affine", elementwise_affine)
+        d = float_dtype(dtype)
+        self.weight = Parameter(constant(self.normalized_shape, 1.0, d)) if elementwise_affine else None
+        self.bias = (Parameter(constant(self.normalized_shape, 0.0, d))
+                     if check_bool("bias", bias) and elementwise_affine else None)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        k = len(self.normalized_shape)
+        if x.ndim < k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
+            raise ValueError(f"LayerNorm({self.normalized_shape}) needs x of shape (..., "
+                             f"{', '.join(map(str, self.normalized_shape))}), got {x.shape}")
+        if self.weight is not None:
+            _same_dtype(type(self).__name__, x, self.weight.data)
+        ops = ops_for(x)
+        x = ops.array("x", x)
+        size = math.prod(self.normalized_shape)
+        m = x.size // size
+        rows = x.reshape(1, m, size)  # each leading position a "channel" of the per-channel ops
+        mean, var = ops.batch_statistics(rows)
+        invstd = 1 / np.sqrt(var + self.eps)
+        xhat = ops.channel_affine(rows, ops.from_host(invstd.astype(x.dtype)),
+                                  ops.from_host((-mean * invstd).astype(x.dtype))).reshape(x.shape)
+        self.keep(xhat=xhat, invstd=invstd.astype(x.dtype))
+        if self.weight is None:
+            return xhat
+        shift = self.bias.data if self.bias is not None else ops.zeros(self.normalized_shape, x.dtype)
+        return ops.channel_affine(xhat.reshape(m, size), self.weight.data.reshape(size),
+                                  shift.reshape(size)).reshape(x.shape)
+
+    def backward(self, grad_y: np.ndarray) -> np.ndarray | None:
+        ops = ops_for(self.xhat)
+        grad_y = check_grad("grad_y", ops.array("grad_y", grad_y), self.xhat.shape, self.xhat.dtype,
+                            device=ops.device == "cuda")
+        size = math.prod(self.normalized_shape)
+        m = self.xhat.size // size
+        g, xhat = grad_y.reshape(m, size), self.xhat.reshape(m, size)
+        if self.weight is not None:
+            accumulate(self.weight.grad, ops.channel_sum(ops.mul(g, xhat)).reshape(self.normalized_shape))
+            if self.bias is not None:
+                accumulate(self.bias.grad, ops.channel_sum(g).reshape(self.normalized_shape))
+            g = ops.channel_affine(g, self.weight.data.reshape(size), ops.zeros((size,), g.dtype))
+        if not self.input_grad:
+            return None
+        grad_x, _, _ = ops.batch_norm_backward(g.reshape(1, m, size), xhat.reshape(1, m, size), self.invstd, True)
+        return grad_x.reshape(self.xhat.shape)
+
+    def extra_repr(self) -> str:
+        return (f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}, "
+                f"bias={self.bias is not None}")
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:

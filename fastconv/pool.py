@@ -9,6 +9,9 @@ x, grad_x (N, C, H, W); y, grad_y, indices (N, C, OH, OW), indices int64 h*W + w
 batched, C-contiguous, validated, on the record's device; p the ``Pool2dShape``; divisor_override
 None or a non-zero int. ``naive`` is the plain-Python reference, ``direct`` the compiled window loop,
 ``window_2x2`` (max pooling) the same for 2x2 windows at stride 2 with the four taps spelled out.
+
+``adaptive_avg_pool2d`` has no registry: where its windows tile x it is ``avg_pool2d``, elsewhere one
+compiled loop per device (``kernels/pooling.py``, ``kernels/cuda_pooling.py``).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from numbers import Integral
 import numpy as np
 
 from . import naive
-from ._checks import MAX_SIZE_ARG, Pool2dShape, as_array, batched, check_grad, contiguous, pool2d_shape
+from ._checks import MAX_SIZE_ARG, Pool2dShape, as_array, batched, check_fits, check_grad, contiguous, pool2d_shape
 from .algorithm import Algorithm, Registry
 from .device import as_device, device_of, empty, zeros
 from .kernels import pooling
@@ -247,3 +250,92 @@ def avg_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=N
     gy = _grad(grad_y, p, unbatched, xb.dtype, device)
     gx = zeros(xb.shape, xb.dtype, device) if p.n == 0 else AVG_POOL2D[device, algo].backward(gy, xb, p, *divisor)
     return _unbatch(gx, p, unbatched)
+
+
+# ---- adaptive average pooling ------------------------------------------------------------------------
+
+def adaptive_pool2d_size(output_size: object, h: int, w: int) -> tuple[int, int]:
+    """(OH, OW) of adaptive pooling: output_size an int or a pair of ints >= 1 or None (None keeps the
+    input's size along that axis); TypeError/ValueError name the argument."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(f"output_size must be an int or a pair of ints or None, got {output_size!r}")
+        sizes = tuple(output_size)
+    else:
+        sizes = (output_size, output_size)
+    out = []
+    for size, full in zip(sizes, (h, w)):
+        if size is None:
+            out.append(full)
+        elif isinstance(size, bool) or not isinstance(size, Integral):
+            raise TypeError(f"output_size must be an int or a pair of ints or None, got {output_size!r}")
+        elif not 1 <= size <= MAX_SIZE_ARG:
+            raise ValueError(f"output_size must be at least 1 and at most {MAX_SIZE_ARG}, got {output_size!r}")
+        else:
+            out.append(int(size))
+    return out[0], out[1]
+
+
+def _prepare_adaptive(x, output_size):
+    """(device, batched C-contiguous x, unbatched, (N, C, OH, OW))."""
+    x = as_array("x", x)
+    device = device_of(x)
+    if device == "cuda":
+        x = as_device("x", x)
+    xb, unbatched = batched("x", x)
+    n, c, h, w = xb.shape
+    if min(c, h, w) < 1:
+        raise ValueError(f"x must have non-zero channels, height and width, got shape {x.shape}")
+    y_shape = (n, c, *adaptive_pool2d_size(output_size, h, w))
+    check_fits("adaptive pooling output", y_shape, xb.dtype)
+    return device, (contiguous(xb) if device == "cpu" else xb), unbatched, y_shape
+
+
+def _tiles(x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The kernel (H/OH, W/OW) where the adaptive windows tile x (H % OH == 0 and W % OW == 0), else None."""
+    (h, w), (oh, ow) = x_shape[2:], y_shape[2:]
+    return (h // oh, w // ow) if h % oh == 0 and w % ow == 0 else None
+
+
+def adaptive_avg_pool2d(x: np.ndarray, output_size) -> np.ndarray:
+    """2-D adaptive average pooling with the semantics of ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    x: (N, C, H, W) or unbatched (C, H, W); output_size: OH or (OH, OW), an entry None keeps H or W.
+    Returns y (N, C, OH, OW): y[..., i, j] is the mean of x over rows [floor(i*H/OH), ceil((i+1)*H/OH)) and
+    columns [floor(j*W/OW), ceil((j+1)*W/OW)) (windows may overlap; OH may exceed H). Where the windows tile
+    x (H % OH == 0 and W % OW == 0) this is ``avg_pool2d`` with kernel = stride = (H/OH, W/OW), and runs as
+    one. Device arrays run on the GPU."""
+    device, xb, unbatched, y_shape = _prepare_adaptive(x, output_size)
+    kernel = _tiles(xb.shape, y_shape)
+    if kernel is not None:
+        y = avg_pool2d(xb, kernel)
+    elif y_shape[0] == 0:
+        y = zeros(y_shape, xb.dtype, device)
+    elif device == "cpu":
+        y = np.empty(y_shape, xb.dtype)
+        pooling.adaptive_avg_pool2d_forward(xb, y)
+    else:
+        y = empty(y_shape, xb.dtype)
+        _cuda_pooling().adaptive_avg_pool2d_forward(xb, y)
+    return y.reshape(y_shape[1:]) if unbatched else y
+
+
+def adaptive_avg_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, output_size) -> np.ndarray:
+    """Gradient of ``adaptive_avg_pool2d`` with respect to x: each grad_y element divided by its window's size
+    and added to every input position of the window. grad_y is shaped like the output; returns x's shape."""
+    device, xb, unbatched, y_shape = _prepare_adaptive(x, output_size)
+    gy = as_device("grad_y", grad_y) if device == "cuda" else as_array("grad_y", grad_y)
+    gy = check_grad("grad_y", gy, y_shape[1:] if unbatched else y_shape, xb.dtype, device=device == "cuda")
+    gy = contiguous(gy.reshape(y_shape)) if device == "cpu" else gy.reshape(y_shape)
+    kernel = _tiles(xb.shape, y_shape)
+    if kernel is not None:
+        gx = avg_pool2d_backward(gy, xb, kernel)
+    elif y_shape[0] == 0:
+        gx = zeros(xb.shape, xb.dtype, device)
+    elif device == "cpu":
+        gx = np.empty(xb.shape, xb.dtype)
+        pooling.adaptive_avg_pool2d_backward(gy, gx)
+    else:
+        gx = empty(xb.shape, xb.dtype)
+        _cuda_pooling().adaptive_avg_pool2d_backward(gy, gx)
+    return gx.reshape(gx.shape[1:]) if unbatched else gx

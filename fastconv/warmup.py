@@ -43,19 +43,15 @@ def _conv(algo: str, x: np.ndarray, w: np.ndarray, padding: int = 0, groups: int
 
 
 def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
-    """ReLU on the ranks models use (4-D after a convolution, 2-D after Linear; Numba compiles per rank),
-    Linear (our packed GEMM with transposed operands), BatchNorm2d (training and eval), and one SGD (momentum,
-    Nesterov) and Adam step."""
-    def relu(shape: tuple[int, ...]) -> Callable[[], object]:
+    """A forward and backward of each layer with kernels of its own, on the ranks models give it (Numba compiles
+    per rank: ReLU 4-D after a convolution, 2-D after Linear), BatchNorm2d in training and eval, and one SGD
+    (momentum, Nesterov) and Adam step."""
+    def layer(make: Callable[[], nn.Module], shape: tuple[int, ...]) -> Callable[[], object]:
         def call() -> object:
-            layer = nn.ReLU()
+            module = make()
             x = np.linspace(-1, 1, int(np.prod(shape)), dtype=dtype).reshape(shape)
-            return layer.backward(np.ones_like(layer(x)))
+            return module.backward(np.ones_like(module(x)))
         return call
-
-    def linear() -> object:
-        layer = nn.Linear(5, 3, dtype=dtype)
-        return layer.backward(np.ones_like(layer(np.ones((2, 5), dtype))))
 
     def step(make: Callable[[list[nn.Parameter]], optim.Optimizer]) -> Callable[[], object]:
         def call() -> object:
@@ -64,17 +60,21 @@ def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
             make([p]).step()
             return p.data
         return call
-    def batch_norm(training: bool) -> Callable[[], object]:
-        def call() -> object:
-            layer = nn.BatchNorm2d(3, dtype=dtype).train(training)
-            x = np.linspace(-1, 1, 2 * 3 * 4 * 4, dtype=dtype).reshape(2, 3, 4, 4)
-            return layer.backward(np.ones_like(layer(x)))
-        return call
 
-    return [("relu 4-D", relu((2, 3, 4, 4))), ("relu 2-D", relu((2, 5))), ("linear", linear),
-            ("batch norm", batch_norm(True)), ("batch norm eval", batch_norm(False)),
-            ("sgd", step(lambda params: optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))),
-            ("adam", step(lambda params: optim.Adam(params)))]
+    layers = [("relu 4-D", nn.ReLU, (2, 3, 4, 4)), ("relu 2-D", nn.ReLU, (2, 5)),
+              ("linear", lambda: nn.Linear(5, 3, dtype=dtype), (2, 5)),
+              ("batch norm", lambda: nn.BatchNorm2d(3, dtype=dtype), (2, 3, 4, 4)),
+              ("batch norm eval", lambda: nn.BatchNorm2d(3, dtype=dtype).eval(), (2, 3, 4, 4)),
+              ("batch norm 1-D", lambda: nn.BatchNorm1d(3, dtype=dtype), (4, 3)),
+              ("layer norm", lambda: nn.LayerNorm(4, dtype=dtype), (2, 3, 4)),
+              ("sigmoid", nn.Sigmoid, (2, 3, 4, 4)), ("tanh", nn.Tanh, (2, 3, 4, 4)),
+              ("leaky relu", nn.LeakyReLU, (2, 3, 4, 4)),
+              ("adaptive avg pool", lambda: nn.AdaptiveAvgPool2d(3), (2, 3, 5, 5)),
+              ("conv transpose", lambda: nn.ConvTranspose2d(3, 2, 3, stride=2, output_padding=1, dtype=dtype),
+               (2, 3, 4, 4))]
+    return [(label, layer(make, shape)) for label, make, shape in layers] + [
+        ("sgd", step(lambda params: optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))),
+        ("adam", step(lambda params: optim.Adam(params)))]
 
 
 def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:

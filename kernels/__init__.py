@@ -16,9 +16,10 @@ Modules are named for what they compute (no name repeats a module of ``fastconv`
 - ``im2col``: im2col / col2im (Cython, releases the GIL, OpenMP when built with it).
 - ``matmul``: matrix products, BLAS through Numba and our own packed GEMM (Numba).
 - ``simd``: the SIMD vector type and intrinsics (load, store, broadcast, FMA) of the register-tiled kernels.
-- ``pooling``: max and average pooling, forward and backward (Numba); ``pool_windows``: the window rules
-  it shares with ``cuda_pooling``, written once.
-- ``elementwise``: ReLU forward and backward, SGD and Adam updates, finiteness checks (Numba).
+- ``pooling``: max, average and adaptive average pooling, forward and backward (Numba); ``pool_windows``:
+  the window rules it shares with ``cuda_pooling``, written once.
+- ``elementwise``: activations (ReLU, LeakyReLU, sigmoid, tanh) forward and backward, batch-norm passes,
+  SGD and Adam updates, finiteness checks (Numba).
 - ``cuda_conv``, ``cuda_matmul``, ``cuda_pooling``, ``cuda_elementwise``: the GPU kernels (numba.cuda),
   imported only when a device array reaches an op: direct and im2col convolution, the tiled GEMM, pooling,
   and the elementwise pieces, reductions, losses and optimizer updates of a training step.

@@ -42,6 +42,65 @@ def _relu_backward(grad_y, y, grad_x):
 
 
 @cuda.jit(cache=True)
+def _sigmoid_forward(x, y):
+    one = x.dtype.type(1)
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        if v < 0:
+            e = math.exp(v)
+            y[i] = e / (one + e)
+        else:
+            y[i] = one / (one + math.exp(-v))
+
+
+@cuda.jit(cache=True)
+def _sigmoid_backward(grad_y, y, grad_x):
+    one = y.dtype.type(1)
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        grad_x[i] = grad_y[i] * (one - y[i]) * y[i]
+
+
+@cuda.jit(cache=True)
+def _tanh_forward(x, y):
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        y[i] = math.tanh(x[i])
+
+
+@cuda.jit(cache=True)
+def _tanh_backward(grad_y, y, grad_x):
+    one = y.dtype.type(1)
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        grad_x[i] = grad_y[i] * (one - y[i] * y[i])
+
+
+@cuda.jit(cache=True)
+def _leaky_relu_forward(x, y, negative_slope):
+    zero = x.dtype.type(0)
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        y[i] = v if v > zero else v * negative_slope
+
+
+@cuda.jit(cache=True)
+def _leaky_relu_backward(grad_y, x, grad_x, negative_slope):
+    zero = x.dtype.type(0)
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        grad_x[i] = grad_y[i] if x[i] > zero else grad_y[i] * negative_slope
+
+
+@cuda.jit(cache=True)
+def _copy_corner(src, dst):
+    """src (N, C, H, W), dst (N, C, H', W'): dst[n, c, h, w] = src[n, c, h, w] for h < min(H, H'), w < min(W, W')."""
+    N, C = dst.shape[0], dst.shape[1]
+    rows, cols = min(src.shape[2], dst.shape[2]), min(src.shape[3], dst.shape[3])
+    for i in range(cuda.grid(1), N * C * rows * cols, cuda.gridsize(1)):
+        w = i % cols
+        h = (i // cols) % rows
+        q = i // (cols * rows)
+        dst[q // C, q % C, h, w] = src[q // C, q % C, h, w]
+
+
+@cuda.jit(cache=True)
 def _fill(a, value):
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
         a[i] = value
@@ -211,6 +270,43 @@ def relu_forward(x, y):
 def relu_backward(grad_y, y, grad_x):
     """grad_x = grad_y where y > 0, else 0 (PyTorch's threshold_backward on the output)."""
     _relu_backward[launch(y.size)](grad_y, y, grad_x)
+
+
+def sigmoid_forward(x, y):
+    """y = 1 / (1 + exp(-x)) (exp(x) / (1 + exp(x)) for x < 0: exp never overflows), as kernels/elementwise.py."""
+    _sigmoid_forward[launch(x.size)](x, y)
+
+
+def sigmoid_backward(grad_y, y, grad_x):
+    """grad_x = grad_y * y * (1 - y) for y = sigmoid(x)."""
+    _sigmoid_backward[launch(y.size)](grad_y, y, grad_x)
+
+
+def tanh_forward(x, y):
+    """y = tanh(x)."""
+    _tanh_forward[launch(x.size)](x, y)
+
+
+def tanh_backward(grad_y, y, grad_x):
+    """grad_x = grad_y * (1 - y * y) for y = tanh(x)."""
+    _tanh_backward[launch(y.size)](grad_y, y, grad_x)
+
+
+def leaky_relu_forward(x, y, negative_slope):
+    """y = x where x > 0, else x * negative_slope (NaN stays NaN)."""
+    _leaky_relu_forward[launch(x.size)](x, y, x.dtype.type(negative_slope))
+
+
+def leaky_relu_backward(grad_y, x, grad_x, negative_slope):
+    """grad_x = grad_y where x > 0, else grad_y * negative_slope (PyTorch's rule, on the input)."""
+    _leaky_relu_backward[launch(x.size)](grad_y, x, grad_x, x.dtype.type(negative_slope))
+
+
+def copy_corner(src, dst):
+    """dst (N, C, H', W')[..., :h, :w] = src (N, C, H, W)[..., :h, :w], h = min(H, H'), w = min(W, W'); the rest
+    of dst is left as it is."""
+    rows, cols = min(src.shape[2], dst.shape[2]), min(src.shape[3], dst.shape[3])
+    _copy_corner[launch(src.shape[0] * src.shape[1] * rows * cols)](src, dst)
 
 
 def fill(a, value):

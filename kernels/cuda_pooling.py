@@ -1,4 +1,5 @@
-"""Max and average pooling on the GPU (numba.cuda), bit for bit the semantics of ``kernels/pooling.py``.
+"""Max, average and adaptive average pooling on the GPU (numba.cuda), bit for bit the semantics of
+``kernels/pooling.py``.
 
 x, gx: (N, C, H, W) float32 or float64; y, gy: (N, C, OH, OW) of the same dtype;
 idx: (N, C, OH, OW) int64, flat index h*W + w of each max within its input plane.
@@ -17,6 +18,7 @@ from .cuda_elementwise import launch
 _taps = cuda.jit(device=True)(pool_windows.tap_range)
 _avg_window = cuda.jit(device=True)(pool_windows.avg_window)
 _avg_divisor = cuda.jit(device=True)(pool_windows.avg_divisor)
+_adaptive_window = cuda.jit(device=True)(pool_windows.adaptive_window)
 
 
 @cuda.jit(cache=True)
@@ -117,6 +119,46 @@ def _avg_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_ove
         gx[n, c, h, w] = acc
 
 
+@cuda.jit(cache=True)
+def _adaptive_avg_forward(x, y):
+    """One thread per output: the mean over its adaptive window, summed in x's dtype."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    for o in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        ow = o % OW
+        oh = (o // OW) % OH
+        c = (o // (OW * OH)) % C
+        n = o // (OW * OH * C)
+        h0, h1 = _adaptive_window(oh, H, OH)
+        w0, w1 = _adaptive_window(ow, W, OW)
+        acc = x.dtype.type(0)
+        for h in range(h0, h1):
+            for w in range(w0, w1):
+                acc += x[n, c, h, w]
+        y[n, c, oh, ow] = acc / x.dtype.type((h1 - h0) * (w1 - w0))
+
+
+@cuda.jit(cache=True)
+def _adaptive_avg_backward(gy, gx):
+    """One thread per input: the sum of gy / window size over the windows holding it, in (oh, ow) order."""
+    N, C, H, W = gx.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    for i in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+        w = i % W
+        h = (i // W) % H
+        c = (i // (W * H)) % C
+        n = i // (W * H * C)
+        oh0, oh1 = _adaptive_window(h, OH, H)  # the outputs whose windows hold row h
+        ow0, ow1 = _adaptive_window(w, OW, W)
+        acc = gx.dtype.type(0)
+        for oh in range(oh0, oh1):
+            h0, h1 = _adaptive_window(oh, H, OH)
+            for ow in range(ow0, ow1):
+                w0, w1 = _adaptive_window(ow, W, OW)
+                acc += gy[n, c, oh, ow] / gx.dtype.type((h1 - h0) * (w1 - w0))
+        gx[n, c, h, w] = acc
+
+
 def max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
     """y[n,c,oh,ow] = max over the window, idx = its flat index h*W + w within the plane.
 
@@ -154,3 +196,15 @@ def avg_pool2d_backward(gy, gx, kh, kw, sh, sw, ph, pw, count_include_pad, divis
     (bitwise the CPU kernel's scatter), one thread per gx element."""
     _avg_backward[launch(gx.size)](gy, gx, kh, kw, sh, sw, ph, pw, bool(count_include_pad),
                                              int(divisor_override))
+
+
+def adaptive_avg_pool2d_forward(x, y):
+    """y = the mean of x over each output's adaptive window (``pool_windows.adaptive_window``), as
+    kernels/pooling.py."""
+    _adaptive_avg_forward[launch(y.size)](x, y)
+
+
+def adaptive_avg_pool2d_backward(gy, gx):
+    """gx[n,c,h,w] = sum of gy[n,c,oh,ow] / window size over the windows holding (h, w), in output order
+    (the CPU kernel's scatter as a gather), one thread per gx element."""
+    _adaptive_avg_backward[launch(gx.size)](gy, gx)

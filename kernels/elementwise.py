@@ -199,3 +199,76 @@ def batch_norm_backward_input(grad_y, xhat, scale, mean_g, mean_gx, grad_x):
         gr, hr, out = grad_y[n, c], xhat[n, c], grad_x[n, c]
         for p in range(P):
             out[p] = s * (gr[p] - mg - hr[p] * mgx)
+
+
+# ---- activations: y = f(x) and grad_x = grad_y * f'(.) over flat arrays, in blocks like relu ------------------
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def sigmoid_forward(x, y):
+    """y = 1 / (1 + exp(-x)), as exp(x) / (1 + exp(x)) for x < 0 so that exp never overflows; NaN stays NaN."""
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    n = xf.size
+    one = xf.dtype.type(1)
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+        xb, out = xf[lo:hi], yf[lo:hi]
+        for i in range(hi - lo):
+            v = xb[i]
+            if v < 0:
+                e = np.exp(v)
+                out[i] = e / (one + e)
+            else:
+                out[i] = one / (one + np.exp(-v))
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def sigmoid_backward(grad_y, y, grad_x):
+    """grad_x = grad_y * y * (1 - y), y = sigmoid(x) (PyTorch's sigmoid_backward on the output)."""
+    gf, yf, xf = grad_y.reshape(-1), y.reshape(-1), grad_x.reshape(-1)
+    n = gf.size
+    one = gf.dtype.type(1)
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+        g, yb, out = gf[lo:hi], yf[lo:hi], xf[lo:hi]
+        for i in range(hi - lo):
+            out[i] = g[i] * (one - yb[i]) * yb[i]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def tanh_backward(grad_y, y, grad_x):
+    """grad_x = grad_y * (1 - y * y), y = tanh(x) (PyTorch's tanh_backward on the output)."""
+    gf, yf, xf = grad_y.reshape(-1), y.reshape(-1), grad_x.reshape(-1)
+    n = gf.size
+    one = gf.dtype.type(1)
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+        g, yb, out = gf[lo:hi], yf[lo:hi], xf[lo:hi]
+        for i in range(hi - lo):
+            out[i] = g[i] * (one - yb[i] * yb[i])
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def leaky_relu_forward(x, y, negative_slope):
+    """y = x where x > 0, else x * negative_slope (NaN stays NaN); negative_slope in x's dtype."""
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    n = xf.size
+    zero = xf.dtype.type(0)
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+        xb, out = xf[lo:hi], yf[lo:hi]
+        for i in range(hi - lo):
+            v = xb[i]
+            out[i] = v if v > zero else v * negative_slope
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def leaky_relu_backward(grad_y, x, grad_x, negative_slope):
+    """grad_x = grad_y where x > 0, else grad_y * negative_slope (PyTorch's leaky_relu_backward, on the input)."""
+    gf, xf, of = grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1)
+    n = gf.size
+    zero = gf.dtype.type(0)
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+        g, xb, out = gf[lo:hi], xf[lo:hi], of[lo:hi]
+        for i in range(hi - lo):
+            out[i] = g[i] if xb[i] > zero else g[i] * negative_slope

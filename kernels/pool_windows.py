@@ -28,3 +28,10 @@ def avg_divisor(divisor_override, count_include_pad, padded_size, inside_size):
     if divisor_override != 0:
         return divisor_override
     return padded_size if count_include_pad else inside_size
+
+
+def adaptive_window(o, in_len, out_len):
+    """(lo, hi): adaptive pooling's window [lo, hi) of output o when `in_len` inputs pool to `out_len` outputs,
+    lo = floor(o * in_len / out_len), hi = ceil((o + 1) * in_len / out_len) (PyTorch's rule). Swapped,
+    ``adaptive_window(i, out_len, in_len)`` is the range of outputs whose windows hold input i."""
+    return (o * in_len) // out_len, ((o + 1) * in_len + out_len - 1) // out_len

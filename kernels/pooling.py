@@ -1,4 +1,4 @@
-"""Max and average pooling, forward and backward, with PyTorch's CPU semantics (Numba).
+"""Max, average and adaptive average pooling, forward and backward, with PyTorch's CPU semantics (Numba).
 
 x, gx: (N, C, H, W) float32 or float64, C-contiguous.
 y, gy: (N, C, OH, OW), same dtype as x, C-contiguous.
@@ -19,6 +19,7 @@ from . import pool_windows
 _tap_range = nb.njit(cache=True, nogil=True)(pool_windows.tap_range)
 _avg_window = nb.njit(cache=True, nogil=True)(pool_windows.avg_window)
 _avg_divisor = nb.njit(cache=True, nogil=True)(pool_windows.avg_divisor)
+_adaptive_window = nb.njit(cache=True, nogil=True)(pool_windows.adaptive_window)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -40,6 +41,16 @@ def _avg_bounds(out_len, in_len, k, stride, pad):
     for o in range(out_len):
         lo[o], hi[o], ext[o] = _avg_window(o, in_len, k, stride, pad)
     return lo, hi, ext
+
+
+@nb.njit(cache=True, nogil=True)
+def _adaptive_bounds(out_len, in_len):
+    """``adaptive_window`` of every output o: arrays lo, hi."""
+    lo = np.empty(out_len, np.int64)
+    hi = np.empty(out_len, np.int64)
+    for o in range(out_len):
+        lo[o], hi[o] = _adaptive_window(o, in_len, out_len)
+    return lo, hi
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)
@@ -236,3 +247,58 @@ def max_pool2d_backward_2x2(gy, idx, gx):
             gxp[:] = zero
             for o in range(OH * OW):
                 gxp[np.uint64(ip[o])] += gyp[o]
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def adaptive_avg_pool2d_forward(x, y):
+    """y[n,c,oh,ow] = mean of x[n,c] over the adaptive window (``pool_windows.adaptive_window`` of oh over H
+    rows and of ow over W columns), summed in x's dtype."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(N * C, H * W)
+    yf = y.reshape(N * C, OH * OW)
+    h0s, h1s = _adaptive_bounds(OH, H)
+    w0s, w1s = _adaptive_bounds(OW, W)
+    zero = x.dtype.type(0)
+    for p in nb.prange(N * C):
+        xp = xf[p]
+        yp = yf[p]
+        for oh in range(OH):
+            h0 = h0s[oh]
+            h1 = h1s[oh]
+            for ow in range(OW):
+                w0 = w0s[ow]
+                w1 = w1s[ow]
+                acc = zero
+                for h in range(h0, h1):
+                    row = h * W
+                    for w in range(w0, w1):
+                        acc += xp[np.uint64(row + w)]
+                yp[oh * OW + ow] = acc / x.dtype.type((h1 - h0) * (w1 - w0))
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def adaptive_avg_pool2d_backward(gy, gx):
+    """gx = 0, then gy[n,c,oh,ow] / (its window's size) is added to every position of its adaptive window,
+    in output order."""
+    N, C, H, W = gx.shape
+    OH, OW = gy.shape[2], gy.shape[3]
+    gyf = gy.reshape(N * C, OH * OW)
+    gxf = gx.reshape(N * C, H * W)
+    h0s, h1s = _adaptive_bounds(OH, H)
+    w0s, w1s = _adaptive_bounds(OW, W)
+    for p in nb.prange(N * C):
+        gyp = gyf[p]
+        gxp = gxf[p]
+        gxp[:] = 0
+        for oh in range(OH):
+            h0 = h0s[oh]
+            h1 = h1s[oh]
+            for ow in range(OW):
+                w0 = w0s[ow]
+                w1 = w1s[ow]
+                g = gyp[oh * OW + ow] / gx.dtype.type((h1 - h0) * (w1 - w0))
+                for h in range(h0, h1):
+                    row = h * W
+                    for w in range(w0, w1):
+                        gxp[np.uint64(row + w)] += g

@@ -259,3 +259,72 @@ def test_the_trainer_builds_its_run_on_the_device():
     assert args.device == "cuda"
     with pytest.raises(ValueError, match="'device' must be 'cpu' or 'cuda'"):
         train.build_run({"device": "gpu", "train_size": 8, "test_size": 8})
+
+
+# ---- the layers of issue 17 and their ops ----------------------------------------------------------------
+
+NEW_LAYERS = {  # name: (a float64 layer, its input's shape); tiny: the simulator runs a thread per element
+    "identity": (lambda: nn.Identity(), (2, 3)),
+    "sigmoid": (nn.Sigmoid, (2, 3, 2)),
+    "tanh": (nn.Tanh, (2, 5)),
+    "leaky_relu": (lambda: nn.LeakyReLU(-0.2), (2, 3, 2)),
+    "adaptive_tiling": (lambda: nn.AdaptiveAvgPool2d((2, 1)), (1, 2, 4, 3)),
+    "adaptive": (lambda: nn.AdaptiveAvgPool2d((3, None)), (2, 2, 5, 3)),
+    "batchnorm1d": (lambda: nn.BatchNorm1d(3, dtype=np.float64), (4, 3)),
+    "batchnorm1d_ncl": (lambda: nn.BatchNorm1d(2, dtype=np.float64), (2, 2, 3)),
+    "layernorm": (lambda: nn.LayerNorm((2, 3), dtype=np.float64), (3, 2, 3)),
+    "layernorm_without_affine": (lambda: nn.LayerNorm(3, elementwise_affine=False, dtype=np.float64), (2, 3)),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, groups=2,
+                                                    dtype=np.float64), (1, 4, 3, 2)),
+    "conv_transpose2d_past_the_stride": (lambda: nn.ConvTranspose2d(2, 2, 2, output_padding=(1, 0), dilation=2,
+                                                                    bias=False, dtype=np.float64), (1, 2, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("name", NEW_LAYERS)
+def test_new_layers_on_the_device_match_the_cpu(name):
+    """y, grad_x, parameter gradients and buffers of each new layer on the device, in training then in eval."""
+    build, shape = NEW_LAYERS[name]
+    cpu, gpu = build(), build()
+    for p in cpu.parameters():
+        p.data[...] = RNG.uniform(0.5, 1.5, p.data.shape)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to("cuda")
+    for training in (True, False):
+        cpu.train(training), gpu.train(training)
+        x = 2 * rand(*shape) + 0.5
+        y, yd = cpu(x), gpu(d(x))
+        assert device.is_device_array(yd)
+        assert_close(h(yd), y, terms=100)
+        g = rand(*y.shape)
+        gx, gxd = cpu.backward(g), gpu.backward(d(g))
+        assert device.is_device_array(gxd)
+        assert_close(h(gxd), gx, terms=100)
+        for (n, p), (_, q) in zip(cpu.named_parameters(), gpu.named_parameters()):
+            assert_close(h(q.grad), p.grad, terms=100, err_msg=n)
+        for (n, a), (_, b) in zip(cpu.state_dict().items(), gpu.state_dict().items()):
+            assert_close(np.asarray(h(b)), np.asarray(a), terms=100, err_msg=n)
+
+
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@pytest.mark.parametrize("args", [dict(stride=2, padding=1, output_padding=1, groups=2),
+                                  dict(stride=(1, 2), output_padding=(1, 0), dilation=2)], ids=["groups", "dilated"])
+def test_conv_transpose2d_matches_cpu(algo, args):
+    x, w, b = rand(1, 2, 3, 2), rand(2, 1, 2, 2), rand(args.get("groups", 1))
+    y = fc.conv_transpose2d(x, w, b, **args)
+    assert_close(h(fc.conv_transpose2d(d(x), d(w), d(b), **args, algo=algo)), y, terms=100)
+    g = rand(*y.shape)
+    for got, want in zip(fc.conv_transpose2d_backward(d(g), d(x), d(w), **args, algo=algo),
+                         fc.conv_transpose2d_backward(g, x, w, **args)):
+        assert_close(h(got), want, terms=100)
+
+
+@pytest.mark.parametrize("output_size", [(2, 3), (3, 2), 1, (4, None)])
+def test_adaptive_avg_pool2d_matches_cpu(output_size):
+    x = rand(2, 2, 4, 3)
+    y = fc.adaptive_avg_pool2d(x, output_size)
+    assert_close(h(fc.adaptive_avg_pool2d(d(x), output_size)), y, terms=100)
+    g = rand(*y.shape)
+    assert_close(h(fc.adaptive_avg_pool2d_backward(d(g), d(x), output_size)),
+                 fc.adaptive_avg_pool2d_backward(g, x, output_size), terms=100)
+    assert h(fc.adaptive_avg_pool2d(d(x[0]), output_size)).shape == y.shape[1:]
