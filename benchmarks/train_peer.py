@@ -12,7 +12,9 @@ Only the optimizers and schedules the trainer offers are mirrored: Adam, SGD, st
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -81,8 +83,12 @@ def fit_torch(settings: dict, log=print) -> list[dict]:
     return history
 
 
+PROG = "python -m fastconv.benchmarks.train_peer"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fastconv.benchmarks.train_peer", description=__doc__.split("\n")[0])
+    """The command line; exit status 2, saying how to install it, where PyTorch is missing."""
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     for name in ("model", "data", "data_dir", "optimizer", "schedule", "dtype"):
         parser.add_argument("--" + name.replace("_", "-"))
     for name in ("train_size", "test_size", "epochs", "batch_size", "seed", "step_size"):
@@ -91,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--" + name.replace("_", "-"), type=float)
     parser.add_argument("--out", type=Path, help="folder for history.json")
     args = vars(parser.parse_args(argv))
+    try:
+        importlib.import_module("torch")
+    except ImportError:
+        print(f"{PROG}: PyTorch is not installed; it is an optional peer of fastconv, needed here: "
+              "pip install torch==2.13.0 (the CPU build)", file=sys.stderr)
+        return 2
     out = args.pop("out")
     history = fit_torch({k: v for k, v in args.items() if v is not None})
     if out is not None:

@@ -5,12 +5,18 @@ import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from . import __version__
+from .autotune import set_autotune
+from .config import set_conv2d_algorithm
+from .conv import CONV2D
 from .device import CudaUnavailableError
+from .runtime import set_num_threads
 
 BENCH_EXTRA = 'the benchmark tools are missing: pip install -e ".[bench]"'
 
@@ -98,11 +104,17 @@ def _plots():
     return plots
 
 
-def evaluate(checkpoint: Path, data_dir: Path | None, out: Path | None, device: str | None = None) -> int:
-    """Accuracy, loss and confusion matrix of a checkpoint on its run's test images."""
+def _notes(command: str) -> Callable[[str], None]:
+    """A log function printing notes of `command` on stderr."""
+    return lambda text: print(f"fastconv {command}: {text}", file=sys.stderr)
+
+
+def evaluate(checkpoint: Path, out: Path | None, overrides: dict | None = None, progress: bool = True) -> int:
+    """Accuracy, loss and confusion matrix of a checkpoint on its run's test images (``overrides``: settings
+    replacing the checkpoint's, such as another ``data_dir`` or ``device``), with a progress bar on stderr."""
     from . import train
-    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir), device=device)
-    result = train.evaluate(run.model, run.test_loader, len(run.dataset.classes))
+    run, _ = train.restore(checkpoint, model_only=True, log=_notes("evaluate"), **(overrides or {}))
+    result = train.evaluate(run.model, run.test_loader, len(run.dataset.classes), progress=progress)
     confusion, classes = result["confusion"], list(run.dataset.classes)
     print(f"{checkpoint}: {run.settings['model']} on {len(run.dataset.test_labels):,} {run.dataset.name} test "
           f"images: accuracy {result['test_accuracy']:.2%}, loss {result['test_loss']:.4f}")
@@ -118,11 +130,13 @@ def evaluate(checkpoint: Path, data_dir: Path | None, out: Path | None, device: 
     return 0
 
 
-def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | None) -> int:
-    """PNGs of the first convolution's filters and of its feature maps (after ReLU) for one test image."""
+def visualize(checkpoint: Path, index: int, out: Path | None, overrides: dict | None = None) -> int:
+    """PNGs of the first convolution's filters and of its feature maps (after ReLU) for one test image, titled
+    with the image's label and the model's prediction."""
     from . import data, nn, train
     plots = _plots()
-    run, _ = train.restore(checkpoint, data_dir=None if data_dir is None else str(data_dir), device="cpu")
+    run, _ = train.restore(checkpoint, model_only=True, log=_notes("visualize"),
+                           **{**(overrides or {}), "device": "cpu"})
     images = run.dataset.test_images
     if not 0 <= index < len(images):
         raise ValueError(f"--index must be in [0, {len(images)}), got {index}")
@@ -132,24 +146,29 @@ def visualize(checkpoint: Path, index: int, data_dir: Path | None, out: Path | N
                                         mean=run.dataset.mean, std=run.dataset.std, dtype=run.settings["dtype"])))[0]
     run.model.eval()
     maps = nn.Sequential(*layers[:first + 2])(x)[0]
-    label = run.dataset.classes[run.dataset.test_labels[index]]
+    probabilities = nn.softmax(run.model.predict(x))[0]
+    classes, predicted = run.dataset.classes, int(probabilities.argmax())
+    label = classes[run.dataset.test_labels[index]]
+    model = run.settings["model"]
     out = out or checkpoint.parent
     written = [plots.filters(layers[first].weight.data, out / "filters.png",
-                             f"{run.settings['model']}: the {len(maps)} filters of the first convolution"),
+                             f"{model}: the {len(maps)} filters of the first convolution"),
                plots.feature_maps(images[index] / 255, maps, out / f"feature_maps_{index}.png",
-                                  f"first-layer feature maps (after ReLU) of test image {index} ({label})")]
+                                  f"{model}, test image {index}: label {label}, predicted {classes[predicted]} "
+                                  f"({probabilities[predicted]:.1%})\nfeature maps of the first convolution, "
+                                  "after ReLU")]
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
 def _training_command(args: argparse.Namespace) -> int:
-    if args.command == "evaluate":
-        return evaluate(args.checkpoint, args.data_dir, args.out, args.device)
-    if args.command == "visualize":
-        return visualize(args.checkpoint, args.index, args.data_dir, args.out)
     from . import train
     names = [n for n in train.DEFAULT_SETTINGS if getattr(args, n, None) is not None]
-    settings = {n: getattr(args, n) for n in names}
+    settings = {n: str(getattr(args, n)) if n == "data_dir" else getattr(args, n) for n in names}
+    if args.command == "evaluate":
+        return evaluate(args.checkpoint, args.out, settings, progress=not args.no_progress)
+    if args.command == "visualize":
+        return visualize(args.checkpoint, args.index, args.out, settings)
     if args.resume is not None:
         out = args.out or args.resume.parent
     else:
@@ -159,15 +178,43 @@ def _training_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    """The data options of evaluate and visualize: which test images, where the checkpoint's are not wanted."""
+    parser.add_argument("--data", choices=["mnist", "cifar10"],
+                        help="the data set (default: the checkpoint's; mnist for a checkpoint that names none, as "
+                             "fastconv.train.fit's)")
+    parser.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
+    parser.add_argument("--train-size", type=int,
+                        help="train images, as in fastconv train: the bundled MNIST set's test images are the rest "
+                             "(default: the checkpoint's)")
+    parser.add_argument("--test-size", type=int, help="test images (default: the checkpoint's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastconv", description="Convolution engine with compiled kernels.")
     parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run every conv2d algorithm on a few layers: agreement and time")
+    threads = argparse.ArgumentParser(add_help=False)  # options shared by the commands that compute
+    threads.add_argument("--threads", type=int, metavar="N",
+                         help=f"threads of fastconv's kernels, 1 to {numba.config.NUMBA_NUM_THREADS} (default: all, "
+                              "Numba's count: the cores, or NUMBA_NUM_THREADS)")
+    algorithms = argparse.ArgumentParser(add_help=False)
+    names = list(dict.fromkeys(CONV2D.names("cpu") + CONV2D.names("cuda")))
+    algorithms.add_argument("--algo", choices=names, metavar="NAME",
+                            help="run every convolution (forward and backward) with this conv2d algorithm, one of "
+                                 f"{', '.join(names)}, instead of the one measured fastest per layer; a layer it "
+                                 "cannot compute stops the command with an error (no fallback)")
+    algorithms.add_argument("--no-autotune", action="store_true",
+                            help="time no algorithm: each op's rule picks it, and the autotuning cache is neither "
+                                 "read nor written")
+
+    demo = commands.add_parser("demo", parents=[threads],
+                               help="run every conv2d algorithm on a few layers: agreement and time")
     demo.add_argument("--repeat", type=int, default=5, help="timed runs per algorithm (median reported)")
 
-    tr = commands.add_parser("train", help="train a model; writes history, checkpoint and curves",
+    tr = commands.add_parser("train", parents=[threads, algorithms],
+                             help="train a model; writes history, checkpoint and curves",
                              description="Train a model on MNIST (bundled) or CIFAR-10. Unset options keep their "
                                          "defaults, or the checkpoint's values with --resume.")
     tr.add_argument("--model", choices=["lenet5", "cifar_cnn", "resnet20", "resnext_cifar"], help="default lenet5")
@@ -196,16 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ev = commands.add_parser("evaluate", help="accuracy and confusion matrix of a checkpoint on its test images")
-    ev.add_argument("checkpoint", type=Path)
-    ev.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
+    ev = commands.add_parser("evaluate", parents=[threads, algorithms],
+                             help="accuracy and confusion matrix of a checkpoint on its test images")
+    ev.add_argument("checkpoint", type=Path, help="the checkpoint.npz of a fastconv train run or of "
+                                                  "fastconv.train.fit(..., out_dir=...)")
+    _data_options(ev)
     ev.add_argument("--out", type=Path, help="where to write confusion.csv/png (default: the checkpoint's folder)")
     ev.add_argument("--device", choices=["cpu", "cuda"], help="where to evaluate (default: where the run trained)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    vis = commands.add_parser("visualize", help="pictures of first-layer filters and feature maps of a checkpoint")
-    vis.add_argument("checkpoint", type=Path)
+    vis = commands.add_parser("visualize", parents=[threads, algorithms],
+                              help="pictures of first-layer filters and feature maps of a checkpoint")
+    vis.add_argument("checkpoint", type=Path, help="the checkpoint.npz of a fastconv train run or of "
+                                                   "fastconv.train.fit(..., out_dir=...)")
     vis.add_argument("--index", type=int, default=0, help="which test image to show feature maps for (default 0)")
-    vis.add_argument("--data-dir", type=Path, help="where the run's data set is now, if it moved")
+    _data_options(vis)
     vis.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
 
     warm = commands.add_parser("warmup", help="compile every CPU kernel ahead of use (cached on disk)")
@@ -219,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--size", choices=["tiny", "quick", "full"],
                      help="tiny: one small case per op; quick: a subset; full: every case (default)")
     run.set_defaults(size="full")
-    run.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    run.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                     help="the dtype of every case's arrays (default float32)")
     run.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                      help="cpu: the CPU suite (default); cuda: fastconv's GPU algorithms vs PyTorch (cuDNN, "
                           "cuBLAS) on the GPU")
@@ -228,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "'resnet and forward' or 'vgg and (auto or pytorch)'")
     run.add_argument("--op", action="append", choices=["conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"],
                      help="only this suite (repeatable)")
-    run.add_argument("--threads", type=int, help="threads of every library (default: Numba's, the cores)")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help=f"threads of every library, the same for each, 1 to {numba.config.NUMBA_NUM_THREADS} "
+                          "(default: Numba's count, the cores)")
     run.add_argument("--alone", action="store_true",
                      help="also time fastconv auto, PyTorch and ONNX Runtime alone, each in a fresh process, three "
                           "times per case among its rounds, and report the suite/alone ratios (a check; slower)")
@@ -236,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "cuda-SIZE-TIMESTAMP for the GPU suite)")
 
     rep = commands.add_parser("report", help="re-render the report of a results.json")
-    rep.add_argument("results", type=Path)
+    rep.add_argument("results", type=Path, help="the results.json of a fastconv bench run")
     rep.add_argument("--out", type=Path, help="output folder (default: the results file's folder)")
 
     cmp = commands.add_parser("compare", help="compare two results.json; exit 1 on a regression")
@@ -248,9 +303,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runtime_options(args: argparse.Namespace) -> None:
+    """Apply the command's --threads, --algo and --no-autotune to this process (bench passes --threads to its
+    worker processes instead); ValueError naming the flag for a thread count out of range."""
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        most = numba.config.NUMBA_NUM_THREADS
+        if not 1 <= threads <= most:
+            raise ValueError(f"--threads must be between 1 and {most}, the threads Numba may start here "
+                             f"(NUMBA_NUM_THREADS: the cores by default), got {threads}")
+        if args.command != "bench":
+            set_num_threads(threads)
+    if getattr(args, "algo", None) is not None:
+        set_conv2d_algorithm(args.algo)
+    if getattr(args, "no_autotune", False):
+        set_autotune(False, cache=None)
+
+
+def _message(error: Exception) -> str:
+    """The error's message, a training setting named by its flag (``train.SettingError``)."""
+    from .train import SettingError
+    if isinstance(error, SettingError):
+        return f"--{error.setting.replace('_', '-')} {error.problem}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        _runtime_options(args)
+    except ValueError as error:
+        print(f"fastconv {args.command}: {error}", file=sys.stderr)
+        return 2
     if args.command == "demo":
         if args.repeat < 1:
             parser.error("--repeat must be at least 1")
@@ -266,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _training_command(args)
         except (ValueError, FileNotFoundError, FloatingPointError, CudaUnavailableError, RuntimeError) as error:
-            print(f"fastconv {args.command}: {error}", file=sys.stderr)
+            print(f"fastconv {args.command}: {_message(error)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # during training, fit has said what the checkpoint holds
             print(f"fastconv {args.command}: interrupted", file=sys.stderr)

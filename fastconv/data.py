@@ -225,15 +225,20 @@ def split(images: np.ndarray, labels: np.ndarray, n_train: int,
     """The first `n_train` examples to train, the last `n_test` (default: all the rest) to test.
 
     Returns views (train_images, train_labels, test_images, test_labels); the two parts never
-    overlap. Both must be at least 1 and together at most N.
+    overlap. Both must be at least 1 and together at most N: ValueError naming the one out of range and its
+    largest value otherwise.
     """
     n = len(images)
     if len(labels) != n:
         raise ValueError(f"images and labels must have the same length, got {n} and {len(labels)}")
     n_train = check_int("n_train", n_train, 1)
+    if n_train >= n:
+        raise ValueError(f"n_train must be at most {n - 1:,} (of the {n:,} examples at least one is left to test), "
+                         f"got {n_train:,}")
     n_test = check_int("n_test", n - n_train if n_test is None else n_test, 1)
     if n_train + n_test > n:
-        raise ValueError(f"n_train + n_test = {n_train + n_test} is more than the {n} examples")
+        raise ValueError(f"n_test must be at most {n - n_train:,} (the {n:,} examples less the {n_train:,} to "
+                         f"train), got {n_test:,}")
     return images[:n_train], labels[:n_train], images[n - n_test:], labels[n - n_test:]
 
 

@@ -47,6 +47,16 @@ MAX_CHECKPOINT_BYTES = 16 * 2**30  # all entries' data together, when no model s
 Spec = dict[str, tuple[np.dtype, tuple[int, ...], bool]]  # entry name -> (dtype, shape, required)
 
 
+class SettingError(ValueError):
+    """A training setting (a key of ``DEFAULT_SETTINGS``, or the argument of that name) that cannot take its value.
+    The message names it as Python does (`name`, by default the setting: 'train_size must be ...');
+    ``setting`` and ``problem`` let the command line name its flag instead ('--train-size must be ...')."""
+
+    def __init__(self, setting: str, problem: str, name: str | None = None) -> None:
+        self.setting, self.problem = setting, problem
+        super().__init__(f"{name or setting} {problem}")
+
+
 @dataclass
 class Dataset:
     """Train and test images (N, C, H, W) uint8 with int64 labels, and the normalization to apply."""
@@ -66,24 +76,37 @@ def load_dataset(name: str, data_dir: str | Path | None = None, train_size: int 
     """'mnist' or 'cifar10'. MNIST without ``data_dir`` is the bundled 10,000-image test set, split into the
     first ``train_size`` (default 8,000) to train and the last ``test_size`` (default: the rest) to test;
     with ``data_dir`` holding the official train and test files, those are used. CIFAR-10 needs ``data_dir``
-    (the binary version). ``train_size``/``test_size`` then keep the first images of each."""
+    (the binary version). ``train_size``/``test_size`` then keep the first images of each.
+    A size out of range raises SettingError naming it and its largest value."""
+    for size, what in [(train_size, "train_size"), (test_size, "test_size")]:
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise SettingError(what, f"must be an integer >= 1, got {size!r}")
     if name == "mnist":
         mean, std, classes = data.MNIST_MEAN, data.MNIST_STD, tuple(str(d) for d in range(10))
         if data_dir is None:
             images, labels = data.load_mnist()
-            parts = data.split(images, labels, 8000 if train_size is None else train_size, test_size)
+            n, train_size = len(images), 8000 if train_size is None else train_size
+            if train_size >= n:
+                raise SettingError("train_size", f"must be at most {n - 1:,}: the bundled MNIST set has {n:,} images "
+                                   f"and at least one is left to test, got {train_size:,}")
+            if test_size is not None and train_size + test_size > n:
+                raise SettingError("test_size", f"must be at most {n - train_size:,}: the {n:,} bundled MNIST images "
+                                   f"less the {train_size:,} to train, got {test_size:,}")
+            parts = data.split(images, labels, train_size, test_size)
             return Dataset(name, *parts, mean, std, classes)
         train, test = data.load_mnist(data_dir, train=True), data.load_mnist(data_dir, train=False)
     elif name == "cifar10":
         if data_dir is None:
-            raise ValueError("CIFAR-10 needs --data-dir: the folder of the binary version (cifar-10-batches-bin)")
+            raise SettingError("data_dir", "is needed for CIFAR-10: the folder of its binary version "
+                               "(cifar-10-batches-bin)")
         mean, std, classes = data.CIFAR10_MEAN, data.CIFAR10_STD, data.CIFAR10_CLASSES
         train, test = data.load_cifar10(data_dir, train=True), data.load_cifar10(data_dir, train=False)
     else:
-        raise ValueError(f"data set must be 'mnist' or 'cifar10', got {name!r}")
-    for size, what in [(train_size, "train_size"), (test_size, "test_size")]:
-        if size is not None and size < 1:
-            raise ValueError(f"{what} must be at least 1, got {size}")
+        raise SettingError("data", f"must be 'mnist' or 'cifar10', got {name!r}")
+    for size, what, part in [(train_size, "train_size", train), (test_size, "test_size", test)]:
+        if size is not None and size > len(part[0]):
+            raise SettingError(what, f"must be at most {len(part[0]):,}, the {what.split('_')[0]} images in {data_dir}, "
+                               f"got {size:,}")
     train = (train[0][:train_size], train[1][:train_size])
     test = (test[0][:test_size], test[1][:test_size])
     return Dataset(name, *train, *test, mean, std, classes)
@@ -99,11 +122,11 @@ def build_model(name: str, in_channels: int, image_size: int, num_classes: int) 
     return models.MODELS[name](**kwargs)
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, leave: bool = True):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=True, file=sys.stderr,
+    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=leave, file=sys.stderr,
                 dynamic_ncols=True)
 
 
@@ -141,18 +164,36 @@ def train_epoch(model: nn.Module, optimizer: optim.Optimizer, loader: data.DataL
             "images_per_second": seen / seconds}
 
 
-def evaluate(model: nn.Module, loader: data.DataLoader, num_classes: int) -> dict:
-    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted) in eval mode."""
+def evaluate(model: nn.Module, loader: data.DataLoader, num_classes: int, *, progress: bool = False,
+             desc: str = "evaluate") -> dict:
+    """Mean loss, accuracy and the confusion matrix (rows: true class, columns: predicted) over ``loader``, in
+    eval mode and under ``nn.no_grad`` (layers keep nothing for backward: each activation is freed once the next
+    layer has read it); with `progress` a tqdm bar on stderr. On the CPU a last partial batch runs padded to the
+    loader's batch size, so that evaluation meets only the problems a training epoch with that loader's batch
+    size has tuned (``fastconv.autotune``) and compiled: with ``build_run``'s loaders, none new."""
     model.eval()
     device = model.device
     confusion = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, seen = 0.0, 0
-    for x, y in loader:
-        logits = model(to(x, device))
-        loss, _ = nn.cross_entropy(logits, y)
-        loss_sum += loss * len(y)
-        seen += len(y)
-        np.add.at(confusion, (y, to(logits, "cpu").argmax(axis=1)), 1)
+    bar = _progress(loader.num_examples, desc, progress, leave=False)  # the caller prints the result
+    with nn.no_grad():
+        for x, y in loader:
+            if device == "cpu" and len(y) < loader.batch_size:
+                # a last partial batch, zero-padded to the batch size: a problem size that is new would make
+                # algo="auto" time every candidate, compiling kernels the training never needed
+                logits = model(np.concatenate([x, np.zeros((loader.batch_size - len(y), *x.shape[1:]), x.dtype)]))
+                logits = logits[:len(y)]
+            else:
+                logits = model(to(x, device))
+            loss, _ = nn.cross_entropy(logits, y)
+            loss_sum += loss * len(y)
+            seen += len(y)
+            np.add.at(confusion, (y, to(logits, "cpu").argmax(axis=1)), 1)
+            if bar is not None:
+                bar.set_postfix(acc=f"{np.trace(confusion) / seen:.4f}", refresh=False)
+                bar.update(len(y))
+    if bar is not None:
+        bar.close()
     return {"test_loss": loss_sum / seen, "test_accuracy": float(np.trace(confusion) / seen), "confusion": confusion}
 
 
@@ -237,10 +278,11 @@ def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, expect: tu
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
-def _read_entries(path: Path, spec: Spec | None, only_meta: bool = False) -> dict[str, np.ndarray]:
+def _read_entries(path: Path, spec: Spec | None, only_meta: bool = False, skip: tuple[str, ...] = ()
+                  ) -> dict[str, np.ndarray]:
     """The checkpoint's entries by name (without '.npy'), each checked before it is read (``_read_npy``):
     'meta' a string of at most MAX_META_BYTES, the others against `spec` (or, without one, together at
-    most MAX_CHECKPOINT_BYTES)."""
+    most MAX_CHECKPOINT_BYTES). Entries whose names start with one of `skip` are neither checked nor read."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
@@ -257,13 +299,13 @@ def _read_entries(path: Path, spec: Spec | None, only_meta: bool = False) -> dic
             for info, key in zip(infos, names):
                 if not info.filename.endswith(".npy") or counts[key] > 1:
                     raise ValueError(f"{path}: unexpected or duplicate entry {info.filename!r}")
-                if spec is not None and key != "meta" and key not in spec:
+                if spec is not None and key != "meta" and key not in spec and not key.startswith(skip):
                     raise ValueError(f"{path}: entry {key!r} does not belong to this model, optimizer and schedule")
                 if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                     raise ValueError(f"{path}: entry {info.filename!r} is encrypted or compressed with "
                                      f"method {info.compress_type}; only stored and deflated entries are read")
             for info, key in zip(infos, names):
-                if only_meta and key != "meta":
+                if (only_meta and key != "meta") or key.startswith(skip):
                     continue
                 if key == "meta":
                     arrays[key] = _read_npy(path, zf, info, None, MAX_META_BYTES)
@@ -340,7 +382,8 @@ def read_meta(path: str | Path) -> dict:
     return _parse_meta(path, _read_entries(path, None, only_meta=True))
 
 
-def load_checkpoint(path: str | Path, spec: Spec | None = None) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+def load_checkpoint(path: str | Path, spec: Spec | None = None, skip: tuple[str, ...] = ()
+                    ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """(meta, {'model': ..., 'optimizer': ..., 'scheduler': ...}) from a checkpoint written by save_checkpoint.
 
     The file must be a zip (stored or deflated entries, none encrypted, no duplicate names) of
@@ -349,10 +392,11 @@ def load_checkpoint(path: str | Path, spec: Spec | None = None) -> tuple[dict, d
     load into) every entry's name, dtype and shape are checked before its data is read, and the
     required ones must be there; without it, the entries may hold at most MAX_CHECKPOINT_BYTES.
     Nothing is unpickled, and no array is allocated from a declared size before its bytes are read.
+    Entries whose names start with one of `skip` ('optimizer/', ...) are left unread.
     Raises ValueError naming the file for anything else.
     """
     path = Path(path)
-    arrays = _read_entries(path, spec)
+    arrays = _read_entries(path, spec, skip=skip)
     meta = _parse_meta(path, arrays)
     parts: dict[str, dict[str, np.ndarray]] = {"model": {}, "optimizer": {}, "scheduler": {}}
     for key, value in arrays.items():
@@ -446,8 +490,11 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoa
 
     After each epoch: evaluate on ``test_loader``, step the scheduler, append to the history and, with
     ``out_dir``, write checkpoint.npz (with ``meta`` and the history inside), then history.json/.csv,
-    each atomically, holding ``output_lock(out_dir)`` throughout. The checkpoint is the record of the run:
-    if the process dies between the files, the history files lag it by one epoch until the next write.
+    each atomically, holding ``output_lock(out_dir)`` throughout. The checkpoint's ``meta['settings']`` are
+    ``fit_settings`` of the arguments updated with ``meta['settings']`` when given (checked: ``check_settings``),
+    so that ``fastconv train --resume``, ``fastconv evaluate`` and ``fastconv visualize`` rebuild the run. The
+    checkpoint is the record of the run: if the process dies between the files, the history files lag it by one
+    epoch until the next write.
     Ctrl-C (in the main thread) ends the run after the current epoch is saved; a second Ctrl-C raises
     KeyboardInterrupt at once, after saying which epoch the checkpoint holds.
     Returns the history: per epoch lr, train loss/accuracy, test loss/accuracy, seconds and images/s.
@@ -455,6 +502,12 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoa
     history = list(history or [])
     out = Path(out_dir) if out_dir is not None else None
     checkpoint = out / "checkpoint.npz" if out is not None else None
+    settings = (meta or {}).get("settings", {})
+    if not isinstance(settings, dict):
+        raise TypeError(f"meta['settings'] must be a dict of training settings, got {type(settings).__name__}")
+    check_settings(settings)
+    if out is not None:
+        settings = {**fit_settings(model, optimizer, scheduler, train_loader, epochs, num_classes), **settings}
     resume = f"fastconv train --resume {checkpoint}" if checkpoint is not None else ""
     with contextlib.ExitStack() as stack:
         if out is not None:
@@ -468,7 +521,7 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoa
                 lr = optimizer.lr
                 stats = train_epoch(model, optimizer, train_loader, progress=progress, desc=f"epoch {epoch}/{epochs}")
                 start = time.perf_counter()
-                result = evaluate(model, test_loader, num_classes)
+                result = evaluate(model, test_loader, num_classes, progress=progress, desc=f"test {epoch}/{epochs}")
                 record = {"epoch": epoch, "lr": lr, **stats, "test_loss": result["test_loss"],
                           "test_accuracy": result["test_accuracy"], "test_seconds": time.perf_counter() - start}
                 history.append(record)
@@ -479,7 +532,7 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoa
                     f"{record['train_seconds']:.1f} s, {record['images_per_second']:,.0f} img/s")
                 if out is not None:
                     save_checkpoint(checkpoint, model, optimizer, scheduler,
-                                    {**(meta or {}), "epochs_done": epoch, "history": history})
+                                    {**(meta or {}), "settings": settings, "epochs_done": epoch, "history": history})
                     saved = epoch
                     write_history(out, history)
                 if stop.requested and epoch < epochs:
@@ -500,6 +553,54 @@ DEFAULT_SETTINGS = {
     "device": "cpu",
 }
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+
+
+def fit_settings(model: nn.Module, optimizer: optim.Optimizer, scheduler: optim.LRScheduler | None,
+                 loader: data.DataLoader, epochs: int, num_classes: int = 10) -> dict:
+    """The training settings (keys of DEFAULT_SETTINGS) that ``fit``'s arguments determine, which it writes into its
+    checkpoints: the model's name where it is a model of ``fastconv.models`` as ``build_model`` makes it for the
+    loader's images; the optimizer and schedule where ``build_run`` makes the same ones (Adam with PyTorch's betas
+    and eps, SGD without dampening; StepLR by 0.1, cosine annealing to 0 over `epochs`); the loader's batch size,
+    seed, augmentation (none, or crops padded by 4 and flips) and dtype; the model's device and `epochs`. The data
+    set is not among them: the loader holds arrays, which do not say where they came from."""
+    s: dict = {"epochs": epochs, "batch_size": loader.batch_size, "seed": loader.seed, "dtype": loader.dtype.name,
+               "device": model.device}
+    name = _model_name(model, loader.images.shape[1:], num_classes)
+    if name is not None:
+        s["model"] = name
+    if (loader.crop_padding, loader.flip) in ((0, False), (4, True)):
+        s["augment"] = loader.flip
+    if type(optimizer) is optim.Adam and optimizer.betas == (0.9, 0.999) and optimizer.eps == 1e-8:
+        s.update(optimizer="adam", lr=optimizer.initial_lr, weight_decay=optimizer.weight_decay)
+    elif type(optimizer) is optim.SGD and optimizer.dampening == 0:
+        s.update(optimizer="sgd", lr=optimizer.initial_lr, momentum=optimizer.momentum, nesterov=optimizer.nesterov,
+                 weight_decay=optimizer.weight_decay)
+    if scheduler is None:
+        s["schedule"] = "none"
+    elif type(scheduler) is optim.StepLR and scheduler.gamma == 0.1:
+        s.update(schedule="step", step_size=scheduler.step_size)
+    elif type(scheduler) is optim.CosineAnnealingLR and scheduler.eta_min == 0 and scheduler.T_max == epochs:
+        s["schedule"] = "cosine"
+    return s
+
+
+def _model_name(model: nn.Module, image_shape: tuple[int, ...], num_classes: int) -> str | None:
+    """The name in ``models.MODELS`` of the model `model` is (the same layers built with the same arguments as
+    ``build_model`` builds it for images of `image_shape`, (C, H, W)), or None."""
+    try:
+        spec = serialize.architecture(model)
+    except ValueError:
+        return None
+    channels, height, width = image_shape
+    for name in models.MODELS:
+        try:
+            with nn.zero_parameters(2**62):  # draws nothing from the generator that initializes parameters
+                candidate = build_model(name, channels, min(height, width), num_classes)
+        except ValueError:
+            continue
+        if serialize.architecture(candidate) == spec:
+            return name
+    return None
 
 
 @dataclass
@@ -560,20 +661,21 @@ SETTING_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
 
 def check_settings(settings: dict) -> dict:
     """The settings (keys of DEFAULT_SETTINGS, any subset) checked against SETTING_RULES; raises ValueError
-    naming the first setting that breaks its rule (unknown names included)."""
+    naming unknown names, SettingError naming the first setting that breaks its rule."""
     unknown = set(settings) - set(DEFAULT_SETTINGS)
     if unknown:
         raise ValueError(f"unknown training settings: {sorted(map(str, unknown))}")
     for name, value in settings.items():
         rule, expected = SETTING_RULES[name]
         if not rule(value):
-            raise ValueError(f"setting {name!r} must be {expected}, got {str(value)[:100]!r}")
+            raise SettingError(name, f"must be {expected}, got {str(value)[:100]!r}", f"setting {name!r}")
     return settings
 
 
 def build_run(settings: dict) -> Run:
     """The data, model, optimizer, schedule and loaders that ``settings`` (keys of DEFAULT_SETTINGS) describe.
-    Parameters are initialized from ``fc.manual_seed(settings['seed'])``."""
+    Parameters are initialized from ``fc.manual_seed(settings['seed'])``. The test loader takes batches of the
+    training's size: the problems the training epoch has already tuned (``algo="auto"``) and compiled."""
     s = {**DEFAULT_SETTINGS, **check_settings(settings)}
     if check_device(s["device"]) == "cuda":
         require_cuda()  # says why before any data is loaded
@@ -593,26 +695,60 @@ def build_run(settings: dict) -> Run:
     loader_args = dict(mean=ds.mean, std=ds.std, dtype=s["dtype"])
     train_loader = data.DataLoader(ds.train_images, ds.train_labels, s["batch_size"], shuffle=True, seed=s["seed"],
                                    crop_padding=4 if s["augment"] else 0, flip=bool(s["augment"]), **loader_args)
-    test_loader = data.DataLoader(ds.test_images, ds.test_labels, max(s["batch_size"], 256), **loader_args)
+    test_loader = data.DataLoader(ds.test_images, ds.test_labels, s["batch_size"], **loader_args)
     return Run(s, ds, model, opt, scheduler() if scheduler else None, train_loader, test_loader)
 
 
-def restore(checkpoint: str | Path, **overrides) -> tuple[Run, list[dict]]:
+TO_RESUME = ("optimizer", "schedule", "augment")  # settings fit leaves out where build_run cannot make the same
+
+
+def restore(checkpoint: str | Path, *, model_only: bool = False, log: Callable[[str], object] | None = None,
+            **overrides) -> tuple[Run, list[dict]]:
     """The run saved in ``checkpoint`` with its weights, optimizer and schedule state, and its history.
-    ``overrides`` replace settings (such as a larger ``epochs`` to train on, or another ``data_dir``).
-    The checkpoint's meta is read and checked first, then every array against the rebuilt run
+    ``overrides`` replace settings (such as a larger ``epochs`` to train on, or another ``data_dir``); the
+    model cannot be replaced (SettingError naming both). Settings neither gives take DEFAULT_SETTINGS' values;
+    `log` is then told which data set that is, if the checkpoint names none (one of ``fit``, whose loaders do
+    not know). With `model_only` (evaluate, visualize) only the model's weights are read: the optimizer and
+    schedule need not be ones ``build_run`` makes. The checkpoint's meta is read and checked first (ValueError
+    naming the file and a field that is missing), then every array against the rebuilt run
     (``checkpoint_spec``) before its data is read."""
     meta = read_meta(checkpoint)
-    if "settings" not in meta:
-        raise ValueError(f"{checkpoint}: checkpoint meta has no 'settings': only a run of fastconv train (or a "
-                         "fit given meta={'settings': ...}) can be restored")
-    run = build_run({**meta["settings"], **{k: v for k, v in overrides.items() if v is not None}})
-    _, parts = load_checkpoint(checkpoint, checkpoint_spec(run.model, run.optimizer, run.scheduler))
+    saved = meta.get("settings", {})
+    required = ("model",) if model_only else ("model", *TO_RESUME)
+    for name in required:
+        if name not in saved:
+            raise ValueError(f"{checkpoint}: checkpoint meta field 'settings.{name}' is missing: {_MISSING[name]}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides.get("model", saved["model"]) != saved["model"]:
+        raise SettingError("model", f"{overrides['model']} does not match {checkpoint}, which holds a {saved['model']} "
+                           f"model: a resumed run keeps its model. Leave --model out to continue the "
+                           f"{saved['model']} run, or train {overrides['model']} from the start into another --out")
+    run = build_run({**saved, **overrides})
+    if log is not None and "data" not in {*saved, *overrides}:
+        log(f"{checkpoint} does not say which data set it was trained on (fit's checkpoints do not): using "
+            f"{run.dataset.name}, {len(run.dataset.train_labels):,} train / {len(run.dataset.test_labels):,} test "
+            "images, the defaults; choose with --data, --data-dir, --train-size, --test-size")
+    spec = checkpoint_spec(run.model, run.optimizer, run.scheduler)
+    if model_only:
+        spec = {k: v for k, v in spec.items() if k.startswith("model/")}
+    _, parts = load_checkpoint(checkpoint, spec, skip=("optimizer/", "scheduler/") if model_only else ())
     run.model.load_state_dict(parts["model"])
-    run.optimizer.load_state_dict(parts["optimizer"])
-    if run.scheduler is not None and parts["scheduler"]:
-        run.scheduler.load_state_dict(parts["scheduler"])
+    if not model_only:
+        run.optimizer.load_state_dict(parts["optimizer"])
+        if run.scheduler is not None and parts["scheduler"]:
+            run.scheduler.load_state_dict(parts["scheduler"])
     return run, meta["history"]
+
+
+_MISSING = {
+    "model": f"the command line builds the models of fastconv.models ({', '.join(models.MODELS)}) by name, and this "
+             "checkpoint's is none of them (or its settings were removed); load it in Python with fastconv.load(path)",
+    **{name: f"fit writes it where build_run makes the same {name} as fit ran with (Adam with default betas and eps "
+             "or SGD without dampening, StepLR by 0.1 or cosine annealing over the epochs, no augmentation or "
+             "crops padded by 4 and flips); continue this run in Python: load its state with "
+             "train.load_checkpoint, then fit(..., history=meta['history'])"
+       for name in TO_RESUME},
+}
 
 
 def train(settings: dict, out_dir: str | Path, *, resume: str | Path | None = None, overwrite: bool = False,
@@ -621,7 +757,8 @@ def train(settings: dict, out_dir: str | Path, *, resume: str | Path | None = No
 
     `out_dir` is locked while the run writes it (``output_lock``). A folder that already holds a run is
     continued only as ``resume`` of its own checkpoint, or started over (its files removed first) with
-    `overwrite`; else ValueError."""
+    `overwrite`; else ValueError. Resuming a checkpoint that already holds the run's ``epochs`` (they count the
+    resumed ones) raises SettingError saying what to pass."""
     out = Path(out_dir)
     with output_lock(out):
         existing = out / "checkpoint.npz"
@@ -634,7 +771,17 @@ def train(settings: dict, out_dir: str | Path, *, resume: str | Path | None = No
                 with contextlib.suppress(FileNotFoundError):
                     (out / name).unlink()
         if resume is not None:
-            run, history = restore(resume, **settings)
+            meta = read_meta(resume)
+            saved = meta.get("settings", {})
+            epochs, done = settings.get("epochs", saved.get("epochs", DEFAULT_SETTINGS["epochs"])), meta["epochs_done"]
+            if done >= epochs:
+                if continuing:  # the history files of a run killed after its last save lag the checkpoint
+                    write_history(out, meta["history"])
+                own = "" if "epochs" in settings else " (the checkpoint's own: none was given)"
+                raise SettingError("epochs", f"{epochs}{own} counts every epoch of the run, resumed ones included, and "
+                                   f"{resume} already holds {done}: nothing is left to train. Pass --epochs "
+                                   f"{done + 1} or more to train further")
+            run, history = restore(resume, log=log, **settings)
         else:
             run, history = build_run(settings), []
         ds = run.dataset
@@ -648,7 +795,10 @@ def train(settings: dict, out_dir: str | Path, *, resume: str | Path | None = No
                       history=history, progress=progress, log=log)
         try:
             from . import plots
-            log(f"wrote {plots.training_curves(history, out / 'curves.png')}")
+            title = (f"{run.settings['model']} on {ds.name} ({len(ds.train_labels):,} train images), "
+                     f"{run.settings['optimizer']} lr {run.settings['lr']:g}, batch {run.settings['batch_size']}: "
+                     f"run {out.name}")
+            log(f"wrote {plots.training_curves(history, out / 'curves.png', title)}")
         except ImportError:
             log('no plots: matplotlib is missing (pip install -e ".[plot]")')
     return history

@@ -367,7 +367,8 @@ def test_a_run_killed_at_random_moments_resumes_to_the_uninterrupted_run(tmp_pat
                     _consistent(out, stale_temporaries=True)
                 continue
             output = proc.communicate(timeout=300)[0]
-            assert proc.returncode == 0, output
+            complete = "nothing is left to train" in output  # killed after its last save: the run was done
+            assert proc.returncode == (2 if complete else 0), output
             break
         meta, model = _final_state(out)
         assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]

@@ -102,9 +102,9 @@ def test_cifar_cnn_trains_on_cifar10_format_files(tmp_path):
     assert parts["model"]["0.weight"].shape == (32, 3, 3, 3)
 
 
-def test_cifar10_needs_a_data_dir(capsys):
-    assert run_cli("train", "--data", "cifar10", "--no-progress") == 2
-    assert "--data-dir" in capsys.readouterr().err
+def test_cifar10_needs_a_data_dir(capsys, tmp_path):
+    assert run_cli("train", "--data", "cifar10", "--no-progress", "--out", tmp_path / "run") == 2
+    assert "--data-dir is needed for CIFAR-10" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["resnet20", "resnext_cifar"])
@@ -160,3 +160,26 @@ def test_fit_on_the_public_api_mirrors_pytorch_style():
     before = model.state_dict()["0.weight"].copy()
     history = train.fit(model, opt, loader, loader, 1, progress=False, log=lambda s: None)
     assert len(history) == 1 and not np.array_equal(before, model.state_dict()["0.weight"])
+
+
+@pytest.mark.parametrize("settings", [
+    dict(optimizer="sgd", lr=0.05, momentum=0.5, nesterov=True, weight_decay=1e-4, schedule="step", step_size=3),
+    dict(optimizer="adam", lr=2e-3, schedule="cosine", augment=True, batch_size=16, seed=7, dtype="float64"),
+])
+def test_fit_settings_are_the_settings_build_run_made_the_run_from(settings):
+    run = train.build_run({"train_size": 32, "test_size": 16, "epochs": 4, **settings})
+    derived = train.fit_settings(run.model, run.optimizer, run.scheduler, run.train_loader, 4)
+    common = {"model", "epochs", "batch_size", "seed", "augment", "dtype", "device", "lr", "weight_decay"}
+    assert set(derived) == common | set(settings)  # the data set is what fit cannot know
+    assert derived == {k: run.settings[k] for k in derived}
+
+
+def test_fit_settings_leave_out_what_build_run_cannot_make():
+    model = fc.models.lenet5()
+    images, labels = data.load_mnist()
+    loader = data.DataLoader(images[:8], labels[:8], 4, mean=data.MNIST_MEAN, std=data.MNIST_STD, crop_padding=2)
+    opt = fc.optim.Adam(model.parameters(), eps=1e-6)
+    derived = train.fit_settings(model, opt, fc.optim.StepLR(opt, 2, gamma=0.5), loader, 3)
+    assert {"optimizer", "schedule", "augment"}.isdisjoint(derived) and derived["model"] == "lenet5"
+    other = fc.nn.Sequential(fc.nn.Flatten(), fc.nn.Linear(784, 10))
+    assert "model" not in train.fit_settings(other, fc.optim.SGD(other.parameters()), None, loader, 3)
