@@ -28,7 +28,7 @@ from .runtime import num_threads as get_num_threads, set_num_threads
 from .serialize import load, save
 
 __version__ = "0.1.0"
-LAZY_MODULES = ("data", "train")  # fc.data, fc.train: imported on first use (the trainer pulls in more)
+LAZY_MODULES = ("data", "train", "onnx")  # fc.data, fc.train, fc.onnx: imported on first use
 
 
 def __getattr__(name: str) -> object:
@@ -51,5 +51,5 @@ __all__ = [
     "algorithms", "avg_pool2d", "device", "avg_pool2d_backward", "conv2d", "conv2d_backward", "gemm",
     "autotune", "manual_seed", "max_pool2d", "max_pool2d_backward", "models", "nn", "optim", "set_autotune", "set_workspace_limit",
     "workspace_limit", "get_num_threads", "set_num_threads", "data", "train", "no_grad", "is_grad_enabled", "save",
-    "load", "conv2d_algorithm", "set_conv2d_algorithm", "conv_transpose2d", "conv_transpose2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
+    "load", "conv2d_algorithm", "set_conv2d_algorithm", "onnx", "conv_transpose2d", "conv_transpose2d_backward", "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward",
 ]

@@ -1,0 +1,253 @@
+"""A loaded ONNX model: the checked graph (``graph.read``) simplified once at load, then run node by node on
+fastconv's operators (``ops.OPS``).
+
+At load, in this order:
+
+1. Dropout and Identity are removed (their readers read their input).
+2. Constants are folded: every node whose inputs are all known (initializers, Constant, ConstantOfShape
+   of a known shape, shape arithmetic on them) runs once, and its outputs become constants.
+3. Conv followed by BatchNormalization (inference form, the Conv's only reader) becomes one Conv with
+   the normalization folded into its weights and bias.
+4. Relu after a Conv, Add or Sum that nothing else reads runs in place on their output (no second array).
+
+At run, each value is freed after its last reader, so a chain of layers holds about two activations
+at a time.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+
+from .graph import Graph, Node, read
+from .ops import OPS
+
+REMOVED = ("Dropout", "Identity")
+MAX_CONSTANT_BYTES = 8 * 2**30  # weights and folded constants together: VGG-19's are 0.55 GiB
+IN_PLACE_RELU_AFTER = ("Conv", "Add", "Sum")
+
+
+class Model:
+    """An ONNX graph ready to run: ``model.run({"input": x})`` -> {output name: array}; ``model(x)`` for a
+    graph of one input and one output. ``input_names``, ``output_names``, ``opset``; ``nodes`` (after the
+    load-time simplifications) and ``folded`` (what they did: counts by kind)."""
+
+    def __init__(self, graph: Graph, max_constant_bytes: int = MAX_CONSTANT_BYTES) -> None:
+        self.max_constant_bytes = max_constant_bytes
+        self.where, self.opset = graph.where, graph.opset
+        self.inputs, self.output_names = graph.inputs, list(graph.outputs)
+        self.input_names = [name for name, _, _ in graph.inputs]
+        self.constants = dict(graph.constants)
+        self.folded = {"removed": 0, "constant": 0, "batch_norm": 0, "relu": 0}
+        nodes = _remove_pass_through(graph.nodes, set(self.output_names), self.folded)
+        nodes = self._fold_constants(nodes)
+        nodes = self._fold_batch_norm(nodes)
+        self.nodes = _mark_in_place_relu(nodes, set(self.output_names), self.folded)
+        self._last_reader = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.inputs:
+                if name:
+                    self._last_reader[name] = i
+
+    def _run_node(self, node: Node, values: dict[str, np.ndarray]) -> list[np.ndarray]:
+        inputs = [values[name] if name else None for name in node.inputs]
+        try:
+            outputs = OPS[node.op_type].run(inputs, node.attributes, self.opset, len(node.outputs))
+        except (ValueError, TypeError) as error:
+            raise type(error)(f"{self.where}: node {node.name!r} ({node.op_type}): {error}") from None
+        if len(outputs) < len([name for name in node.outputs if name]):
+            raise ValueError(f"{self.where}: node {node.name!r} ({node.op_type}) lists {len(node.outputs)} outputs; "
+                             f"fastconv computes {len(outputs)}")
+        if node.relu_in_place:  # in place unless the op handed back (a view of) one of its inputs
+            shared = any(a is not None and np.may_share_memory(outputs[0], a) for a in inputs)
+            outputs[0] = np.maximum(outputs[0], 0) if shared else np.maximum(outputs[0], 0, out=outputs[0])
+        return outputs
+
+    def _fold_constants(self, nodes: list[Node]) -> list[Node]:
+        kept = []
+        budget = self.max_constant_bytes - sum(a.nbytes for a in self.constants.values())
+        for node in nodes:
+            if all(not name or name in self.constants for name in node.inputs) and node.op_type not in REMOVED:
+                if node.op_type == "ConstantOfShape":  # the one op whose output size is only declared
+                    shape = self.constants.get(node.inputs[0]) if node.inputs and node.inputs[0] else None
+                    if shape is not None and shape.dtype.kind in "iu" and shape.ndim == 1 and (shape >= 0).all() and \
+                            math.prod(int(d) for d in shape) * 8 > budget:
+                        raise ValueError(f"{self.where}: node {node.name!r} (ConstantOfShape) declares a tensor of "
+                                         f"shape {tuple(int(d) for d in shape)[:8]}, beyond the "
+                                         f"{self.max_constant_bytes} bytes of constants load accepts "
+                                         "(max_constant_bytes)")
+                outputs = self._run_node(node, self.constants)
+                budget -= sum(a.nbytes for a in outputs if isinstance(a, np.ndarray))
+                if budget < 0:
+                    raise ValueError(f"{self.where}: the model's constants take more than the {self.max_constant_bytes} "
+                                     f"bytes load accepts (max_constant_bytes), at node {node.name!r}")
+                self.constants.update({name: value for name, value in zip(node.outputs, outputs) if name})
+                self.folded["constant"] += 1
+            else:
+                kept.append(node)
+        return kept
+
+    def _fold_batch_norm(self, nodes: list[Node]) -> list[Node]:
+        """Conv then BatchNormalization as one Conv (``_folded_conv``), where the Conv's weights and bias and the
+        normalization's parameters are constants."""
+        readers = _readers(nodes)
+        outputs = set(self.output_names)
+        out, skip = [], set()
+        for i, node in enumerate(nodes):
+            if i in skip:
+                continue
+            bn = _only_reader(node, nodes, readers, outputs)
+            folded = None
+            if (node.op_type == "Conv" and bn is not None and bn.op_type == "BatchNormalization"
+                    and len([o for o in bn.outputs if o]) == 1 and not bn.attributes.get("training_mode", 0)
+                    and len(node.inputs) >= 2 and node.inputs[1] and len(bn.inputs) >= 5
+                    and all(name in self.constants for name in node.inputs[1:] if name)
+                    and all(name and name in self.constants for name in bn.inputs[1:5])):
+                folded = self._folded_conv(node, bn)
+            if folded is not None:
+                out.append(folded)
+                skip.add(nodes.index(bn))
+                self.folded["batch_norm"] += 1
+            else:
+                out.append(node)
+        return out
+
+    def _folded_conv(self, conv: Node, bn: Node) -> Node | None:
+        """conv then bn as one Conv: w' = w * s per output channel, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+        w = self.constants[conv.inputs[1]]
+        gamma, beta, mean, var = (self.constants[name].astype(np.float64) for name in bn.inputs[1:5])
+        b = self.constants[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(len(gamma), w.dtype)
+        if w.ndim != 4 or w.dtype.kind != "f" or not (gamma.shape == beta.shape == mean.shape == var.shape == b.shape
+                                                       == (w.shape[0],)):
+            return None  # shapes the fold cannot read: the nodes run as they are, and say what is wrong
+        epsilon = bn.attributes.get("epsilon", 1e-5)
+        if not isinstance(epsilon, float) or not epsilon >= 0:
+            return None
+        scale = gamma / np.sqrt(var + epsilon)
+        weight_name, bias_name = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
+        self.constants[weight_name] = (w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype)
+        self.constants[bias_name] = ((b - mean) * scale + beta).astype(w.dtype)
+        return Node("Conv", f"{conv.name}+{bn.name}", [conv.inputs[0], weight_name, bias_name], [bn.outputs[0]],
+                    dict(conv.attributes))
+
+    def run(self, feeds: dict[str, np.ndarray] | None = None, **named: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs for the inputs `feeds` (and/or keyword arguments), by output name. Each input
+        must have its declared dtype and the declared sizes where the model fixes them."""
+        feeds = {**(feeds or {}), **named}
+        missing = [name for name in self.input_names if name not in feeds]
+        unknown = [name for name in feeds if name not in self.input_names]
+        if missing or unknown:
+            raise ValueError(f"{self.where} takes inputs {self.input_names}: missing {missing}, unknown {unknown}")
+        values = dict(self.constants)
+        for name, dtype, shape in self.inputs:
+            values[name] = _checked_input(name, feeds[name], dtype, shape)
+        for i, node in enumerate(self.nodes):
+            for name, value in zip(node.outputs, self._run_node(node, values)):
+                if name:
+                    values[name] = value
+            for name in set(node.inputs):
+                if name and self._last_reader.get(name) == i and name not in self.constants \
+                        and name not in self.output_names:
+                    del values[name]
+        return {name: values[name] for name in self.output_names}
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if len(self.input_names) != 1 or len(self.output_names) != 1:
+            raise ValueError(f"{self.where} has inputs {self.input_names} and outputs {self.output_names}: "
+                             "call model.run({name: array, ...})")
+        return self.run({self.input_names[0]: x})[self.output_names[0]]
+
+    def warmup(self, batch: int = 1) -> None:
+        """Run once on zeros of the declared input shapes (free dimensions: `batch` for the first, 1 after), so that
+        kernels compile and ``auto`` times its candidates for this model's layers now."""
+        feeds = {}
+        for name, dtype, shape in self.inputs:
+            if shape is None:
+                raise ValueError(f"{self.where}: input {name!r} declares no shape to warm up with")
+            feeds[name] = np.zeros([d if d else (batch if i == 0 else 1) for i, d in enumerate(shape)], dtype)
+        self.run(feeds)
+
+    def __repr__(self) -> str:
+        return (f"fastconv.onnx.Model({self.where}, opset {self.opset}, {len(self.nodes)} nodes, inputs "
+                f"{self.input_names}, outputs {self.output_names})")
+
+
+def load(source: str | os.PathLike | bytes, warmup: bool = False, max_constant_bytes: int = MAX_CONSTANT_BYTES,
+         ) -> Model:
+    """The ONNX model at `source` (a path, or the file's bytes) ready to run on fastconv's kernels.
+
+    Everything is checked before anything runs (``graph.read``): ValueError names the file and, for
+    operators fastconv does not run, lists every such node. With `warmup`, one run on zeros of the declared
+    input shape compiles the kernels and tunes ``auto`` for the model's layers. `max_constant_bytes` bounds the
+    weights and the constants computed at load (a file's ConstantOfShape can declare any size)."""
+    model = Model(read(source, OPS), max_constant_bytes)
+    if warmup:
+        print(f"fastconv: warming up {model.where} (compiling and timing its layers' kernels)", file=sys.stderr)
+        model.warmup()
+    return model
+
+
+def _checked_input(name: str, value: object, dtype: np.dtype, shape: tuple | None) -> np.ndarray:
+    from .._checks import as_array
+    value = as_array(name, value)
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"input {name!r} must be a numpy.ndarray of {dtype}, got {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"input {name!r} must be {dtype}, got {value.dtype} (convert it with .astype(np.{dtype}))")
+    if shape is not None and (value.ndim != len(shape) or any(d and d != v for d, v in zip(shape, value.shape))):
+        declared = "x".join("?" if d is None else str(d) for d in shape)
+        raise ValueError(f"input {name!r} must have shape {declared}, got {value.shape}")
+    return value
+
+
+def _readers(nodes: list[Node]) -> dict[str, list[int]]:
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, []).append(i)
+    return readers
+
+
+def _only_reader(node: Node, nodes: list[Node], readers: dict[str, list[int]], outputs: set[str]) -> Node | None:
+    """The one node reading `node`'s only output, when no other node or graph output reads it."""
+    produced = [name for name in node.outputs if name]
+    if len(produced) != 1 or produced[0] in outputs or len(readers.get(produced[0], [])) != 1:
+        return None
+    return nodes[readers[produced[0]][0]]
+
+
+def _remove_pass_through(nodes: list[Node], outputs: set[str], folded: dict) -> list[Node]:
+    """Dropout (its first output; a requested mask keeps it) and Identity dropped, their readers renamed to read
+    their input; one whose output is a graph output stays."""
+    rename: dict[str, str] = {}
+    kept = []
+    for node in nodes:
+        node.inputs = [rename.get(name, name) for name in node.inputs]
+        extra_outputs = [name for name in node.outputs[1:] if name]
+        if node.op_type in REMOVED and not extra_outputs and node.outputs[0] not in outputs and node.inputs:
+            rename[node.outputs[0]] = node.inputs[0]
+            folded["removed"] += 1
+        else:
+            kept.append(node)
+    return kept
+
+
+def _mark_in_place_relu(nodes: list[Node], outputs: set[str], folded: dict) -> list[Node]:
+    """A Relu whose input comes from a Conv or Add read by nothing else: the Conv or Add applies it in place."""
+    readers = _readers(nodes)
+    kept, skip = [], set()
+    for i, node in enumerate(nodes):
+        if i in skip:
+            continue
+        relu = _only_reader(node, nodes, readers, outputs)
+        if node.op_type in IN_PLACE_RELU_AFTER and relu is not None and relu.op_type == "Relu":
+            node.relu_in_place = True
+            node.outputs = [relu.outputs[0]]
+            skip.add(nodes.index(relu))
+            folded["relu"] += 1
+        kept.append(node)
+    return kept
+
