@@ -1,4 +1,5 @@
-"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``warmup``, ``bench``, ``report``, ``compare``."""
+"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``predict``, ``warmup``, ``bench``,
+``report``, ``compare``."""
 from __future__ import annotations
 
 import argparse
@@ -260,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     _data_options(vis)
     vis.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
 
+    pred = commands.add_parser("predict", parents=[threads],
+                               help="top-k classes of images by a model (ONNX file or fastconv model/checkpoint)")
+    pred.add_argument("model", type=Path, help="an .onnx file, a file of fc.save, or a checkpoint of fastconv train")
+    pred.add_argument("input", type=Path, help="an .npy/.npz batch (N, C, H, W) of model-ready numbers, or a folder "
+                                               "of PNG/JPEG images (resized and normalized for the model)")
+    pred.add_argument("--top-k", type=int, default=5, help="classes per item (default 5)")
+    pred.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    pred.add_argument("--out", type=Path, help="the CSV to write (default predictions.csv)")
+    pred.add_argument("--key", help="which array of an .npz INPUT (default: its only one)")
+    pred.add_argument("--size", help="HxW to resize images to (default: the model's input size)")
+    pred.add_argument("--mean", help="per-channel mean subtracted from images scaled to [0, 1], e.g. 0.485,0.456,0.406 "
+                                     "(default: a fastconv checkpoint's, else none)")
+    pred.add_argument("--std", help="per-channel std dividing them, e.g. 0.229,0.224,0.225 (default: likewise)")
+    pred.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     warm = commands.add_parser("warmup", help="compile every CPU kernel ahead of use (cached on disk)")
     warm.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
                       help="the dtypes to compile for (default both)")
@@ -279,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-k", dest="keyword", metavar="EXPR",
                      help="only the benchmarks whose id matches this pytest keyword expression, e.g. "
                           "'resnet and forward' or 'vgg and (auto or pytorch)'")
-    run.add_argument("--op", action="append", choices=["conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"],
-                     help="only this suite (repeatable)")
+    run.add_argument("--op", action="append",
+                     choices=["conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step", "models"],
+                     help="only this suite (repeatable; models: whole networks against ONNX Runtime)")
     run.add_argument("--threads", type=int, metavar="N",
                      help=f"threads of every library, the same for each, 1 to {numba.config.NUMBA_NUM_THREADS} "
                           "(default: Numba's count, the cores)")
@@ -328,6 +345,30 @@ def _message(error: Exception) -> str:
     return str(error)
 
 
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size must be HxW, e.g. 224x224, got {text!r}") from None
+    if h < 1 or w < 1 or h * w > 2**26:
+        raise ValueError(f"--size must be two sizes of at least 1 (and at most 2**26 pixels), got {text!r}")
+    return h, w
+
+
+def _floats(flag: str, text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} must be numbers separated by commas, got {text!r}") from None
+    if flag == "--std" and any(not v > 0 for v in values):
+        raise ValueError(f"--std values must be positive, got {text!r}")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -342,6 +383,15 @@ def main(argv: list[str] | None = None) -> int:
         from . import demo as demo_module
         demo_module.run(args.repeat)
         return 0
+    if args.command == "predict":
+        from . import predict
+        try:
+            return predict.command(args.model, args.input, args.top_k, args.batch_size, args.out, args.key,
+                                   _size(args.size), _floats("--mean", args.mean), _floats("--std", args.std),
+                                   progress=not args.no_progress)
+        except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
+            print(f"fastconv predict: {error}", file=sys.stderr)
+            return 2
     if args.command == "warmup":
         from . import warmup
         return warmup.command(args.dtype, progress=not args.no_progress)
