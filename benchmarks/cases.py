@@ -8,7 +8,8 @@ A standalone module (NumPy only, no package-relative imports): the benchmark wor
 FLOPs (the contract of ``benchmarks/__init__.py``): conv forward 2*N*K*OH*OW*C/g*R*S, backward
 twice that; GEMM 2*M*N*K; pooling one per window tap, N*C*OH*OW*kh*kw, for both passes; a training
 step three times the forward FLOPs of the model's convolutions and linear layers (counted by the
-fastconv worker on the model itself: ``Train`` has no ``flops``).
+fastconv worker on the model itself: ``Train`` has no ``flops``); a whole network's inference the FLOPs of
+its Conv and Gemm nodes (counted on the ONNX graph by ``onnx_models.flops``: ``Network`` has no ``flops``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ PEERS = ("naive", "numpy", "pytorch", "onnxruntime")
 SIZES = ("tiny", "quick", "full")
 TRAIN_IMPLS = ("auto", "pytorch")  # the model's default algorithms, its PyTorch twin
 TRAIN_LR = 1e-3
+NETWORK_IMPLS = ("auto", "onnxruntime")  # fastconv.onnx (the layers' default algorithms), ONNX Runtime
 # Which peers run which (suite, pass): ONNX Runtime has no backward ops, and no peer but PyTorch trains.
 PEER_PASSES = {"naive": ("forward", "backward"), "numpy": ("forward", "backward"),
                "pytorch": ("forward", "backward", "step"), "onnxruntime": ("forward",)}
@@ -34,9 +36,12 @@ NAIVE_RATE = {"conv2d": 10e6, "max_pool2d": 1.5e6, "avg_pool2d": 1.5e6, "gemm": 
 
 
 def peers_for(suite: str, pass_: str) -> list[str]:
-    """The peers that run `pass_` of `suite`: naive and NumPy not on training steps."""
+    """The peers that run `pass_` of `suite`: PyTorch alone on training steps, ONNX Runtime alone on whole
+    networks."""
     if suite == "train_step":
         return ["pytorch"]
+    if suite == "models":
+        return ["onnxruntime"]
     return [p for p in PEERS if pass_ in PEER_PASSES[p]]
 
 
@@ -183,6 +188,24 @@ class Train:
         return f"{self.title} training step, batch {self.n}x{self.c}x{self.h}x{self.w}, Adam lr {TRAIN_LR:g}"
 
 
+@dataclass(frozen=True)
+class Network:
+    """Inference of a whole network on an (n, c, h, w) batch of images: ONNX's light model ``light_<model>.onnx``
+    (shipped in the onnx package) with random weights, seed 0, at batch n, its logits the output
+    (``onnx_models.random_weights``); one call is one forward pass, ``pass_`` "forward"."""
+    name: str
+    title: str
+    model: str
+    n: int
+    c: int = 3
+    h: int = 224
+    w: int = 224
+
+    @property
+    def label(self) -> str:
+        return f"{self.title} inference, batch {self.n}x{self.c}x{self.h}x{self.w}"
+
+
 # The conv layer suite: one row per layer.
 CONV = [
     Conv("lenet1", "LeNet-5 conv1", 64, 1, 28, 28, 6, 5, padding=2),
@@ -221,6 +244,18 @@ TRAIN = [Train("lenet5", "LeNet-5", "lenet5", 64, 1, 28, 28),
          Train("cifar_cnn", "CIFAR CNN", "cifar_cnn", 64, 3, 32, 32),
          Train("resnet20", "ResNet-20", "resnet20", 128, 3, 32, 32)]
 TINY_TRAIN = Train("lenet5-b8", "LeNet-5", "lenet5", 8, 1, 28, 28)
+
+# Whole networks (the "models" suite): (case name prefix, title, ONNX light model), each at every batch of
+# NETWORK_BATCHES, named "<prefix>-b<batch>".
+NETWORK_MODELS = (("alexnet", "AlexNet", "bvlc_alexnet"), ("vgg19", "VGG-19", "vgg19"),
+                  ("googlenet", "GoogLeNet", "inception_v1"), ("resnet50", "ResNet-50", "resnet50"),
+                  ("squeezenet", "SqueezeNet", "squeezenet"), ("shufflenet", "ShuffleNet", "shufflenet"),
+                  ("densenet121", "DenseNet-121", "densenet121"))
+NETWORK_BATCHES = (1, 16)
+NETWORK = [Network(f"{prefix}-b{n}", title, model, n) for prefix, title, model in NETWORK_MODELS
+           for n in NETWORK_BATCHES]
+QUICK_NETWORK = ("squeezenet-b1", "squeezenet-b16", "shufflenet-b1", "resnet50-b1")
+TINY_NETWORK = "squeezenet-b1"
 
 
 # The GPU suite (--fc-device cuda): fastconv's GPU algorithms vs PyTorch on the GPU. Its tiny cases are
@@ -305,8 +340,14 @@ def train_cases(size: str) -> list[Train]:
     return [TINY_TRAIN] if size == "tiny" else TRAIN
 
 
-Case = Conv | Pool | Gemm | Train
-KINDS = {cls.__name__: cls for cls in (Conv, Pool, Gemm, Train)}
+def network_cases(size: str) -> list[Network]:
+    """tiny: SqueezeNet at batch 1; quick: QUICK_NETWORK; full: every network at every batch."""
+    names = {"tiny": (TINY_NETWORK,), "quick": QUICK_NETWORK, "full": tuple(c.name for c in NETWORK)}[size]
+    return [c for c in NETWORK if c.name in names]
+
+
+Case = Conv | Pool | Gemm | Train | Network
+KINDS = {cls.__name__: cls for cls in (Conv, Pool, Gemm, Train, Network)}
 
 
 def case_to_dict(case: Case) -> dict:
@@ -364,6 +405,12 @@ def gemm_inputs(case: Gemm, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+@lru_cache(maxsize=2)
+def network_inputs(case: Network, dtype: str) -> np.ndarray:
+    """A fixed batch of images, already normalized (zero mean, unit variance): the network's input."""
+    return _rng(case).standard_normal((case.n, case.c, case.h, case.w)).astype(dtype)
+
+
 @lru_cache(maxsize=4)
 def train_inputs(case: Train, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """A fixed batch: images already normalized (zero mean, unit variance) and int64 labels."""
@@ -385,6 +432,8 @@ def find(suite: str, name: str) -> Case:
         candidates = [im2col_gemm(layer) for layer in layers] + ([square_gemm(int(size))] if size.isdigit() else [])
     elif op == "train_step":
         candidates = TRAIN + [TINY_TRAIN, GPU_TRAIN]
+    elif op == "models":
+        candidates = NETWORK
     else:
         raise ValueError(f"unknown suite {suite!r}")
     for case in candidates:

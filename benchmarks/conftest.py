@@ -33,7 +33,7 @@ import fastconv as fc
 from .cases import PEERS, SIZES
 from .harness import ALONE_IMPLS, PLANS, Bench, Entry, Harness, Result, library_of
 
-OPS = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
+OPS = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step", "models")
 VERSIONS = ("numpy", "numba", "llvmlite", "scipy", "torch", "onnxruntime", "onnx")
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile")
 
@@ -116,6 +116,8 @@ def _entry(harness: Harness, item: pytest.Item, bench: Bench, dtype: str) -> Ent
     if bench.suite.endswith("train_step") and bench.impl == "pytorch":
         model = harness.model(bench.case, dtype)
         request["model"] = {"spec": model["spec"], "weights": model["weights"]}
+    if bench.suite == "models":
+        request["onnx_file"] = harness.network(bench.case, dtype)["path"]
     return Entry(item.nodeid, library_of(bench.impl), request)
 
 
@@ -145,7 +147,7 @@ def fc_bench(request: pytest.FixtureRequest, fc_harness: Harness, fc_dtype: str)
             for other in group:
                 try:
                     entries.append(_entry(fc_harness, other, _bench(other), fc_dtype))
-                except Exception as error:  # the model export failed: every record of the group says so
+                except Exception as error:  # no model or network file: every record of the group says so
                     results[other.nodeid] = Result(error=error)
             results.update(fc_harness.measure(entries, ALONE_IMPLS if request.config.getoption("fc_alone") else ()))
         result = results.pop(item.nodeid)
@@ -165,6 +167,9 @@ def _record(item: pytest.Item, bench: Bench, result: Result, dtype: str, harness
     extra = {}
     if bench.suite.endswith("train_step"):
         flops = bench.case.n * harness.model(bench.case, dtype)["flops_per_image"]
+        extra["images"] = bench.case.n
+    if bench.suite == "models":
+        flops = harness.network(bench.case, dtype)["flops"]
         extra["images"] = bench.case.n
     compiled = bench.impl not in PEERS and library_of(bench.impl) == "fastconv"
     info = {"suite": bench.suite, "case": bench.case.name, "label": bench.case.label, "pass": bench.pass_,

@@ -1,5 +1,6 @@
 """The measured calls of fastconv itself (every algorithm, "auto" and the naive loops), on the CPU or
-the GPU, as the fastconv worker process (``worker.py``) builds them; and the model a PyTorch twin copies.
+the GPU, as the fastconv worker process (``worker.py``) builds them; whole ONNX networks run by
+``fastconv.onnx``; and the model a PyTorch twin copies.
 
 Imported by the fastconv worker only, as a top-level module beside ``cases`` and ``peers``.
 """
@@ -58,6 +59,16 @@ def gemm(case: cases.Gemm, algo: str, dtype: str, device: str) -> Callable[[], o
     move, synced = _on(device)
     a, b = (move(m) for m in cases.gemm_inputs(case, dtype))
     return synced(lambda: fc.gemm(a, b, algo=algo))
+
+
+def network(case: cases.Network, onnx_file: str, dtype: str) -> Callable[[], object]:
+    """One forward pass of the whole network in `onnx_file` (``fastconv.onnx.load``: checked and simplified
+    here, outside the timing; the layers' default algorithms) on the case's batch."""
+    import fastconv.onnx
+
+    model = fastconv.onnx.load(onnx_file)
+    feeds = {model.input_names[0]: cases.network_inputs(case, dtype)}
+    return lambda: model.run(feeds)
 
 
 def build_model(case: cases.Train, dtype: str) -> fc.nn.Module:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .cases import Case, Train, case_to_dict, naive_slice
+from .cases import Case, Network, Train, case_to_dict, naive_slice
 
 WORKER = Path(__file__).with_name("worker.py")
 PEER_LIBRARY = {"naive": "fastconv", "numpy": "numpy", "pytorch": "pytorch", "onnxruntime": "onnxruntime"}
@@ -99,8 +99,9 @@ class Bench:
 
     @property
     def flops(self) -> int | None:
-        """The whole case's FLOPs for this pass (training steps: None, the fastconv worker counts them)."""
-        return None if isinstance(self.case, Train) else self.case.flops(self.pass_)
+        """The whole case's FLOPs for this pass (None for training steps and whole networks: the fastconv worker
+        counts a training step's, ``Harness.network`` a network's)."""
+        return None if isinstance(self.case, (Train, Network)) else self.case.flops(self.pass_)
 
 
 def library_of(impl: str) -> str:
@@ -217,6 +218,7 @@ class Harness:
         self.started: dict[str, dict] = {}  # each library's hello reply, kept after the workers exit
         self.failed: dict[str, WorkerError] = {}
         self.models: dict[tuple, dict] = {}
+        self.networks: dict[Network, dict] = {}
         self.tmp = tempfile.TemporaryDirectory(prefix="fastconv-bench-")
 
     def worker(self, library: str) -> Worker:
@@ -248,6 +250,19 @@ class Harness:
                                                      "path": path})
             self.models[key] = {"spec": reply["spec"], "weights": path, "flops_per_image": reply["flops_per_image"]}
         return self.models[key]
+
+    def network(self, case: Network, dtype: str) -> dict:
+        """A whole network's ONNX file, written once per case into this run's temporary folder
+        (``onnx_models.prepared``: random weights, seed 0, at the case's batch): ``path`` and ``flops``.
+        WorkerError with skip where it cannot run here: not float32 (the light models' dtype), no onnx."""
+        if dtype != "float32":
+            raise WorkerError(f"the ONNX models are float32: no {dtype} run of {case.name}", skip=True)
+        if importlib.util.find_spec("onnx") is None:
+            raise WorkerError("onnx not installed (pip install onnx): it reads the networks", skip=True)
+        if case not in self.networks:
+            from .onnx_models import prepared
+            self.networks[case] = prepared(case.model, case.n, self.tmp.name)
+        return self.networks[case]
 
     def measure(self, entries: list[Entry], alone: tuple[str, ...] = ()) -> dict[str, Result]:
         """Prepare every entry, then time them in interleaved rounds (see the module's docstring). The entries

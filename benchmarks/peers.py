@@ -1,6 +1,7 @@
 """The peers fastconv is measured against: NumPy (im2col/col2im and window views, vectorised),
 PyTorch (its CPU ops, or cuDNN/cuBLAS on the GPU; the backward ops alone) and ONNX Runtime (one-node
-ONNX graphs, forward only). Each maker returns a no-argument callable whose one call is the measured op.
+ONNX graphs, forward only; whole networks from an ONNX file). Each maker returns a no-argument callable
+whose one call is the measured op.
 
 A standalone module (NumPy at import, torch/onnx/onnxruntime imported by the makers that need them,
 no package-relative imports): the benchmark workers (``worker.py``) import it by file, so that a
@@ -312,6 +313,23 @@ def _ort_call(node, inputs: dict[str, np.ndarray], constants: dict[str, np.ndarr
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     feeds = dict(inputs)
+    return lambda: session.run(None, feeds)
+
+
+def onnxruntime_network(onnx_file: str, x: np.ndarray, threads: int) -> Callable[[], object]:
+    """One forward pass of the whole network in `onnx_file` on the batch `x`: an ONNX Runtime CPU session with
+    `threads` intra-op threads (one inter-op), every graph optimization on (ORT_ENABLE_ALL, applied when the
+    session is made, outside the timing), its idle pool threads sleeping ("session.intra_op.allow_spinning"
+    "0")."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
+    feeds = {session.get_inputs()[0].name: x}
     return lambda: session.run(None, feeds)
 
 

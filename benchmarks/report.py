@@ -4,8 +4,8 @@ Reads the pytest-benchmark JSON that ``fastconv bench`` writes (our figures unde
 ``extra_info``, contract in this package's docstring) and turns it into:
 
 - :func:`rows`: one flat row per benchmark with the derived figures (time, GFLOP/s, % of peak,
-  speed-up over naive and NumPy, ratios to PyTorch and ONNX Runtime, images/s of training steps, memory,
-  compile time, the spread of the timed calls and whether it makes the record noisy);
+  speed-up over naive and NumPy, ratios to PyTorch and ONNX Runtime, images/s of training steps and whole
+  networks, memory, compile time, the spread of the timed calls and whether it makes the record noisy);
 - :func:`headline`: the few numbers that summarise a run;
 - :func:`render`: ``report.md``, ``report.html`` (standalone: inline CSS, no JS; wide tables scroll in their
   own box) and PNG plots (:func:`speedup_figure`, :func:`conv_gflops_figure`, :func:`gemm_figure`), the
@@ -23,16 +23,17 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .cases import BATCH1_SUFFIX, CONV, is_batch1
+from .cases import BATCH1_SUFFIX, CONV, NETWORK_MODELS, is_batch1
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PEERS = ("naive", "numpy", "pytorch", "onnxruntime")
-SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step")
-GPU_SUITES = tuple("cuda_" + s for s in SUITES)  # the GPU suite's records (fastconv bench --device cuda)
+SUITES = ("conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step", "models")
+GPU_SUITES = tuple("cuda_" + s for s in SUITES if s != "models")  # the GPU suite's records (--device cuda)
 PASSES = ("forward", "backward")
 MODELS = ("lenet5", "cifar_cnn", "resnet20", "resnext_cifar")  # train_step cases: a model, "-bN" for batch N
+NETWORKS = tuple(prefix for prefix, _, _ in NETWORK_MODELS)  # "models" cases: a network, "-bN" for batch N
 CONV_LAYERS = tuple(c.name for c in CONV if not is_batch1(c.name))  # each also has its batch-1 twin
 IMPLS = ("direct", "direct_simd", "im2col", "im2col_packed", "winograd", "winograd_4x4", "depthwise", "window_2x2",
          "blas", "packed", "auto", "naive", "numpy", "pytorch", "onnxruntime")
@@ -40,6 +41,7 @@ IMPL_NAMES = {"naive": "naive", "numpy": "NumPy", "pytorch": "PyTorch", "onnxrun
 SUITE_TITLES = {"conv2d": "conv2d", "max_pool2d": "max_pool2d", "avg_pool2d": "avg_pool2d", "gemm": "GEMM",
                 "train_step": "training step"}
 SUITE_TITLES.update({"cuda_" + s: f"GPU {t}" for s, t in SUITE_TITLES.items()})
+SUITE_TITLES["models"] = "Whole networks"
 GPU_TARGETS = {"gemm": 0.5, "conv_forward": 0.3}  # fractions of cuBLAS / cuDNN throughput (the GPU issue)
 GPU_TARGET_LAYERS = ("resnet", "vgg")
 REQUIRED_KEYS = ("suite", "case", "pass", "impl", "flops")
@@ -124,7 +126,8 @@ def _order(values: Iterable[str], canonical: Iterable[str]) -> list[str]:
 
 def _case_key(case: str) -> tuple:
     """Sort key of a case id: conv layers in the suite's order (batch-1 twins after), pooling by layer then window,
-    square GEMMs by size then the im2col GEMMs by layer, training steps by model."""
+    square GEMMs by size then the im2col GEMMs by layer, training steps by model, whole networks by network then
+    batch."""
     def layer(name: str) -> int:
         return CONV_LAYERS.index(name) if name in CONV_LAYERS else len(CONV_LAYERS)
 
@@ -141,7 +144,10 @@ def _case_key(case: str) -> tuple:
         return (3, layer(m.group(1)), m.group(1))
     if case.split("-")[0] in MODELS:
         return (4, MODELS.index(case.split("-")[0]), case)
-    return (5, case)
+    m = re.fullmatch(r"(.+)-b(\d+)", case)
+    if m and m.group(1) in NETWORKS:
+        return (5, NETWORKS.index(m.group(1)), int(m.group(2)))
+    return (6, case)
 
 
 def _row_key(row: Row) -> tuple:
@@ -159,8 +165,8 @@ def rows(results: dict) -> list[Row]:
     Keys: suite, case, label, pass, impl, peer, dtype, time_s (stats median * scale), scaled,
     scaled_from, flops, gflops, pct_peak (percent of the ``is_peak`` record's fastest-round GFLOP/s),
     speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch and ratio_onnxruntime (the
-    peer's time / this time: > 1 means faster than that peer), images and images_per_s (training steps;
-    None elsewhere),
+    peer's time / this time: > 1 means faster than that peer), images and images_per_s (training steps and
+    whole networks; None elsewhere),
     peak_memory_bytes, compile_s, first_call_s, threads, rounds, spread (the interquartile range of the
     timed calls over their median) and noisy (spread above NOISY_SPREAD), is_peak, name. Peers are matched
     on (suite, case, pass, dtype); a missing peer or figure is None.
@@ -281,6 +287,7 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
                                             "noisy")}
                          for r in all_rows if r["suite"] == "train_step" and r["impl"] == "auto"
                          and r["dtype"] == dtype]
+    out["networks"] = _networks_by_batch([r for r in all_rows if r["suite"] == "models" and r["dtype"] == dtype])
     out["cuda"] = _gpu_headline(all_rows, dtype)
     checked = [r for r in all_rows if r["alone_ratio"] is not None and r["dtype"] == dtype]
     out["alone"] = None if not checked else {
@@ -306,6 +313,19 @@ def _headline_from_rows(all_rows: list[Row]) -> dict:
         "groups": len(groups),
         "groups_without_pytorch": sum("pytorch" not in impls for impls in groups.values()),
     }
+    return out
+
+
+def _networks_by_batch(sel: list[Row]) -> list[dict]:
+    """Per batch size of the whole networks in `sel`, smallest first: ``{images, networks, with_onnxruntime,
+    ratio_onnxruntime_geomean}``, over fastconv's (auto) records: how many networks, how many also ran on ONNX
+    Runtime, and the geometric mean of their ratios to it (None without any)."""
+    out = []
+    for images in sorted({r["images"] for r in sel if r["impl"] == "auto"}):
+        ours = [r for r in sel if r["impl"] == "auto" and r["images"] == images]
+        ratios = [r["ratio_onnxruntime"] for r in ours if r["ratio_onnxruntime"] is not None]
+        out.append({"images": images, "networks": len(ours), "with_onnxruntime": len(ratios),
+                    "ratio_onnxruntime_geomean": _geomean(ratios)})
     return out
 
 
@@ -387,7 +407,9 @@ def headline(results: dict) -> dict:
     ``worst_onnxruntime`` (the same against ONNX Runtime, forward only), ``speedup_naive_geomean`` and its range
     ``speedup_naive_min`` / ``speedup_naive_max`` (``{case, label, speedup_naive}``). Then
     ``train_step``: fastconv auto's training steps, each ``{case, label, images, time_s,
-    images_per_s, ratio_pytorch, noisy}`` (an empty list when none were run); ``cuda``: the GPU suite against its
+    images_per_s, ratio_pytorch, noisy}`` (an empty list when none were run); ``networks``: the whole networks
+    per batch size (``{images, networks, with_onnxruntime, ratio_onnxruntime_geomean}``: fastconv's geometric
+    mean ratio to ONNX Runtime; an empty list when none were run); ``cuda``: the GPU suite against its
     targets (``_gpu_headline``; None without GPU records). Then ``peak_gflops`` (the
     ``is_peak`` record's) with ``peak_record``, and ``counts``. Figures that cannot be computed (no
     PyTorch, no auto records) are None.
@@ -772,6 +794,8 @@ def _headline_blocks(head: dict, all_rows: list[Row]) -> list[tuple]:
         table = ("p", f"No conv2d records of fastconv auto in {head['dtype']} in this run.")
     steps = head["train_step"]
     train = [[("b", "training step"), ("text", " " + _train_headline(steps))]] if steps else []
+    if head["networks"]:
+        train.append([("b", "whole networks:"), ("text", " " + _networks_headline(head["networks"]))])
     a = head["alone"]
     alone = [] if a is None else [[("b", "checked alone:"), ("text", (
         f" {a['records']} records also timed alone, each in a fresh process, 3 times among their case's rounds: suite/alone "
@@ -799,6 +823,13 @@ def _train_headline(steps: list[dict]) -> str:
     return "; ".join(f"at batch {n}: " + ", ".join(parts) for n, parts in by_batch.items())
 
 
+def _networks_headline(by_batch: list[dict]) -> str:
+    """The headline's text: "fastconv against ONNX Runtime, geometric mean: 0.52x at batch 1 (7 networks), ..."."""
+    parts = [f"{fmt_ratio(b['ratio_onnxruntime_geomean'])} at batch {b['images']} ({b['with_onnxruntime']} "
+             f"network{'s' if b['with_onnxruntime'] != 1 else ''})" for b in by_batch]
+    return "fastconv against ONNX Runtime (its time over ours, > 1: faster), geometric mean: " + ", ".join(parts)
+
+
 TRAIN_HEADERS = ["impl", "time per step", "IQR / median", "images/s", "x PyTorch", "GFLOP/s", "peak mem (MiB)",
                  "first call (s)", "compile (s)"]
 
@@ -821,6 +852,45 @@ def _train_blocks(sel: list[Row], tag: str) -> list[tuple]:
                 for r in case_rows]
         blocks.append(("table", TRAIN_HEADERS, body, _noisy_notes(case_rows)))
     return blocks
+
+
+NETWORK_HEADERS = ["network", "batch", "fastconv", "ONNX Runtime", "x ONNX Runtime", "images/s fastconv",
+                   "images/s ONNX Runtime", "peak mem fastconv (MiB)", "peak mem ONNX Runtime (MiB)",
+                   "GFLOP/s fastconv", "GFLOP/s ONNX Runtime", "first call fastconv (s)"]
+
+
+def _network_blocks(sel: list[Row], tag: str) -> list[tuple]:
+    """What is measured, then one table (under a heading naming the dtype when it is not the run's main one) with
+    a row per network and batch (fastconv against ONNX Runtime: time, ratio, images/s, peak memory, GFLOP/s,
+    fastconv's first call), then the geometric mean of the ratio per batch."""
+    def cell(r: Row | None, fmt, key: str) -> str:
+        return "-" if r is None else fmt(r[key])
+
+    idx = _index(sel)
+    body = []
+    for case in dict.fromkeys(r["case"] for r in sel):  # rows are sorted by network, then batch
+        ours, ort = (idx.get(("models", case, "forward", sel[0]["dtype"], impl)) for impl in ("auto", "onnxruntime"))
+        first = ours or ort
+        body.append([_case_cell(case, first["label"]), str(first["images"]),
+                     "-" if ours is None else _time_cell(ours), "-" if ort is None else _time_cell(ort),
+                     cell(ours, fmt_ratio, "ratio_onnxruntime"), cell(ours, fmt_num, "images_per_s"),
+                     cell(ort, fmt_num, "images_per_s"), cell(ours, fmt_mib, "peak_memory_bytes"),
+                     cell(ort, fmt_mib, "peak_memory_bytes"), cell(ours, fmt_num, "gflops"),
+                     cell(ort, fmt_num, "gflops"), cell(ours, fmt_s, "first_call_s")])
+    means = [f"batch {b['images']}: {fmt_ratio(b['ratio_onnxruntime_geomean'])} over {b['with_onnxruntime']} of "
+             f"{b['networks']} network{'s' if b['networks'] != 1 else ''}" for b in _networks_by_batch(sel)]
+    return [*([("h", 3, f"Whole networks{tag}")] if tag else []),
+            ("p", "One forward pass of a whole network on a fixed batch of images: ONNX's light models (shipped in "
+                  "the onnx package) with random weights stored as initializers, their logits the output, run by "
+                  "fastconv (fastconv.onnx, the layers' default algorithms) and by ONNX Runtime (its CPU provider, "
+                  "every graph optimization on, idle threads not spinning), with the same threads. x ONNX Runtime: "
+                  "its time over ours (> 1: fastconv is faster). GFLOP/s counts the Conv and Gemm multiply-adds "
+                  "(twice). Peak memory: what one call adds above the process's level before it; ONNX Runtime keeps "
+                  "the memory arena its first call grew, so its figure counts only what a call needs beyond that. "
+                  "First call: fastconv's first run in its process (kernels compiled and auto's algorithms tuned where "
+                  "their caches are cold)."),
+            ("table", NETWORK_HEADERS, body, _noisy_notes(sel)),
+            ("p", "Geometric mean of x ONNX Runtime: " + "; ".join(means) + ".")]
 
 
 def _noise_block(all_rows: list[Row]) -> tuple:
@@ -869,6 +939,8 @@ def _report_blocks(results: dict, all_rows: list[Row], plots: dict[str, Path]) -
                     blocks.append(("img", plots["gemm_gflops"].name, "GEMM GFLOP/s per size"))
             elif suite in ("train_step", "cuda_train_step"):
                 blocks += _train_blocks(sel, tag)
+            elif suite == "models":
+                blocks += _network_blocks(sel, tag)
             else:
                 if tag:
                     blocks.append(("h", 3, f"{title}{tag}"))

@@ -105,13 +105,16 @@ def start_library(library: str, threads: int) -> dict:
 
 def make_call(library: str, request: dict, threads: int) -> Callable[[], object]:
     """The measured call of a ``prepare`` request: suite, case, pass, impl, dtype, device (and for a
-    PyTorch training step the twin's model: spec and weights file)."""
+    PyTorch training step the twin's model: spec and weights file; for a whole network, "models", its
+    ``onnx_file``)."""
     suite, pass_, impl, dtype = request["suite"], request["pass"], request["impl"], request["dtype"]
     device = request.get("device", "cpu")
     case = cases.case_from_dict(request["case"])
     op = suite.removeprefix("cuda_")
     if library == "fastconv":
         import fastconv_calls
+        if op == "models":
+            return fastconv_calls.network(case, request["onnx_file"], dtype)
         return fastconv_calls.make(suite, case, pass_, impl, dtype, device)
     if library == "pytorch":
         if op == "conv2d":
@@ -125,6 +128,8 @@ def make_call(library: str, request: dict, threads: int) -> Callable[[], object]
             state = {k: weights[k] for k in weights.files}
         return peers.torch_step(model["spec"], state, *cases.train_inputs(case, dtype), cases.TRAIN_LR, device)
     if library == "onnxruntime":
+        if op == "models":  # graph optimizations on, spinning off (peers.onnxruntime_network)
+            return peers.onnxruntime_network(request["onnx_file"], cases.network_inputs(case, dtype), threads)
         # ONNX Runtime's default: its idle pool threads spin. Alone in its process, with the harness waiting
         # for its threads to idle before the next library's block, that stands in no one's way; turned off
         # ("spinning": false) its small layers measured up to 16% slower (cifar2 2.15 against 1.81 ms)

@@ -1,4 +1,5 @@
 """The benchmark harness on its tiny case, end to end: suite -> results.json -> report -> compare."""
+import importlib.util
 import json
 import re
 import subprocess
@@ -40,7 +41,8 @@ def test_tiny_run_measures_every_implementation(tiny_run):
     for p in ("forward", "backward"):
         expected = {a for a in fc.algorithms("conv2d") if a != "naive" and takes(a, TINY_CONV)} | {"auto", "naive", "numpy"}
         assert {impl for pass_, impl in conv if pass_ == p} >= expected
-    assert {i["suite"] for i in infos} == {"conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"}
+    networks = {"models"} if importlib.util.find_spec("onnx") else set()  # the networks' files need onnx
+    assert {i["suite"] for i in infos} == {"conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step"} | networks
     assert sum(bool(i["is_peak"]) for i in infos) == 1
     assert all(r["stats"]["median"] > 0 for r in records)
 
@@ -250,7 +252,8 @@ def test_tiny_run_times_pytorch_and_onnxruntime_each_where_it_applies(tiny_run):
     infos = [r["extra_info"] for r in json.loads((tiny_run / "results.json").read_text())["benchmarks"]]
     ort = {(i["suite"], i["pass"]) for i in infos if i["impl"] == "onnxruntime"}
     torch = {(i["suite"], i["pass"]) for i in infos if i["impl"] == "pytorch"}
-    assert ort == {("conv2d", "forward"), ("max_pool2d", "forward"), ("avg_pool2d", "forward"), ("gemm", "forward")}
+    assert ort == {("conv2d", "forward"), ("max_pool2d", "forward"), ("avg_pool2d", "forward"), ("gemm", "forward"),
+                   ("models", "forward")}
     assert ("conv2d", "backward") in torch and ("train_step", "step") in torch
     assert all(i["library"] == i["impl"] and i["threads"] >= 1 for i in infos if i["impl"] in ("pytorch", "onnxruntime"))
 
@@ -346,3 +349,143 @@ def test_report_orders_batch1_twins_after_the_layers():
     from fastconv.benchmarks import report
     cases = ["lenet1-b1", "vgg", "lenet1", "stem7", "vgg-b1"]
     assert sorted(cases, key=report._case_key) == ["lenet1", "vgg", "stem7", "lenet1-b1", "vgg-b1"]
+
+
+# ------------------------------------------------------------------------------------ whole networks
+
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory):
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx (it reads the networks)")
+    out = tmp_path_factory.mktemp("models")
+    done = _fastconv("bench", "--op", "models", "--size", "tiny", "--out", str(out))
+    assert done.returncode == 0, done.stderr + (out / "pytest.log").read_text()
+    return out
+
+
+def test_models_tiny_run_times_squeezenet_and_reports_it(models_run):
+    """--op models --size tiny: SqueezeNet at batch 1 by fastconv (and ONNX Runtime where installed), its FLOPs
+    counted on the graph (SqueezeNet 1.1: 349 million multiply-adds), and the report's "Whole networks" section."""
+    records = json.loads((models_run / "results.json").read_text())["benchmarks"]
+    infos = [r["extra_info"] for r in records]
+    ort = {"onnxruntime"} if importlib.util.find_spec("onnxruntime") else set()
+    assert {i["impl"] for i in infos} == {"auto"} | ort
+    for info in infos:
+        assert CONTRACT <= set(info), CONTRACT - set(info)
+        assert (info["suite"], info["case"], info["pass"], info["images"]) == ("models", "squeezenet-b1", "forward", 1)
+        assert info["flops"] == 698_303_872
+        assert info["library"] == ("fastconv" if info["impl"] == "auto" else "onnxruntime")
+        assert info["peer"] == (info["impl"] == "onnxruntime") and info["first_call_s"] > 0
+    assert all(r["stats"]["median"] > 0 for r in records)
+    markdown = (models_run / "report.md").read_text()
+    assert "## Whole networks" in markdown
+    assert "| network | batch | fastconv | ONNX Runtime | x ONNX Runtime |" in markdown
+    assert re.search(r"\| `squeezenet-b1` SqueezeNet inference, batch 1x3x224x224 \| 1 \| [\d.]+ ms( †)? \|",
+                     markdown)
+    if ort:
+        assert re.search(r"\*\*whole networks:\*\* fastconv against ONNX Runtime .* geometric mean: [\d.]+x at batch 1 "
+                         r"\(1 network\)", markdown), markdown
+        assert re.search(r"Geometric mean of x ONNX Runtime: batch 1: [\d.]+x over 1 of 1 network\.", markdown)
+
+
+def test_report_of_whole_networks_gives_the_geometric_mean_per_batch(tmp_path):
+    """Two networks at batch 1 and 16, fastconv at half and at twice ONNX Runtime's speed: 1x at each batch;
+    images/s from the batch; the rows in the suite's order (network, then batch)."""
+    from fastconv.benchmarks import report
+    records = []
+    for case, ours, theirs in (("resnet50-b16", 0.4, 0.8), ("squeezenet-b1", 0.001, 0.002),
+                               ("resnet50-b1", 0.04, 0.02), ("squeezenet-b16", 0.02, 0.01)):
+        for impl, median in (("auto", ours), ("onnxruntime", theirs)):
+            record = _record(case, "forward", impl, median, suite="models")
+            record["extra_info"]["images"] = int(case.rsplit("-b", 1)[1])
+            records.append(record)
+    results = {"machine_info": {"fastconv": {"cpu": "test CPU"}}, "benchmarks": records}
+    assert report.headline(results)["networks"] == [
+        {"images": 1, "networks": 2, "with_onnxruntime": 2, "ratio_onnxruntime_geomean": pytest.approx(1.0)},
+        {"images": 16, "networks": 2, "with_onnxruntime": 2, "ratio_onnxruntime_geomean": pytest.approx(1.0)}]
+    (tmp_path / "run.json").write_text(json.dumps(results))
+    report.render(tmp_path / "run.json", tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    rows = [line for line in markdown.splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == ["resnet50-b1", "resnet50-b16", "squeezenet-b1", "squeezenet-b16"]
+    assert rows[1].startswith("| `resnet50-b16` ResNet-50 inference, batch 16x3x224x224 | 16 | 400 ms | 800 ms | "
+                              "2.00x | 40.0 | 20.0 |")
+    assert "Geometric mean of x ONNX Runtime: batch 1: 1.00x over 2 of 2 networks; batch 16: 1.00x over 2 of 2 " \
+           "networks." in markdown
+    assert "**whole networks:** fastconv against ONNX Runtime (its time over ours, > 1: faster), geometric mean: " \
+           "1.00x at batch 1 (2 networks), 1.00x at batch 16 (2 networks)" in markdown
+
+
+def test_network_cases_by_size():
+    from fastconv.benchmarks.cases import NETWORK, network_cases
+    assert [c.name for c in network_cases("tiny")] == ["squeezenet-b1"]
+    assert 1 < len(network_cases("quick")) < len(NETWORK) == 14
+    assert {(c.model, c.n) for c in network_cases("full")} == {
+        (m, n) for m in ("bvlc_alexnet", "vgg19", "inception_v1", "resnet50", "squeezenet", "shufflenet", "densenet121")
+        for n in (1, 16)}
+
+
+def test_flops_count_the_conv_and_gemm_multiply_adds():
+    """AlexNet (bvlc, 224x224: conv1 gives 54x54), by hand: its five convolutions (two grouped) and three Gemms."""
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx")
+    from fastconv.benchmarks import onnx_models
+    macs = (96 * 54 * 54 * 3 * 11 * 11 + 256 * 26 * 26 * 48 * 5 * 5 + 384 * 12 * 12 * 256 * 9 + 384 * 12 * 12 * 192 * 9
+            + 256 * 12 * 12 * 192 * 9 + 9216 * 4096 + 4096 * 4096 + 4096 * 1000)
+    assert onnx_models.flops(onnx_models.light_model("bvlc_alexnet")) == 2 * macs
+    squeezenet = onnx_models.light_model("squeezenet")
+    assert onnx_models.flops(onnx_models.random_weights(squeezenet, batch=16)) == \
+        16 * onnx_models.flops(onnx_models.random_weights(squeezenet))
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("name", ["shufflenet", "resnet50"])
+def test_random_weights_at_batch_16_give_16_times_the_batch_1_logits(name):
+    """ShuffleNet's channel-shuffle Reshapes and every classifier's Reshape follow the batch: 16 copies of one image
+    give 16 copies of its batch-1 logits (through ONNX Runtime)."""
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx")
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed: pip install onnxruntime")
+    import numpy as np
+    from fastconv.benchmarks import onnx_models
+    light = onnx_models.light_model(name)
+    image = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    logits = {}
+    for batch in (1, 16):
+        model = onnx_models.random_weights(light, seed=3, batch=batch)
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value == batch
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        logits[batch] = session.run(None, {model.graph.input[0].name: np.repeat(image, batch, axis=0)})[0]
+    assert logits[1].shape == (1, 1000) and logits[16].shape == (16, 1000)
+    assert np.std(logits[1]) > 1e-3  # logits, not the Softmax's probabilities: the weights make a difference
+    np.testing.assert_allclose(logits[16], np.repeat(logits[1], 16, axis=0), rtol=1e-5,
+                               atol=1e-5 * np.abs(logits[1]).max())
+
+
+@pytest.mark.peers
+def test_random_weights_without_logits_keep_the_softmax():
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install onnx")
+    ort = pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed: pip install onnxruntime")
+    import numpy as np
+    from fastconv.benchmarks import onnx_models
+    model = onnx_models.random_weights(onnx_models.light_model("squeezenet"), batch=2, logits=False)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"data_0": np.zeros((2, 3, 224, 224), np.float32)})[0]
+    assert probabilities.shape == (2, 1000, 1, 1) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.peers
+def test_network_workers_load_only_their_library(tmp_path):
+    """After each has loaded SqueezeNet: the fastconv worker no ONNX Runtime, the ONNX Runtime worker no fastconv."""
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is not installed: pip install onnx onnxruntime")
+    from fastconv.benchmarks.cases import case_to_dict, network_cases
+    from fastconv.benchmarks.harness import Worker
+    from fastconv.benchmarks.onnx_models import prepared
+    case = network_cases("tiny")[0]
+    request = {"op": "prepare", "suite": "models", "case": case_to_dict(case), "pass": "forward", "dtype": "float32",
+               "onnx_file": prepared(case.model, case.n, tmp_path)["path"]}
+    for library, impl, loaded in (("fastconv", "auto", ["fastconv", "numba"]), ("onnxruntime", "onnxruntime",
+                                                                                ["onnxruntime"])):
+        worker = Worker(library, 1)
+        try:
+            assert worker.request({**request, "id": impl, "impl": impl})["first_call_s"] > 0
+            assert worker.request({"op": "hello"})["loaded"] == loaded
+        finally:
+            worker.close()
