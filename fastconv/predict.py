@@ -97,7 +97,7 @@ def _read_images(folder: Path, predictor: Predictor, size: tuple[int, int] | Non
     if not files:
         raise ValueError(f"{folder} holds no PNG or JPEG image")
     if size is None:
-        raise ValueError(f"the model does not say its input size: pass --size HxW")
+        raise ValueError("the model does not say its input size: pass --size HxW")
     channels = predictor.channels or 3
     if channels not in (1, 3):
         raise ValueError(f"the model takes {channels} channels; images give 1 (grey) or 3 (RGB)")
