@@ -462,19 +462,21 @@ def _auto(pass_: str, p: Conv2dShape, dtype: np.dtype, device: str, run: Callabl
     return autotune.choose(key, p.flops, rule, {name: (lambda name=name: run(name)) for name in names})
 
 
-def _prepare(x, weight, stride, padding, dilation, groups, algo: str):
-    """Validate the arguments shared by forward and backward: (device, batched x, weight, unbatched, p)."""
+def _prepare(x, weight, algo: str, shape_of: Callable[[np.ndarray, np.ndarray], Conv2dShape]):
+    """Validate the arguments shared by forward and backward: (device, batched x, weight, unbatched, p), p the
+    conv2d problem ``shape_of(batched x, weight)`` states: conv2d's own, or the one conv_transpose2d is the input
+    gradient of."""
     x, weight = as_array("x", x), as_array("weight", weight)
     device = device_of(x)
     CONV2D.check(algo, device)
     if device == "cuda":
         x, weight = as_device("x", x), as_device("weight", weight)
     xb, unbatched = batched("x", x)
-    p = conv2d_shape(xb, weight, stride, padding, dilation, groups)
+    p = shape_of(xb, weight)
     if algo != "auto":
         CONV2D.require(algo, device, p, xb.dtype.itemsize if p.n else None)
     if device == "cpu":
-        xb = contiguous(xb)
+        xb, weight = contiguous(xb), contiguous(weight)
     return device, xb, weight, unbatched, p
 
 
@@ -491,7 +493,8 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     of ``fastconv.algorithms('conv2d')``. On device arrays (``fastconv.device``) it runs on the GPU,
     with ``fastconv.algorithms('conv2d', device='cuda')``, and returns a device array.
     """
-    device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    device, xb, weight, unbatched, p = _prepare(x, weight, algo, lambda xb, w: conv2d_shape(xb, w, stride, padding,
+                                                                                         dilation, groups))
     if bias is not None:
         bias = as_device("bias", bias) if device == "cuda" else as_array("bias", bias)
         check_array("bias", bias, (1,), xb.dtype, device=device == "cuda")
@@ -522,7 +525,8 @@ def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     the two gradients are separate passes, each run by the algorithm measured fastest for it.
     """
     check_bool("input_grad", input_grad)
-    device, xb, weight, unbatched, p = _prepare(x, weight, stride, padding, dilation, groups, algo)
+    device, xb, weight, unbatched, p = _prepare(x, weight, algo, lambda xb, w: conv2d_shape(xb, w, stride, padding,
+                                                                                         dilation, groups))
     gy = as_device("grad_y", grad_y) if device == "cuda" else as_array("grad_y", grad_y)
     gy = check_grad("grad_y", gy, p.y_shape[1:] if unbatched else p.y_shape, xb.dtype, device=device == "cuda")
     gy = contiguous(gy.reshape(p.y_shape)) if device == "cpu" else gy.reshape(p.y_shape)
@@ -587,22 +591,6 @@ def conv_transpose2d_shape(x: np.ndarray, weight: np.ndarray, stride: object, pa
     return p
 
 
-def _prepare_transpose(x, weight, stride, padding, output_padding, groups, dilation, algo: str):
-    """``_prepare`` for conv_transpose2d: (device, batched x, weight, unbatched, p), p its conv2d problem."""
-    x, weight = as_array("x", x), as_array("weight", weight)
-    device = device_of(x)
-    CONV2D.check(algo, device)
-    if device == "cuda":
-        x, weight = as_device("x", x), as_device("weight", weight)
-    xb, unbatched = batched("x", x)
-    p = conv_transpose2d_shape(xb, weight, stride, padding, output_padding, groups, dilation)
-    if algo != "auto":
-        CONV2D.require(algo, device, p, xb.dtype.itemsize if p.n else None)
-    if device == "cpu":
-        xb, weight = contiguous(xb), contiguous(weight)
-    return device, xb, weight, unbatched, p
-
-
 def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride=1, padding=0,
                      output_padding=0, groups: int = 1, dilation=1, *, algo: str = "auto") -> np.ndarray:
     """2-D transposed convolution with the semantics of ``torch.nn.functional.conv_transpose2d``.
@@ -615,8 +603,8 @@ def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None 
     (N, C_out, OH, OW) to x, run by a conv2d algorithm's ``backward``; ``algo`` is 'auto' (timed among
     conv2d's algorithms for that pass) or one of ``fastconv.algorithms('conv2d')``. Device arrays run on the GPU.
     """
-    device, xb, weight, unbatched, p = _prepare_transpose(x, weight, stride, padding, output_padding, groups,
-                                                          dilation, algo)
+    device, xb, weight, unbatched, p = _prepare(x, weight, algo, lambda xb, w: conv_transpose2d_shape(
+        xb, w, stride, padding, output_padding, groups, dilation))
     if bias is not None:
         bias = as_device("bias", bias) if device == "cuda" else as_array("bias", bias)
         check_array("bias", bias, (1,), xb.dtype, device=device == "cuda")
@@ -648,8 +636,8 @@ def conv_transpose2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndar
     Arguments and algorithms as in ``conv_transpose2d``.
     """
     check_bool("input_grad", input_grad)
-    device, xb, weight, unbatched, p = _prepare_transpose(x, weight, stride, padding, output_padding, groups,
-                                                          dilation, algo)
+    device, xb, weight, unbatched, p = _prepare(x, weight, algo, lambda xb, w: conv_transpose2d_shape(
+        xb, w, stride, padding, output_padding, groups, dilation))
     gy = as_device("grad_y", grad_y) if device == "cuda" else as_array("grad_y", grad_y)
     gy = check_grad("grad_y", gy, p.x_shape[1:] if unbatched else p.x_shape, xb.dtype, device=device == "cuda")
     gy = contiguous(gy.reshape(p.x_shape)) if device == "cpu" else gy.reshape(p.x_shape)

@@ -576,17 +576,26 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-class ReLU(Module):
-    """max(x, 0) elementwise on float32/float64 arrays of any shape; NaN propagates.
-    The gradient passes where the output is not <= 0 (positive or NaN, as PyTorch)."""
+class _FromOutput(Module):
+    """An elementwise activation whose gradient is a function of its output: forward ``ops.<op>(x)``, backward
+    ``ops.<op>_backward(grad_y, y)`` (``array_ops``), on float32/float64 arrays of any shape."""
+
+    op = ""
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        y = ops_for(x).relu(x)
+        y = getattr(ops_for(x), self.op)(x)
         self.keep(y=y)
         return y
 
     def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        return ops_for(self.y).relu_backward(grad_y, self.y)
+        return getattr(ops_for(self.y), self.op + "_backward")(grad_y, self.y)
+
+
+class ReLU(_FromOutput):
+    """max(x, 0) elementwise; NaN propagates. The gradient passes where the output is not <= 0 (positive or
+    NaN, as PyTorch)."""
+
+    op = "relu"
 
 
 class MaxPool2d(Module):
@@ -808,30 +817,17 @@ class Identity(Module):
         return grad_y
 
 
-class Sigmoid(Module):
-    """1 / (1 + exp(-x)) elementwise on float32/float64 arrays of any shape; NaN propagates.
-    The gradient is grad_y * y * (1 - y), from the output (as PyTorch)."""
+class Sigmoid(_FromOutput):
+    """1 / (1 + exp(-x)) elementwise; NaN propagates. The gradient is grad_y * y * (1 - y), from the output
+    (as PyTorch)."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        y = ops_for(x).sigmoid(x)
-        self.keep(y=y)
-        return y
-
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        return ops_for(self.y).sigmoid_backward(grad_y, self.y)
+    op = "sigmoid"
 
 
-class Tanh(Module):
-    """tanh(x) elementwise on float32/float64 arrays of any shape; NaN propagates.
-    The gradient is grad_y * (1 - y * y), from the output (as PyTorch)."""
+class Tanh(_FromOutput):
+    """tanh(x) elementwise; NaN propagates. The gradient is grad_y * (1 - y * y), from the output (as PyTorch)."""
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        y = ops_for(x).tanh(x)
-        self.keep(y=y)
-        return y
-
-    def backward(self, grad_y: np.ndarray) -> np.ndarray:
-        return ops_for(self.y).tanh_backward(grad_y, self.y)
+    op = "tanh"
 
 
 class LeakyReLU(Module):
