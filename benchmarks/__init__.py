@@ -10,12 +10,14 @@ against each library timed alone in a fresh process.
 
 Every benchmark records in ``extra_info`` (the contract between the suite and the report):
 
-- ``suite``: "conv2d", "max_pool2d", "avg_pool2d", "gemm" or "train_step"; the GPU suite
+- ``suite``: "conv2d", "max_pool2d", "avg_pool2d", "gemm", "train_step" or "models" (whole-network
+  inference of an ONNX model: impl "auto" is fastconv.onnx, or "onnxruntime"; pass "forward"); the GPU suite
   (``--device cuda``) the same prefixed "cuda_", with GPU algorithm names ("direct", "im2col",
   "tiled"), "auto" and the peer "pytorch" (on the GPU), and the train-step record "cpu" (fastconv's
   CPU path on the same batch)
 - ``case``: short id of the case, e.g. "vgg", "pool-vgg-3x3s2", "gemm-1024", "gemm-im2col-vgg",
-  "lenet5" (train_step: the model's name in ``fc.models.MODELS``, with "-bN" when the batch is not 64)
+  "lenet5" (train_step: the model's name in ``fc.models.MODELS``, with "-bN" when the batch is not 64; models:
+  "<network>-b<batch>", e.g. "resnet50-b16")
 - ``label``: the case as a reader should see it, e.g. "VGG 8x256x28x28 -> 256 3x3 pad 1"
 - ``pass``: "forward" or "backward" ("forward" for gemm, "step" for train_step: zero_grad, forward,
   cross-entropy, backward and an Adam update, lr 1e-3, on a fixed batch)
@@ -30,7 +32,8 @@ Every benchmark records in ``extra_info`` (the contract between the suite and th
 - ``flops``: floating-point operations of the whole case for this pass (conv forward
   2*N*K*OH*OW*C/g*R*S, backward twice that; gemm 2*M*N*K; pooling: one per window tap,
   N*C*OH*OW*kh*kw, for both passes; train_step: 3x the forward FLOPs of the model's convolutions
-  and linear layers, 2 * outputs * weights per output)
+  and linear layers, 2 * outputs * weights per output; models: 2x the Conv and Gemm multiply-adds counted on
+  the graph; these two also record ``images``)
 - ``scale``: the factor from the measured time to the whole case (1.0 unless the case was run
   on a reduced slice: naive loops on large cases); report time = stats median * scale
 - ``scaled_from``: None, or what was run instead, e.g. "batch 1, 16 of 256 channels"
