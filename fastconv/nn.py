@@ -497,19 +497,24 @@ class Sequential(Module):
         return self.layers[:1]
 
 
+def _set_conv_args(layer: Module, in_channels, out_channels, kernel_size, stride, dilation, groups) -> None:
+    """The arguments Conv2d and ConvTranspose2d share, checked and set on `layer` (pairs for the sizes)."""
+    layer.in_channels = check_int("in_channels", in_channels, 1)
+    layer.out_channels = check_int("out_channels", out_channels, 1)
+    layer.groups = check_int("groups", groups, 1)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                         f"by groups ({groups})")
+    layer.kernel_size = pair("kernel_size", kernel_size, 1)
+    layer.stride, layer.dilation = pair("stride", stride, 1), pair("dilation", dilation, 1)
+
+
 class Conv2d(Module):
     """``fc.conv2d`` with a weight (out, in/groups, kh, kw) and a bias (out,): x (N, in, H, W) -> (N, out, OH, OW)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, dtype: object = np.float32) -> None:
-        self.in_channels = check_int("in_channels", in_channels, 1)
-        self.out_channels = check_int("out_channels", out_channels, 1)
-        self.groups = check_int("groups", groups, 1)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
-                             f"by groups ({groups})")
-        self.kernel_size = pair("kernel_size", kernel_size, 1)
-        self.stride, self.dilation = pair("stride", stride, 1), pair("dilation", dilation, 1)
+        _set_conv_args(self, in_channels, out_channels, kernel_size, stride, dilation, groups)
         self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
         conv_padding(padding, self.kernel_size, self.dilation, self.stride)
         fan_in = in_channels // groups * self.kernel_size[0] * self.kernel_size[1]
@@ -883,14 +888,7 @@ class ConvTranspose2d(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
                  groups: int = 1, bias: bool = True, dilation=1, dtype: object = np.float32) -> None:
-        self.in_channels = check_int("in_channels", in_channels, 1)
-        self.out_channels = check_int("out_channels", out_channels, 1)
-        self.groups = check_int("groups", groups, 1)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
-                             f"by groups ({groups})")
-        self.kernel_size = pair("kernel_size", kernel_size, 1)
-        self.stride, self.dilation = pair("stride", stride, 1), pair("dilation", dilation, 1)
+        _set_conv_args(self, in_channels, out_channels, kernel_size, stride, dilation, groups)
         self.padding, self.output_padding = pair("padding", padding, 0), pair("output_padding", output_padding, 0)
         if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride, self.dilation)):
             raise ValueError(f"output_padding must be smaller than either stride or dilation, got output_padding="

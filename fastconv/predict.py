@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import nn
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -121,12 +123,6 @@ def _read_images(folder: Path, predictor: Predictor, size: tuple[int, int] | Non
     return [p.name for p in files], batch.astype(predictor.dtype)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def predict(predictor: Predictor, batch: np.ndarray, batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """Class probabilities (N, classes): softmax of the model's outputs, computed in batches."""
     from tqdm import tqdm
@@ -141,7 +137,7 @@ def predict(predictor: Predictor, batch: np.ndarray, batch_size: int = 64, progr
     logits = np.concatenate(out)
     sums = logits.sum(axis=1)
     already = (logits >= 0).all() and np.allclose(sums, 1, atol=1e-3)  # the model ends in a Softmax
-    return logits if already else softmax(logits.astype(np.float64)).astype(logits.dtype)
+    return logits if already else nn.softmax(logits.astype(np.float64)).astype(logits.dtype)
 
 
 def write_csv(path: Path, names: list[str], probabilities: np.ndarray, classes: list[str] | None, top_k: int) -> Path:

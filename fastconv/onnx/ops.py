@@ -284,17 +284,19 @@ def max_pool(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> l
     storage_order = _flag("MaxPool", attrs, "storage_order", 0)
     win = _window("MaxPool", x.shape[2:], kernel, attrs, ceil_mode)
     padding = _torch_pool_padding(win)
+    indices = n_outputs >= 2  # the Indices output is listed: only then are they computed
     if padding is not None:
-        y, index = max_pool2d(x, kernel, win.stride, padding, win.dilation, ceil_mode, return_indices=True)
+        out = max_pool2d(x, kernel, win.stride, padding, win.dilation, ceil_mode, return_indices=indices)
         plane_w, top, left = x.shape[3], 0, 0
     else:
         if (win.taps_inside(0, 0, x.shape[2]) == 0).any() or (win.taps_inside(1, 0, x.shape[3]) == 0).any():
             raise ValueError(f"MaxPool: with pads {list(win.before + win.after)} some window holds no input element")
         xp = win.extended(x, -np.inf)
-        y, index = max_pool2d(xp, kernel, win.stride, 0, win.dilation, False, return_indices=True)
+        out = max_pool2d(xp, kernel, win.stride, 0, win.dilation, False, return_indices=indices)
         plane_w, (top, left) = xp.shape[3], win.before
-    if n_outputs < 2:
-        return [y]
+    if not indices:
+        return [out]
+    y, index = out
     n, c, h, w = x.shape
     row, col = index // plane_w - top, index % plane_w - left
     within = row * w + col if storage_order == 0 else col * h + row
