@@ -2,7 +2,8 @@
 device. The shape rule is ``Pool2dShape`` (``_checks``); the algorithms are the records of ``MAX_POOL2D``
 and ``AVG_POOL2D``; the public functions validate once and run the record of the array's device.
 
-``MAX_POOL2D`` records: ``forward(x, p) -> (y, indices)`` and ``backward(grad_y, x, p, indices) -> grad_x``
+``MAX_POOL2D`` records: ``forward(x, p, indices=True) -> (y, indices)`` (without `indices` a record may skip
+them and return None: a network's inference needs none) and ``backward(grad_y, x, p, indices) -> grad_x``
 (indices None: found again from x). ``AVG_POOL2D`` records: ``forward(x, p, count_include_pad,
 divisor_override) -> y`` and ``backward(grad_y, x, p, count_include_pad, divisor_override) -> grad_x``.
 x, grad_x (N, C, H, W); y, grad_y, indices (N, C, OH, OW), indices int64 h*W + w within each plane;
@@ -30,9 +31,14 @@ MAX_POOL2D = Registry("max_pool2d", __doc__)
 AVG_POOL2D = Registry("avg_pool2d", __doc__)
 
 
-def _max_forward(x: np.ndarray, p: Pool2dShape, windows_2x2: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The compiled window loop, or with `windows_2x2` its 2x2 stride-2 form (``window_2x2_unsupported``)."""
+def _max_forward(x: np.ndarray, p: Pool2dShape, indices: bool = True, windows_2x2: bool = False,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The compiled window loop (without `indices`, its values-only form), or with `windows_2x2` its 2x2
+    stride-2 form (``window_2x2_unsupported``)."""
     y = np.empty(p.y_shape, x.dtype)
+    if not indices and not windows_2x2:
+        pooling.max_pool2d_values(x, y, *p.kernel, *p.stride, *p.padding, *p.dilation)
+        return y, None
     idx = np.empty(p.y_shape, np.int64)
     if windows_2x2:
         pooling.max_pool2d_forward_2x2(x, y, idx)
@@ -43,7 +49,7 @@ def _max_forward(x: np.ndarray, p: Pool2dShape, windows_2x2: bool = False) -> tu
 
 def _max_backward(grad_y: np.ndarray, x: np.ndarray, p: Pool2dShape, indices: np.ndarray | None,
                   windows_2x2: bool = False) -> np.ndarray:
-    idx = _max_forward(x, p, windows_2x2)[1] if indices is None else indices
+    idx = _max_forward(x, p, windows_2x2=windows_2x2)[1] if indices is None else indices
     gx = np.empty(x.shape, x.dtype)
     (pooling.max_pool2d_backward_2x2 if windows_2x2 else pooling.max_pool2d_backward)(grad_y, idx, gx)
     return gx
@@ -79,7 +85,11 @@ def _cuda_pooling():
     return cuda_pooling
 
 
-def _max_forward_cuda(x, p: Pool2dShape):
+def _max_forward_naive(x: np.ndarray, p: Pool2dShape, indices: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    return naive.max_pool2d(x, p)
+
+
+def _max_forward_cuda(x, p: Pool2dShape, indices: bool = True):
     y, idx = empty(p.y_shape, x.dtype), empty(p.y_shape, np.int64)
     _cuda_pooling().max_pool2d_forward(x, y, idx, *p.kernel, *p.stride, *p.padding, *p.dilation)
     return y, idx
@@ -116,7 +126,7 @@ def _max_rule(p: Pool2dShape, itemsize: int) -> str:
     return "window_2x2" if window_2x2_unsupported(p) is None else "direct"
 
 
-MAX_POOL2D.add(Algorithm("naive", "cpu", naive.max_pool2d, naive.max_pool2d_backward, reference=True))
+MAX_POOL2D.add(Algorithm("naive", "cpu", _max_forward_naive, naive.max_pool2d_backward, reference=True))
 MAX_POOL2D.add(Algorithm("direct", "cpu", _max_forward, _max_backward))
 MAX_POOL2D.add(Algorithm("window_2x2", "cpu", partial(_max_forward, windows_2x2=True),
                          partial(_max_backward, windows_2x2=True), unsupported=window_2x2_unsupported))
@@ -170,9 +180,9 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
     if p.n == 0:
         y, idx = zeros(p.y_shape, xb.dtype, device), zeros(p.y_shape, np.int64, device)
     else:
-        y, idx = MAX_POOL2D[device, algo].forward(xb, p)
-    y, idx = _unbatch(y, p, unbatched), _unbatch(idx, p, unbatched)
-    return (y, idx) if return_indices else y
+        y, idx = MAX_POOL2D[device, algo].forward(xb, p, indices=bool(return_indices))
+    y = _unbatch(y, p, unbatched)
+    return (y, _unbatch(idx, p, unbatched)) if return_indices else y
 
 
 def max_pool2d_backward(grad_y: np.ndarray, x: np.ndarray, kernel_size, stride=None, padding=0,

@@ -1,6 +1,7 @@
 """Elementwise kernels of a training step (Numba), on Numba's thread pool like the convolutions.
 
-All arrays are C-contiguous and flat-indexed; one float dtype per call; out may alias nothing.
+All arrays are C-contiguous and flat-indexed; one float dtype per call; out may alias nothing (a kernel that can
+write into an input says so and takes a flag for it).
 """
 import numba as nb
 import numpy as np
@@ -18,6 +19,81 @@ def relu_forward(x, y):
         for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
             v = xf[i]
             yf[i] = v if (v > zero or v != v) else zero
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def relu_into(x):
+    """x = max(x, 0) in place (NaN stays NaN)."""
+    xf = x.reshape(-1)
+    n = xf.size
+    zero = xf.dtype.type(0)
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        xb = xf[b * BLOCK:min(n, (b + 1) * BLOCK)]
+        for i in range(xb.size):
+            v = xb[i]
+            xb[i] = v if (v > zero or v != v) else zero
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_relu_run(a, b, out, relu):
+    zero = out.dtype.type(0)
+    for i in range(out.size):
+        v = a[i] + b[i]
+        out[i] = v if (not relu or v > zero or v != v) else zero
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_relu_run_into(a, b, relu):
+    zero = a.dtype.type(0)
+    for i in range(a.size):
+        v = a[i] + b[i]
+        a[i] = v if (not relu or v > zero or v != v) else zero
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def add_relu(a, b, y, relu, into_a):
+    """y = a + b, with `relu` then max(., 0) (NaN stays NaN); a, b, y of one shape; with `into_a` the result goes
+    into a and y is not read (an output that is an input must be named so: the loop over three arrays that may
+    overlap would run scalar)."""
+    af, bf, yf = a.reshape(-1), b.reshape(-1), y.reshape(-1)
+    n = af.size
+    for blk in nb.prange((n + BLOCK - 1) // BLOCK):
+        lo, hi = blk * BLOCK, min(n, (blk + 1) * BLOCK)
+        if into_a:
+            _add_relu_run_into(af[lo:hi], bf[lo:hi], relu)
+        else:
+            _add_relu_run(af[lo:hi], bf[lo:hi], yf[lo:hi], relu)
+
+
+@nb.njit(cache=True, nogil=True)
+def _scale_shift_run(x, s, t, out, relu):
+    zero = out.dtype.type(0)
+    for i in range(x.size):
+        v = x[i] * s + t
+        out[i] = v if (not relu or v > zero or v != v) else zero
+
+
+@nb.njit(cache=True, nogil=True)
+def _scale_shift_run_into(x, s, t, relu):
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i] * s + t
+        x[i] = v if (not relu or v > zero or v != v) else zero
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def scale_shift(x, scale, shift, y, relu, into_x):
+    """y[n, c, :] = x[n, c, :] * scale[c] + shift[c], with `relu` then max(., 0) (NaN stays NaN); with `into_x`
+    the result goes into x and y is not read.
+
+    x, y: (N, C, P) (the positions of a channel flattened); scale, shift: (C,)."""
+    N, C, P = x.shape
+    for row in nb.prange(N * C):
+        n, c = row // C, row % C
+        if into_x:
+            _scale_shift_run_into(x[n, c], scale[c], shift[c], relu)
+        else:
+            _scale_shift_run(x[n, c], scale[c], shift[c], y[n, c], relu)
 
 
 @nb.njit(cache=True, nogil=True, parallel=True)

@@ -100,6 +100,46 @@ def max_pool2d_forward(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw):
                 ip[oh * OW + ow] = bi
 
 
+@nb.njit(cache=True, nogil=True)
+def _max_row_tap(x_row, out, lo, hi, sw, col0):
+    """out[o] = max(out[o], x_row[o*sw + col0]) for o in [lo, hi) (NaN sticks)."""
+    for o in range(lo, hi):
+        v = x_row[np.uint64(o * sw + col0)]
+        b = out[np.uint64(o)]
+        out[np.uint64(o)] = v if (v > b or v != v) and b == b else b
+
+
+@nb.njit(cache=True, nogil=True, parallel=True)
+def max_pool2d_values(x, y, kh, kw, sh, sw, ph, pw, dh, dw):
+    """y[n,c,oh,ow] = max over the window (NaN if it holds one), without indices: the same values as
+    max_pool2d_forward. Per output row, taps outermost and the row's outputs innermost, each tap over the
+    outputs whose window reads it inside x (``_taps`` of the columns gives those outputs)."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(N * C, H * W)
+    yf = y.reshape(N * C, OH * OW)
+    ninf = x.dtype.type(-np.inf)
+    lo = np.empty(kw, np.int64)
+    hi = np.empty(kw, np.int64)
+    for s in range(kw):
+        col0 = s * dw - pw  # input column of output 0's tap s
+        lo[s] = min(OW, max(0, (-col0 + sw - 1) // sw))
+        hi[s] = max(lo[s], min(OW, (W - 1 - col0) // sw + 1)) if W - 1 - col0 >= 0 else lo[s]
+    for p in nb.prange(N * C):
+        xp = xf[p]
+        yp = yf[p]
+        for oh in range(OH):
+            out = yp[oh * OW:(oh + 1) * OW]
+            for o in range(OW):
+                out[o] = ninf
+            for r in range(kh):
+                row = oh * sh - ph + r * dh
+                if row >= 0 and row < H:
+                    x_row = xp[row * W:(row + 1) * W]
+                    for s in range(kw):
+                        _max_row_tap(x_row, out, lo[s], hi[s], sw, s * dw - pw)
+
+
 @nb.njit(cache=True, nogil=True, parallel=True)
 def max_pool2d_backward(gy, idx, gx):
     """gx = 0, then gx[n, c, idx // W, idx % W] += gy[n, c, oh, ow] for every output, in output order."""

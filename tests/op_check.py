@@ -207,7 +207,8 @@ def pool_shape(case):
 
 def check_max_pool2d(record: Algorithm, case, fd_positions: int | None = FD_POSITIONS) -> None:
     """max_pool2d and max_pool2d_backward (with and without the forward's indices) with the CPU record `record`
-    on the PoolCase `case`: y, the int64 indices and grad_x against the reference record's; grad_x against
+    on the PoolCase `case`: y without indices (the values-only kernels) equal to y with them, NaN included; y, the
+    int64 indices and grad_x against the reference record's; grad_x against
     central differences in float64 on distinct values (no ties) at `fd_positions` random elements (all when
     None); where PyTorch is installed, y, indices and grad_x against torch.nn.functional.max_pool2d's."""
     kw = dict(kernel_size=case.kernel_size, stride=case.stride, padding=case.padding, dilation=case.dilation,
@@ -218,6 +219,12 @@ def check_max_pool2d(record: Algorithm, case, fd_positions: int | None = FD_POSI
     rng = np.random.default_rng(0)
     y, idx = fc.max_pool2d(x, **kw, return_indices=True, algo=name)
     assert idx.dtype == np.int64
+    np.testing.assert_array_equal(fc.max_pool2d(x, **kw, algo=name), y, err_msg="y without indices")
+    x_nan = np.array(x)
+    x_nan.reshape(-1)[rng.integers(x_nan.size)] = np.nan
+    np.testing.assert_array_equal(fc.max_pool2d(x_nan, **kw, algo=name),
+                                  fc.max_pool2d(x_nan, **kw, return_indices=True, algo=name)[0],
+                                  err_msg="y without indices, a NaN in x")
     grad_y = rng.standard_normal(y.shape).astype(y.dtype)
     gx = fc.max_pool2d_backward(grad_y, x, **kw, algo=name)
     terms = p.kernel[0] * p.kernel[1]  # the windows one input element can win

@@ -40,13 +40,15 @@ def onnx_package():
 class Node:
     """One operator call: op_type, its node name (or '#index'), input and output value names ('' = omitted),
     attributes as Python values (tensors as arrays); `relu_in_place`: a Relu that read only this node's output
-    was folded into it (``model._mark_in_place_relu``)."""
+    was folded into it (``model._mark_in_place_relu``); `fused`: for a node ``fastconv.onnx`` made at load, the
+    ``fused`` operator that runs it."""
     op_type: str
     name: str
     inputs: list[str]
     outputs: list[str]
     attributes: dict[str, object] = field(default_factory=dict)
     relu_in_place: bool = False
+    fused: object = None
 
 
 @dataclass

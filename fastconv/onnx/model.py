@@ -6,12 +6,14 @@ At load, in this order:
 1. Dropout and Identity are removed (their readers read their input).
 2. Constants are folded: every node whose inputs are all known (initializers, Constant, ConstantOfShape
    of a known shape, shape arithmetic on them) runs once, and its outputs become constants.
-3. Conv followed by BatchNormalization (inference form, the Conv's only reader) becomes one Conv with
-   the normalization folded into its weights and bias.
-4. Relu after a Conv, Add or Sum that nothing else reads runs in place on their output (no second array).
+3. Chains of per-channel affine nodes (BatchNormalization's inference form, Mul, Add, Sub by per-channel
+   constants) fold into the Conv before them (its weights and bias) or, after anything else, become one
+   ``ScaleShift`` pass (``fused``); Add and two-input Sum of two activations become one ``AddRelu`` pass.
+4. A Relu that is the only reader of a Conv, ScaleShift or AddRelu runs inside it: in place on the Conv's
+   output (a parallel pass), in the same pass for the others.
 
 At run, each value is freed after its last reader, so a chain of layers holds about two activations
-at a time.
+at a time, and the fused passes write into an input that dies at them (no new array).
 """
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ import sys
 
 import numpy as np
 
+from ..kernels import elementwise
+from .fused import AddRelu, Affine, ScaleShift, affine_of
 from .graph import Graph, Node, read
 from .ops import OPS
 
 REMOVED = ("Dropout", "Identity")
 MAX_CONSTANT_BYTES = 8 * 2**30  # weights and folded constants together: VGG-19's are 0.55 GiB
-IN_PLACE_RELU_AFTER = ("Conv", "Add", "Sum")
+RELU_FUSED_INTO = ("Conv", "ScaleShift", "AddRelu")
 
 
 class Model:
@@ -40,19 +44,43 @@ class Model:
         self.inputs, self.output_names = graph.inputs, list(graph.outputs)
         self.input_names = [name for name, _, _ in graph.inputs]
         self.constants = dict(graph.constants)
-        self.folded = {"removed": 0, "constant": 0, "batch_norm": 0, "relu": 0}
+        self.folded = {"removed": 0, "constant": 0, "batch_norm": 0, "affine": 0, "scale_shift": 0, "relu": 0}
         nodes = _remove_pass_through(graph.nodes, set(self.output_names), self.folded)
         nodes = self._fold_constants(nodes)
-        nodes = self._fold_batch_norm(nodes)
+        nodes = self._fuse_adds(self._fold_channel_affine(nodes))
         self.nodes = _mark_in_place_relu(nodes, set(self.output_names), self.folded)
         self._last_reader = {}
         for i, node in enumerate(self.nodes):
             for name in node.inputs:
                 if name:
                     self._last_reader[name] = i
+        self._fed = set(self.input_names) | set(self.constants) | set(self.output_names)
 
-    def _run_node(self, node: Node, values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _reusable(self, node: Node, i: int, live: dict[str, np.ndarray]) -> list[bool]:
+        """For each input of node `i`: whether its array may take the node's result (it dies here, is read once by
+        the node, shares memory with no other live value and is no input, constant or output of the graph)."""
+        reusable = []
+        for name in node.inputs:
+            a = live.get(name)
+            reusable.append(name not in self._fed and self._last_reader.get(name) == i and node.inputs.count(name) == 1
+                            and isinstance(a, np.ndarray) and a.flags.writeable
+                            and not any(other is not a and isinstance(other, np.ndarray) and np.may_share_memory(a, other)
+                                        for other in live.values()))
+        return reusable
+
+    def _run_node(self, node: Node, values: dict[str, np.ndarray], reusable: list[bool] | None = None,
+                  ) -> list[np.ndarray]:
         inputs = [values[name] if name else None for name in node.inputs]
+        if node.fused is not None:
+            y = node.fused.run(inputs, reusable or [False] * len(inputs))
+            if y is not None:
+                return [y]
+            local = dict(values)  # the fast path does not apply: the nodes it stands for, one by one
+            for inner in node.fused.nodes:
+                for name, value in zip(inner.outputs, self._run_node(inner, local)):
+                    if name:
+                        local[name] = value
+            return [local[name] for name in node.outputs]
         try:
             outputs = OPS[node.op_type].run(inputs, node.attributes, self.opset, len(node.outputs))
         except (ValueError, TypeError) as error:
@@ -61,8 +89,12 @@ class Model:
             raise ValueError(f"{self.where}: node {node.name!r} ({node.op_type}) lists {len(node.outputs)} outputs; "
                              f"fastconv computes {len(outputs)}")
         if node.relu_in_place:  # in place unless the op handed back (a view of) one of its inputs
-            shared = any(a is not None and np.may_share_memory(outputs[0], a) for a in inputs)
-            outputs[0] = np.maximum(outputs[0], 0) if shared else np.maximum(outputs[0], 0, out=outputs[0])
+            y = outputs[0]
+            shared = any(a is not None and np.may_share_memory(y, a) for a in inputs)
+            if shared or not (y.flags.c_contiguous and y.flags.writeable and y.dtype.name in ("float32", "float64")):
+                outputs[0] = np.maximum(y, y.dtype.type(0))
+            else:
+                elementwise.relu_into(y)
         return outputs
 
     def _fold_constants(self, nodes: list[Node]) -> list[Node]:
@@ -89,48 +121,75 @@ class Model:
                 kept.append(node)
         return kept
 
-    def _fold_batch_norm(self, nodes: list[Node]) -> list[Node]:
-        """Conv then BatchNormalization as one Conv (``_folded_conv``), where the Conv's weights and bias and the
-        normalization's parameters are constants."""
-        readers = _readers(nodes)
-        outputs = set(self.output_names)
-        out, skip = [], set()
+    def _fold_channel_affine(self, nodes: list[Node]) -> list[Node]:
+        """Chains of per-channel affine nodes (``fused.affine_of``: BatchNormalization's inference form, Mul, Add,
+        Sub by constants), each the only reader of the one before: after a Conv whose weights and bias are
+        constants (and the chain its only reader) folded into them, w' = w * s per output channel, b' = b * s + t;
+        elsewhere one ``ScaleShift`` node."""
+        readers, outputs = _readers(nodes), set(self.output_names)
+        out: list[Node] = []
+        made: dict[str, int] = {}  # value name -> index in out of the node that computes it
+        skip: set[int] = set()
         for i, node in enumerate(nodes):
             if i in skip:
                 continue
-            bn = _only_reader(node, nodes, readers, outputs)
-            folded = None
-            if (node.op_type == "Conv" and bn is not None and bn.op_type == "BatchNormalization"
-                    and len([o for o in bn.outputs if o]) == 1 and not bn.attributes.get("training_mode", 0)
-                    and len(node.inputs) >= 2 and node.inputs[1] and len(bn.inputs) >= 5
-                    and all(name in self.constants for name in node.inputs[1:] if name)
-                    and all(name and name in self.constants for name in bn.inputs[1:5])):
-                folded = self._folded_conv(node, bn)
-            if folded is not None:
-                out.append(folded)
-                skip.add(nodes.index(bn))
-                self.folded["batch_norm"] += 1
-            else:
+            step = affine_of(node.op_type, node.inputs, node.attributes, self.constants, self.opset)
+            if step is None:
                 out.append(node)
+                made.update((name, len(out) - 1) for name in node.outputs if name)
+                continue
+            x_name, affine = step
+            chain, end = [node], node
+            while (after := _only_reader(end, nodes, readers, outputs)) is not None:
+                following = affine_of(after.op_type, after.inputs, after.attributes, self.constants, self.opset)
+                joined = affine.then(following[1]) if following and following[0] == end.outputs[0] else None
+                if joined is None:
+                    break
+                affine, end = joined, after
+                chain.append(after)
+                skip.add(nodes.index(after))
+            conv = out[made[x_name]] if x_name in made else None
+            if conv is not None and _only_reader(conv, nodes, readers, outputs) is node and \
+                    self._fold_into_conv(conv, affine, end.outputs[0]):
+                self.folded["batch_norm"] += sum(n.op_type == "BatchNormalization" for n in chain)
+                self.folded["affine"] += sum(n.op_type != "BatchNormalization" for n in chain)
+                made[end.outputs[0]] = made[x_name]
+                continue
+            out.append(Node("ScaleShift", "+".join(n.name for n in chain), [x_name], [end.outputs[0]],
+                            fused=ScaleShift(affine, chain)))
+            made[end.outputs[0]] = len(out) - 1
+            self.folded["scale_shift"] += len(chain)
         return out
 
-    def _folded_conv(self, conv: Node, bn: Node) -> Node | None:
-        """conv then bn as one Conv: w' = w * s per output channel, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps)."""
+    def _fold_into_conv(self, conv: Node, affine: Affine, output: str) -> bool:
+        """conv computes affine(conv(x)) into `output` from now on, where its weights and bias are constants of
+        the affine's dtype and rank 4 (else False: nothing changed)."""
+        if conv.op_type != "Conv" or conv.fused is not None or len(conv.inputs) < 2 or not conv.inputs[1] \
+                or not all(name in self.constants for name in conv.inputs[1:] if name):
+            return False
         w = self.constants[conv.inputs[1]]
-        gamma, beta, mean, var = (self.constants[name].astype(np.float64) for name in bn.inputs[1:5])
-        b = self.constants[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(len(gamma), w.dtype)
-        if w.ndim != 4 or w.dtype.kind != "f" or not (gamma.shape == beta.shape == mean.shape == var.shape == b.shape
-                                                       == (w.shape[0],)):
-            return None  # shapes the fold cannot read: the nodes run as they are, and say what is wrong
-        epsilon = bn.attributes.get("epsilon", 1e-5)
-        if not isinstance(epsilon, float) or not epsilon >= 0:
-            return None
-        scale = gamma / np.sqrt(var + epsilon)
+        b = self.constants[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(w.shape[:1], w.dtype)
+        if w.ndim != 4 or w.dtype != affine.dtype or b.dtype != w.dtype or b.shape != w.shape[:1] \
+                or not affine.applies_to((1, w.shape[0], 1, 1), w.dtype):
+            return False
+        scale = np.broadcast_to(affine.scale, w.shape[:1])
         weight_name, bias_name = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
         self.constants[weight_name] = (w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype)
-        self.constants[bias_name] = ((b - mean) * scale + beta).astype(w.dtype)
-        return Node("Conv", f"{conv.name}+{bn.name}", [conv.inputs[0], weight_name, bias_name], [bn.outputs[0]],
-                    dict(conv.attributes))
+        self.constants[bias_name] = (b * scale + affine.shift).astype(w.dtype)
+        conv.inputs = [conv.inputs[0], weight_name, bias_name]
+        conv.outputs = [output]
+        return True
+
+    def _fuse_adds(self, nodes: list[Node]) -> list[Node]:
+        """Add, or Sum of two inputs, of two values that are not constants: one ``AddRelu`` node (one parallel
+        pass, into an input that dies there)."""
+        out = []
+        for node in nodes:
+            if node.op_type in ("Add", "Sum") and len(node.inputs) == 2 and \
+                    all(name and name not in self.constants for name in node.inputs) and len(node.outputs) == 1:
+                node = Node("AddRelu", node.name, list(node.inputs), list(node.outputs), fused=AddRelu([node]))
+            out.append(node)
+        return out
 
     def run(self, feeds: dict[str, np.ndarray] | None = None, **named: np.ndarray) -> dict[str, np.ndarray]:
         """The graph's outputs for the inputs `feeds` (and/or keyword arguments), by output name. Each input
@@ -141,16 +200,18 @@ class Model:
         if missing or unknown:
             raise ValueError(f"{self.where} takes inputs {self.input_names}: missing {missing}, unknown {unknown}")
         values = dict(self.constants)
+        live = {}  # the values computed (or fed) and not yet freed
         for name, dtype, shape in self.inputs:
-            values[name] = _checked_input(name, feeds[name], dtype, shape)
+            values[name] = live[name] = _checked_input(name, feeds[name], dtype, shape)
         for i, node in enumerate(self.nodes):
-            for name, value in zip(node.outputs, self._run_node(node, values)):
+            reusable = self._reusable(node, i, live) if node.fused is not None else None
+            for name, value in zip(node.outputs, self._run_node(node, values, reusable)):
                 if name:
-                    values[name] = value
+                    values[name] = live[name] = value
             for name in set(node.inputs):
                 if name and self._last_reader.get(name) == i and name not in self.constants \
                         and name not in self.output_names:
-                    del values[name]
+                    del values[name], live[name]
         return {name: values[name] for name in self.output_names}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -236,15 +297,20 @@ def _remove_pass_through(nodes: list[Node], outputs: set[str], folded: dict) -> 
 
 
 def _mark_in_place_relu(nodes: list[Node], outputs: set[str], folded: dict) -> list[Node]:
-    """A Relu whose input comes from a Conv or Add read by nothing else: the Conv or Add applies it in place."""
+    """A Relu whose input comes from a Conv, ScaleShift or AddRelu read by nothing else: the Conv applies it in
+    place, the others in their own pass."""
     readers = _readers(nodes)
     kept, skip = [], set()
     for i, node in enumerate(nodes):
         if i in skip:
             continue
         relu = _only_reader(node, nodes, readers, outputs)
-        if node.op_type in IN_PLACE_RELU_AFTER and relu is not None and relu.op_type == "Relu":
-            node.relu_in_place = True
+        if node.op_type in RELU_FUSED_INTO and relu is not None and relu.op_type == "Relu" and len(relu.inputs) == 1:
+            if node.fused is None:
+                node.relu_in_place = True
+            else:
+                node.fused.relu = True
+                node.fused.nodes.append(relu)
             node.outputs = [relu.outputs[0]]
             skip.add(nodes.index(relu))
             folded["relu"] += 1

@@ -347,10 +347,12 @@ def global_max_pool(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: in
 # ---- matrix products -----------------------------------------------------------------------------------------
 
 def _matmul_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (M, K) @ b (K, N): fastconv.gemm for float32/float64, NumPy for integers."""
+    """a (M, K) @ b (K, N): fastconv.gemm's packed kernel for float32/float64, NumPy for integers. Not BLAS, the
+    gemm's default alone: its threads spin after each call against the Numba threads of the convolutions around
+    it (ResNet-50's classifier, 1x2048 @ 2048x1000: 4.3 ms in the network against 0.7 ms packed)."""
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions must agree: {a.shape} @ {b.shape}")
-    return fc_gemm(a, b) if a.dtype.name in FLOATS else np.matmul(a, b)
+    return fc_gemm(a, b, algo="packed") if a.dtype.name in FLOATS else np.matmul(a, b)
 
 
 def _scaled(y: np.ndarray, factor: float) -> np.ndarray:
@@ -390,7 +392,7 @@ def matmul(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> lis
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
         raise ValueError(f"MatMul: inner dimensions must agree, got shapes {a.shape} and {b.shape}")
     if b.ndim == 2 and a.dtype.name in FLOATS:
-        return [fc_gemm(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1], b.shape[1])]
+        return [_matmul_2d(a.reshape(-1, a.shape[-1]), b).reshape(*a.shape[:-1], b.shape[1])]
     _broadcast("MatMul", a.shape[:-2], b.shape[:-2])
     return [np.matmul(a, b)]
 
