@@ -3,6 +3,8 @@ reuse across calls."""
 from __future__ import annotations
 
 import threading
+import weakref
+from collections.abc import Callable
 from numbers import Integral
 
 import numpy as np
@@ -51,6 +53,39 @@ def scratch(name: str, size: int, dtype: np.dtype) -> np.ndarray:
         buffers.pop((name, np.dtype(dtype)), None)  # free the old one before allocating the bigger one
         buf = buffers[(name, np.dtype(dtype))] = np.empty(size, dtype)
     return buf[:size]
+
+
+_kept: dict[tuple, tuple] = {}
+_kept_lock = threading.Lock()
+
+
+def unchanging(array: np.ndarray) -> bool:
+    """Whether `array` is taken to stay as it is while it lives: read-only, and so is every array it views, down to
+    memory that is its own or an immutable bytes object (a loaded ONNX model's weights). An array that owns its
+    memory can be made writeable again: whoever does so and writes to it must not have handed it to a kernel as
+    unchanging."""
+    base = array
+    while isinstance(base, np.ndarray):
+        if base.flags.writeable:
+            return False
+        base = base.base
+    return base is None or isinstance(base, bytes)
+
+
+def kept_for(array: np.ndarray, key: tuple, make: Callable[[], object]) -> object | None:
+    """``make()``, computed once per (`array`, `key`) and kept while `array` lives, where `array` is ``unchanging``
+    (a kernel's packed or transformed weights); None for any other array (the caller computes its own)."""
+    if not unchanging(array):
+        return None
+    entry = (id(array), key)
+    with _kept_lock:
+        hit = _kept.get(entry)
+    if hit is not None and hit[0]() is array:
+        return hit[1]
+    value = make()
+    with _kept_lock:
+        _kept[entry] = (weakref.ref(array, lambda _, entry=entry: _kept.pop(entry, None)), value)
+    return value
 
 
 def release_scratch() -> None:

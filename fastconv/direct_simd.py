@@ -29,7 +29,7 @@ import numpy as np
 
 from . import runtime
 from ._checks import Conv2dShape
-from .config import scratch
+from .config import kept_for, scratch
 from .kernels import conv_direct_simd
 
 BATCH_PREFERENCE = 0.85     # the batch kernel runs when its lane use * this beats the row kernel's
@@ -38,12 +38,16 @@ WEIGHT_BATCH_PREFERENCE = 0.92  # the same for the weight gradient's kernels (me
 
 
 def packed_weights(weight: np.ndarray, groups: int) -> np.ndarray:
-    """(K, Cg, R, S) -> flat (groups*KBg, T, MR): wp[(kb*T + t)*MR + m] (see the kernel doc)."""
-    k, cg, r, s = weight.shape
-    kbg = -(-(k // groups) // conv_direct_simd.MR)
-    wp = np.empty(groups * kbg * cg * r * s * conv_direct_simd.MR, weight.dtype)
-    conv_direct_simd.pack_channel_blocks(weight, groups, wp)
-    return wp
+    """(K, Cg, R, S) -> flat (groups*KBg, T, MR): wp[(kb*T + t)*MR + m] (see the kernel doc); packed once and kept
+    for an unchanging weight (``config.kept_for``: a loaded ONNX model's)."""
+    def pack() -> np.ndarray:
+        k, cg, r, s = weight.shape
+        kbg = -(-(k // groups) // conv_direct_simd.MR)
+        wp = np.empty(groups * kbg * cg * r * s * conv_direct_simd.MR, weight.dtype)
+        conv_direct_simd.pack_channel_blocks(weight, groups, wp)
+        return wp
+    kept = kept_for(weight, ("direct_simd", groups), pack)
+    return pack() if kept is None else kept
 
 
 @lru_cache(maxsize=256)

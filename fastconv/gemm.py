@@ -46,6 +46,7 @@ def _tiled_cuda(a, b):
 GEMM.add(Algorithm("naive", "cpu", lambda a, b: naive.gemm(contiguous(a), contiguous(b)), None, reference=True))
 GEMM.add(Algorithm("blas", "cpu", _compiled(matmul.gemm_blas), None))
 GEMM.add(Algorithm("packed", "cpu", _compiled(matmul.gemm_packed), None))
+GEMM.add(Algorithm("streaming", "cpu", _compiled(matmul.gemm_streaming), None))
 GEMM.add(Algorithm("tiled", "cuda", _tiled_cuda, None))
 GEMM.rules.update(cpu=lambda shape, itemsize: "blas", cuda=lambda shape, itemsize: "tiled")
 
@@ -54,7 +55,8 @@ def gemm(a: np.ndarray, b: np.ndarray, *, algo: str = "auto") -> np.ndarray:
     """c (M, N) = a (M, K) @ b (K, N) for float32 or float64 matrices of one dtype.
 
     ``algo``: 'auto' (BLAS), 'blas' (NumPy's BLAS called from Numba), 'packed' (our own
-    cache-blocked GEMM with packed panels, no BLAS) or 'naive' (Python loops).
+    cache-blocked GEMM with packed panels, no BLAS), 'streaming' (one pass over b, no packing: for a
+    few rows of a, as a classifier at small batches) or 'naive' (Python loops).
     Transposed views (Fortran-ordered operands) are read in place, without a copy.
     On device arrays: 'auto' or 'tiled' (shared-memory tiled GEMM on the GPU), C-contiguous operands.
     """

@@ -51,7 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._checks import Conv2dShape
-from .config import batch_chunk, scratch
+from .config import batch_chunk, kept_for, scratch
 from .kernels import conv_winograd, simd
 
 TILE_SIZES = (2, 4)        # m of F(m x m, 3x3): records "winograd" (m = 2) and "winograd_4x4" (m = 4)
@@ -137,14 +137,24 @@ def forward(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2
     nr = 2 * (simd.VECTOR_BYTES // dtype.itemsize)  # columns of a packed B sliver
     u_size = npoints * p.k * cg
     pack_size = 0 if grouped else npoints * groups * cg * (-(-kg // nr) * nr)
-    buf = scratch("winograd", u_size + pack_size + npoints * (p.c + p.k) * nb * tiles, dtype)
-    u = buf[:u_size].reshape(npoints, p.k, cg)
-    filter_transform(weight, u)
-    if not grouped:
-        b_pack = buf[u_size:u_size + pack_size].reshape(npoints, groups, -1)
-        conv_winograd.pack_transformed_filters(u, b_pack)
+    def transformed_filters(buf: np.ndarray) -> np.ndarray:
+        """buf[:u_size] = U (points, K, C/g), and unless grouped buf[u_size:] its packed slivers."""
+        filter_transform(weight, buf[:u_size].reshape(npoints, p.k, cg))
+        if not grouped:
+            conv_winograd.pack_transformed_filters(buf[:u_size].reshape(npoints, p.k, cg),
+                                                   buf[u_size:].reshape(npoints, groups, -1))
+        return buf
+    kept = kept_for(weight, ("winograd", m, groups, grouped, dtype),
+                    lambda: transformed_filters(np.empty(u_size + pack_size, dtype)))
+    work_size = npoints * (p.c + p.k) * nb * tiles
+    if kept is None:  # a weight that may change: transformed again, in the scratch buffer
+        buf = scratch("winograd", u_size + pack_size + work_size, dtype)
+        filters, work = transformed_filters(buf[:u_size + pack_size]), buf[u_size + pack_size:]
+    else:
+        filters, work = kept, scratch("winograd", work_size, dtype)
+    u = filters[:u_size].reshape(npoints, p.k, cg)
+    b_pack = None if grouped else filters[u_size:].reshape(npoints, groups, -1)
     b = bias if bias is not None else np.zeros(p.k, dtype)
-    work = buf[u_size + pack_size:]
     for n0 in range(0, p.n, nb):
         t = min(nb, p.n - n0) * tiles
         v = work[:npoints * p.c * t].reshape(npoints, p.c, t)

@@ -10,6 +10,11 @@ overwritten. Any M, N, K >= 1.
 - ``gemm_blas``: ``np.dot`` inside Numba, which calls the BLAS bundled with
   SciPy. A transposed operand is passed as an F-contiguous view, so BLAS sees
   it as a transpose flag and nothing is copied.
+- ``gemm_streaming``: for few rows of A (a network's classifier at small batches): B is read once, in its own
+  layout, as a stream (no packing): with trans_b each output is a dot product along a row of B's storage (two
+  rows of A at a time, each dot product summed in vector lanes, then the lanes), else rows of B are added into
+  rows of C scaled by A's elements. Parallel over blocks of N. Memory-bound by design: for M of a few rows a
+  GEMM is one pass over B.
 - ``gemm_packed``: our own GEMM, no BLAS, after Goto/BLIS. For each NC-wide
   panel of N (jc), two parallel loops (``prange``), hence two barriers:
 
@@ -70,6 +75,48 @@ def gemm_blas(a, b, c, trans_a, trans_b):
             np.dot(a, b.T, c)
         else:
             np.dot(a, b, c)
+
+
+STREAM_ROWS = 64        # gemm_streaming with trans_b: rows of b's storage (columns of C) per work item
+STREAM_COLUMNS = 512    # without: columns of b and C per work item (2 KiB runs of a row of b in float32)
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
+def _dot(x, y):
+    acc = x.dtype.type(0)
+    for i in range(x.size):
+        acc += x[i] * y[i]
+    return acc
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"contract"})
+def _add_scaled_row(alpha, row, out):
+    for j in range(out.size):
+        out[j] += alpha * row[j]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def gemm_streaming(a, b, c, trans_a, trans_b):
+    """c[:, :] = op(a) @ op(b) with one pass over b (module docstring); a read through trans_a in place."""
+    M, N = c.shape
+    K = b.shape[1] if trans_b else b.shape[0]
+    a_rows = np.ascontiguousarray(a.T) if trans_a else a  # op(a): M rows of K, a few rows only
+    zero = c.dtype.type(0)
+    width = STREAM_ROWS if trans_b else STREAM_COLUMNS
+    for blk in numba.prange((N + width - 1) // width):
+        j0, j1 = blk * width, min(N, (blk + 1) * width)
+        if trans_b:
+            for j in range(j0, j1):
+                b_row = b[j]
+                for m in range(M):
+                    c[m, j] = _dot(a_rows[m], b_row)
+        else:
+            for m in range(M):
+                c[m, j0:j1] = zero
+            for k in range(K):
+                b_row = b[k, j0:j1]
+                for m in range(M):
+                    _add_scaled_row(a_rows[m, k], b_row, c[m, j0:j1])
 
 
 # ---------------------------------------------------------------------------

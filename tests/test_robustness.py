@@ -302,3 +302,34 @@ def test_abs_max_is_the_largest_magnitude_and_inf_for_nan_and_inf(dtype):
             b = a.copy()
             b[i] = special
             assert abs_max(b) == np.inf, (i, special)
+
+
+def test_kernels_keep_packed_weights_only_for_unchanging_arrays():
+    """config.kept_for: a read-only weight (down to its own memory or bytes) is packed once and the packed form
+    dropped with it; a writeable weight, or a read-only view of a writeable one, is packed on every call, so writing
+    to it changes the next result."""
+    import gc
+    from fastconv import config
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
+    for algo in ("direct_simd", "winograd"):
+        w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
+        expected = fc.conv2d(x, w, padding=1, algo=algo)
+        frozen = w.copy()
+        frozen.setflags(write=False)
+        before = len(config._kept)
+        np.testing.assert_array_equal(fc.conv2d(x, frozen, padding=1, algo=algo), expected)
+        assert len(config._kept) == before + 1
+        np.testing.assert_array_equal(fc.conv2d(x, frozen, padding=1, algo=algo), expected)
+        assert len(config._kept) == before + 1  # kept, not packed again
+        del frozen
+        gc.collect()
+        assert len(config._kept) == before
+        view = w.view()
+        view.setflags(write=False)
+        assert not config.unchanging(view)
+        fc.conv2d(x, view, padding=1, algo=algo)
+        w *= 2  # through the writeable base: the view's next call must see it
+        np.testing.assert_allclose(fc.conv2d(x, view, padding=1, algo=algo), 2 * expected, rtol=1e-5, atol=1e-5)
+        assert len(config._kept) == before
+    assert config.unchanging(np.frombuffer(b"\0" * 16, np.float32))

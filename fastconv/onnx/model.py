@@ -13,7 +13,9 @@ At load, in this order:
    output (a parallel pass), in the same pass for the others.
 
 At run, each value is freed after its last reader, so a chain of layers holds about two activations
-at a time, and the fused passes write into an input that dies at them (no new array).
+at a time, and the fused passes write into an input that dies at them (no new array). The constants are read-only
+from load on, so the kernels pack or transform each weight once and keep that form while the model lives
+(``fastconv.config.kept_for``).
 """
 from __future__ import annotations
 
@@ -55,6 +57,9 @@ class Model:
                 if name:
                     self._last_reader[name] = i
         self._fed = set(self.input_names) | set(self.constants) | set(self.output_names)
+        for value in self.constants.values():  # unchanging: kernels keep their packed forms (config.kept_for)
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
 
     def _reusable(self, node: Node, i: int, live: dict[str, np.ndarray]) -> list[bool]:
         """For each input of node `i`: whether its array may take the node's result (it dies here, is read once by

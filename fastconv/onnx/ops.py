@@ -346,13 +346,24 @@ def global_max_pool(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: in
 
 # ---- matrix products -----------------------------------------------------------------------------------------
 
+STREAMING_ROWS = 4             # products with at most this many rows of A read B once, unpacked (gemm "streaming")
+STREAMING_ROWS_TRANSPOSED = 16  # the same where B is given transposed (Gemm's transB), which packing reads slowly
+
+
 def _matmul_2d(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (M, K) @ b (K, N): fastconv.gemm's packed kernel for float32/float64, NumPy for integers. Not BLAS, the
-    gemm's default alone: its threads spin after each call against the Numba threads of the convolutions around
-    it (ResNet-50's classifier, 1x2048 @ 2048x1000: 4.3 ms in the network against 0.7 ms packed)."""
+    """a (M, K) @ b (K, N): fastconv.gemm for float32/float64 (few rows: the streaming kernel, one pass over b;
+    else the packed kernel; measured on 4096x4096 b: 4 rows streaming 7-9 ms, packed 8 (26 with b transposed);
+    16 rows 21-23 against 11 (28 transposed)), NumPy for integers. Not BLAS, the gemm's default alone: its threads spin after each
+    call against the Numba threads of the convolutions around it (ResNet-50's classifier, 1x2048 @ 2048x1000:
+    4.3 ms in the network, 0.7 ms packed; VGG-19's first, 1x25088 @ 25088x4096: 195 ms packed, which packs all
+    of b for one row)."""
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"inner dimensions must agree: {a.shape} @ {b.shape}")
-    return fc_gemm(a, b, algo="packed") if a.dtype.name in FLOATS else np.matmul(a, b)
+    if a.dtype.name not in FLOATS:
+        return np.matmul(a, b)
+    transposed = b.flags.f_contiguous and not b.flags.c_contiguous
+    streaming = a.shape[0] <= (STREAMING_ROWS_TRANSPOSED if transposed else STREAMING_ROWS)
+    return fc_gemm(a, b, algo="streaming" if streaming else "packed")
 
 
 def _scaled(y: np.ndarray, factor: float) -> np.ndarray:
