@@ -176,7 +176,7 @@ def _record(item: pytest.Item, bench: Bench, result: Result, dtype: str, harness
             "impl": bench.impl, "peer": bench.impl in PEERS, "library": library_of(bench.impl), "flops": flops,
             "scale": bench.scale, "scaled_from": bench.scaled_from, "first_call_s": result.first_call_s,
             "compile_s": max(0.0, result.first_call_s - stats["median"]) if compiled else None,
-            "peak_memory_bytes": result.peak_memory_bytes,
+            "peak_memory_bytes": result.peak_memory_bytes, "footprint_bytes": result.footprint_bytes,
             "threads": None if bench.device == "cuda" else (1 if bench.impl == "naive" else result.threads),
             "dtype": dtype, "device": bench.device, "is_peak": bench.is_peak, "alone_s": result.alone_s, **extra}
     return {"group": "-".join(bench.group), "name": item.name, "fullname": item.nodeid, "params": None,

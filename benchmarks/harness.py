@@ -194,6 +194,7 @@ class Result:
     rounds: list[list[float]] = field(default_factory=list)  # the seconds of each call, round by round
     first_call_s: float | None = None
     peak_memory_bytes: int | None = None
+    footprint_bytes: int | None = None  # building the call and its first run (worker.py: prepare)
     threads: int | None = None
     alone: list[float] = field(default_factory=list)  # the same call's medians timed alone (--fc-alone)
     error: WorkerError | None = None
@@ -279,7 +280,7 @@ class Harness:
                 results[e.key] = Result(error=error)
                 continue
             results[e.key] = Result(first_call_s=reply["first_call_s"], peak_memory_bytes=reply["peak_memory_bytes"],
-                                    threads=worker.info["threads"])
+                                    footprint_bytes=reply.get("footprint_bytes"), threads=worker.info["threads"])
             calls[e.key] = min(self.plan.max_calls,
                                max(1, math.ceil(self.plan.block_s / max(reply["estimate_s"], 1e-9))))
         order = [e for e in entries if e.key in calls]

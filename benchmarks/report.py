@@ -167,7 +167,8 @@ def rows(results: dict) -> list[Row]:
     speedup_naive and speedup_numpy (peer time / this time), ratio_pytorch and ratio_onnxruntime (the
     peer's time / this time: > 1 means faster than that peer), images and images_per_s (training steps and
     whole networks; None elsewhere),
-    peak_memory_bytes, compile_s, first_call_s, threads, rounds, spread (the interquartile range of the
+    peak_memory_bytes, footprint_bytes (building the call and its first run: a whole network's memory), compile_s,
+    first_call_s, threads, rounds, spread (the interquartile range of the
     timed calls over their median) and noisy (spread above NOISY_SPREAD), is_peak, name. Peers are matched
     on (suite, case, pass, dtype); a missing peer or figure is None.
     """
@@ -204,6 +205,7 @@ def rows(results: dict) -> list[Row]:
             "images": images,
             "images_per_s": images / time_s if images and time_s > 0 else None,
             "peak_memory_bytes": info.get("peak_memory_bytes"),
+            "footprint_bytes": info.get("footprint_bytes"),
             "compile_s": info.get("compile_s"),
             "first_call_s": info.get("first_call_s"),
             "threads": info.get("threads"),
@@ -855,13 +857,13 @@ def _train_blocks(sel: list[Row], tag: str) -> list[tuple]:
 
 
 NETWORK_HEADERS = ["network", "batch", "fastconv", "ONNX Runtime", "x ONNX Runtime", "images/s fastconv",
-                   "images/s ONNX Runtime", "peak mem fastconv (MiB)", "peak mem ONNX Runtime (MiB)",
+                   "images/s ONNX Runtime", "memory fastconv (MiB)", "memory ONNX Runtime (MiB)",
                    "GFLOP/s fastconv", "GFLOP/s ONNX Runtime", "first call fastconv (s)"]
 
 
 def _network_blocks(sel: list[Row], tag: str) -> list[tuple]:
     """What is measured, then one table (under a heading naming the dtype when it is not the run's main one) with
-    a row per network and batch (fastconv against ONNX Runtime: time, ratio, images/s, peak memory, GFLOP/s,
+    a row per network and batch (fastconv against ONNX Runtime: time, ratio, images/s, memory, GFLOP/s,
     fastconv's first call), then the geometric mean of the ratio per batch."""
     def cell(r: Row | None, fmt, key: str) -> str:
         return "-" if r is None else fmt(r[key])
@@ -874,8 +876,8 @@ def _network_blocks(sel: list[Row], tag: str) -> list[tuple]:
         body.append([_case_cell(case, first["label"]), str(first["images"]),
                      "-" if ours is None else _time_cell(ours), "-" if ort is None else _time_cell(ort),
                      cell(ours, fmt_ratio, "ratio_onnxruntime"), cell(ours, fmt_num, "images_per_s"),
-                     cell(ort, fmt_num, "images_per_s"), cell(ours, fmt_mib, "peak_memory_bytes"),
-                     cell(ort, fmt_mib, "peak_memory_bytes"), cell(ours, fmt_num, "gflops"),
+                     cell(ort, fmt_num, "images_per_s"), cell(ours, fmt_mib, "footprint_bytes"),
+                     cell(ort, fmt_mib, "footprint_bytes"), cell(ours, fmt_num, "gflops"),
                      cell(ort, fmt_num, "gflops"), cell(ours, fmt_s, "first_call_s")])
     means = [f"batch {b['images']}: {fmt_ratio(b['ratio_onnxruntime_geomean'])} over {b['with_onnxruntime']} of "
              f"{b['networks']} network{'s' if b['networks'] != 1 else ''}" for b in _networks_by_batch(sel)]
@@ -885,8 +887,9 @@ def _network_blocks(sel: list[Row], tag: str) -> list[tuple]:
                   "fastconv (fastconv.onnx, the layers' default algorithms) and by ONNX Runtime (its CPU provider, "
                   "every graph optimization on, idle threads not spinning), with the same threads. x ONNX Runtime: "
                   "its time over ours (> 1: fastconv is faster). GFLOP/s counts the Conv and Gemm multiply-adds "
-                  "(twice). Peak memory: what one call adds above the process's level before it; ONNX Runtime keeps "
-                  "the memory arena its first call grew, so its figure counts only what a call needs beyond that. "
+                  "(twice). Memory: the peak resident memory that loading the network and running it once added to "
+                  "its worker process (weights, their packed forms, buffers, arenas: what the network costs to "
+                  "serve). "
                   "First call: fastconv's first run in its process (kernels compiled and auto's algorithms tuned where "
                   "their caches are cold)."),
             ("table", NETWORK_HEADERS, body, _noisy_notes(sel)),

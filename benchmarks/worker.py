@@ -15,7 +15,8 @@ the fastconv worker nothing of PyTorch's.
 Requests (``op``): ``hello`` (the library's version, threads, pid and which of fastconv, numba, torch,
 onnxruntime the process has loaded); ``prepare`` (build the measured call of one implementation on one
 case; run it once, timed: ``first_call_s``, then once more measuring the peak resident memory the call
-adds: ``peak_memory_bytes``, whose time is ``estimate_s``); ``time`` (run a prepared call ``calls``
+adds: ``peak_memory_bytes``, whose time is ``estimate_s``; ``footprint_bytes``: the peak resident memory that
+building the call (a whole network: loading it) and its first run added to the process); ``time`` (run a prepared call ``calls``
 times, each timed alone: ``seconds``); ``release``; ``export_model`` (fastconv only: a training case's
 model for a PyTorch twin); ``exit``. After ``prepare`` and ``time`` the worker waits until its threads
 are idle before it replies (thread pools spin for a while after work: OpenBLAS about 0.1 s, GNU
@@ -63,9 +64,9 @@ def _status_kib(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
-def timed_call_with_peak(fn: Callable[[], object]) -> tuple[float, int | None]:
-    """(seconds, peak bytes) of one call: resident memory reached above the level before the call
-    (VmHWM reset through /proc/self/clear_refs after malloc_trim); None without /proc."""
+def reset_peak() -> int | None:
+    """The resident memory now (KiB), with the high-water mark set back to it (VmHWM reset through
+    /proc/self/clear_refs after malloc_trim); None without /proc."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -73,14 +74,23 @@ def timed_call_with_peak(fn: Callable[[], object]) -> tuple[float, int | None]:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        before = _status_kib("VmRSS")
+        return _status_kib("VmRSS")
     except OSError:
-        before = None
+        return None
+
+
+def peak_since(before: int | None) -> int | None:
+    """Bytes of resident memory reached above `before` (``reset_peak``'s figure) since then."""
+    return None if before is None else max(0, _status_kib("VmHWM") - before) * 1024
+
+
+def timed_call_with_peak(fn: Callable[[], object]) -> tuple[float, int | None]:
+    """(seconds, peak bytes) of one call: resident memory reached above the level before the call."""
+    before = reset_peak()
     t0 = time.perf_counter()
     fn()
     seconds = time.perf_counter() - t0
-    peak = None if before is None else max(0, _status_kib("VmHWM") - before) * 1024
-    return seconds, peak
+    return seconds, peak_since(before)
 
 
 def start_library(library: str, threads: int) -> dict:
@@ -190,12 +200,15 @@ def serve(library: str, threads: int, requests, replies) -> None:
             if op == "hello":
                 reply = {**info, "library": library, "pid": os.getpid(), "loaded": loaded_libraries()}
             elif op == "prepare":
+                before = reset_peak()
                 fn = calls[request["id"]] = make_call(library, request, threads)
                 t0 = time.perf_counter()
                 fn()
                 first = time.perf_counter() - t0
+                footprint = peak_since(before)
                 estimate, peak = timed_call_with_peak(fn)
-                reply = {"first_call_s": first, "estimate_s": estimate, "peak_memory_bytes": peak}
+                reply = {"first_call_s": first, "estimate_s": estimate, "peak_memory_bytes": peak,
+                         "footprint_bytes": footprint}
                 settle()
             elif op == "time":
                 fn = calls[request["id"]]

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..conv import conv2d
+from ..conv import conv2d, conv_transpose2d
 from ..gemm import gemm as fc_gemm
 from ..pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .graph import DTYPES
@@ -270,6 +270,62 @@ def conv(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> list:
     if not win.symmetric:
         x = np.pad(x, [(0, 0), (0, 0)] + [(b_ - e, a_ - e) for b_, a_, e in zip(win.before, win.after, even)])
     return [conv2d(x, w, b, stride=win.stride, padding=even, dilation=win.dilation, groups=group)]
+
+
+def conv_transpose(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> list:
+    """ConvTranspose-11 (1 the same): the transposed 2-D convolution of x (N, C, H, W) with w (C, M/group, kH, kW)
+    plus b (M,): the full output, (in - 1) * stride + dilation * (kernel - 1) + 1 per axis, plus output_padding
+    after, less pads [top, left, bottom, right] (or, with output_shape or auto_pad SAME_UPPER/SAME_LOWER (output
+    in * stride), the pads that give that size, the odd one after for SAME_UPPER, before otherwise). Through
+    fastconv.conv_transpose2d: with PyTorch's arguments where the pads are even and output_padding is smaller
+    than the stride or dilation, else its full output cut (or extended by b alone) to the pads."""
+    x, w, b = _args("ConvTranspose", inputs, 2, 3)
+    _planar("ConvTranspose", x)
+    _same_dtype("ConvTranspose", x, w, b)
+    if w.ndim != 4:
+        raise ValueError(f"ConvTranspose: weight must have rank 4 (C, M/group, kH, kW) for a 2-D input, got shape "
+                         f"{w.shape}")
+    group = _int("ConvTranspose", attrs, "group", 1)
+    if group < 1 or x.shape[1] != w.shape[0] or x.shape[1] % group:
+        raise ValueError(f"ConvTranspose: weight of shape {w.shape} and group {group} do not fit x's {x.shape[1]} "
+                         "channels (weight's first dimension must be them, divisible by group)")
+    kernel = _ints("ConvTranspose", attrs, "kernel_shape", w.shape[2:], 2, minimum=1)
+    if kernel != w.shape[2:]:
+        raise ValueError(f"ConvTranspose: attribute kernel_shape {list(kernel)} is not the weight's {list(w.shape[2:])}")
+    stride = _ints("ConvTranspose", attrs, "strides", (1, 1), 2, minimum=1)
+    dilation = _ints("ConvTranspose", attrs, "dilations", (1, 1), 2, minimum=1)
+    extra = _ints("ConvTranspose", attrs, "output_padding", (0, 0), 2, minimum=0)
+    auto_pad = _choice("ConvTranspose", attrs, "auto_pad", "NOTSET", ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"))
+    full = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in zip(x.shape[2:], stride, dilation, kernel)]
+    if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if "output_shape" in attrs:
+            wanted = _ints("ConvTranspose", attrs, "output_shape", None, None, minimum=1)
+            if len(wanted) not in (2, 4):
+                raise ValueError(f"ConvTranspose: attribute output_shape must give (H, W) (or N, C, H, W), got "
+                                 f"{list(wanted)}")
+            wanted = wanted[-2:]
+        else:
+            wanted = tuple(n * s for n, s in zip(x.shape[2:], stride))
+        total = [f + e - o for f, e, o in zip(full, extra, wanted)]
+        after = [t // 2 if auto_pad != "SAME_UPPER" else t - t // 2 for t in total]
+        before = [t - a for t, a in zip(total, after)]
+    else:
+        pads = _ints("ConvTranspose", attrs, "pads", (0, 0, 0, 0), 4, minimum=0) if auto_pad == "NOTSET" else (0,) * 4
+        before, after = list(pads[:2]), list(pads[2:])
+    out = [f + e - lo - hi for f, e, lo, hi in zip(full, extra, before, after)]
+    if min(out) < 1:
+        raise ValueError(f"ConvTranspose: the output would have size {out} (pads {before + after} exceed the full "
+                         f"output {full} plus output_padding {list(extra)})")
+    if before == after and min(before) >= 0 and all(e < s or e < d for e, s, d in zip(extra, stride, dilation)):
+        return [conv_transpose2d(x, w, b, stride, tuple(before), extra, group, dilation)]
+    y_full = conv_transpose2d(x, w, None, stride, 0, 0, group, dilation)
+    y = np.zeros((x.shape[0], w.shape[1] * group, *out), x.dtype)
+    src = tuple(slice(max(lo, 0), min(f, lo + o)) for lo, f, o in zip(before, full, out))
+    dst = tuple(slice(sl.start - lo, sl.stop - lo) for sl, lo in zip(src, before))
+    y[(..., *dst)] = y_full[(..., *src)]
+    if b is not None:
+        y += b.reshape(-1, 1, 1)
+    return [y]
 
 
 def max_pool(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> list:
@@ -549,6 +605,38 @@ def batch_normalization(inputs: Inputs, attrs: Attributes, opset: int, n_outputs
     y *= scale / np.sqrt(var + epsilon)
     y += bias
     return [y]
+
+
+def layer_normalization(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> list:
+    """LayerNormalization-17: y = (x - mean) / sqrt(var + epsilon) * scale + B, mean and (biased) var over the axes
+    from `axis` (default -1) to the last; scale and B broadcast to those axes' shape. Outputs Mean and InvStdDev
+    (x's leading axes, ones after; float32 with stash_type 1, the default, else x's dtype) when listed. The
+    statistics are summed in float64."""
+    x, scale, bias = _args("LayerNormalization", inputs, 2, 3)
+    axis = _int("LayerNormalization", attrs, "axis", -1)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"LayerNormalization: axis {axis} is outside the input's rank {x.ndim}")
+    axis %= x.ndim
+    stash = _int("LayerNormalization", attrs, "stash_type", 1)
+    stash_dtype = {1: np.dtype(np.float32), 11: np.dtype(np.float64)}.get(stash)
+    if stash_dtype is None:
+        raise UnsupportedCase(f"LayerNormalization: stash_type {stash} is not supported (fastconv runs 1, float32, "
+                              "and 11, float64)")
+    for name, p in (("Scale", scale), ("B", bias)):
+        if p is not None and (p.dtype != x.dtype or _broadcast("LayerNormalization", p.shape, x.shape[axis:])
+                              != x.shape[axis:]):
+            raise ValueError(f"LayerNormalization: {name} of {p.dtype} {p.shape} does not broadcast to the "
+                             f"normalized axes' shape {x.shape[axis:]} in x's dtype {x.dtype}")
+    epsilon = _float("LayerNormalization", attrs, "epsilon", 1e-5)
+    axes = tuple(range(axis, x.ndim))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    centered = x64 - mean
+    inv_std = 1 / np.sqrt((centered * centered).mean(axis=axes, keepdims=True) + epsilon)
+    y = centered * inv_std * scale
+    if bias is not None:
+        y += bias
+    return [y.astype(x.dtype), mean.astype(stash_dtype), inv_std.astype(stash_dtype)][:max(1, n_outputs)]
 
 
 def lrn(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: int) -> list:
@@ -857,6 +945,7 @@ def constant_of_shape(inputs: Inputs, attrs: Attributes, opset: int, n_outputs: 
 
 OPS: dict[str, OpDef] = {d.op_type: d for d in (
     OpDef("Conv", conv, 11),
+    OpDef("ConvTranspose", conv_transpose, 11),
     OpDef("MaxPool", max_pool, 12),
     OpDef("AveragePool", average_pool, 19),
     OpDef("GlobalAveragePool", global_average_pool, 1),
@@ -877,6 +966,7 @@ OPS: dict[str, OpDef] = {d.op_type: d for d in (
     OpDef("Tanh", tanh, 13),
     OpDef("BatchNormalization", batch_normalization, 15),
     OpDef("LRN", lrn, 13),
+    OpDef("LayerNormalization", layer_normalization, 17),
     OpDef("Softmax", softmax, 13),
     OpDef("LogSoftmax", log_softmax, 13),
     OpDef("Concat", concat, 13, ANY),
