@@ -22,7 +22,7 @@ from ._checks import (MAX_SIZE_ARG, Conv2dShape, as_array, batched, check_array,
                       contiguous, conv2d_shape, is_device_array, pair)
 from .algorithm import Algorithm, Registry
 from .array_ops import ops_for
-from .config import batch_chunk, conv2d_algorithm, scratch, workspace_limit
+from .config import batch_chunk, conv2d_algorithm, kept_for, scratch, workspace_limit
 from .device import as_device, device_of, empty, zeros
 from .kernels import elementwise, im2col, matmul
 
@@ -66,12 +66,20 @@ def _im2col_args(p: Conv2dShape) -> tuple[int, ...]:
 
 def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, p: Conv2dShape,
                     gemm) -> np.ndarray:
-    """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group y_g (K/g, nb*OH*OW) = w_g @ col_g."""
+    """Per batch chunk: col (C*R*S, nb*OH*OW) = im2col(x); per group y_g (K/g, nb*OH*OW) = w_g @ col_g. The packed
+    GEMM keeps an unchanging weight's packed groups (``config.kept_for``) and multiplies by them alone."""
     crs_g, kg, plane = (p.c // p.groups) * p.r * p.s, p.k // p.groups, p.oh * p.ow
     nb = _im2col_chunk(p, x.dtype.itemsize)
     col_buf = scratch("im2col.col", p.groups * crs_g * nb * plane, x.dtype)
     out_buf = scratch("im2col.out", p.k * nb * plane, x.dtype)
     w2 = weight.reshape(p.k, crs_g)
+
+    def packed_groups() -> list[np.ndarray]:
+        packs = [np.empty(matmul.packed_a_size(kg, crs_g), x.dtype) for _ in range(p.groups)]
+        for g, pack in enumerate(packs):
+            matmul.pack_a(w2[g * kg:(g + 1) * kg], False, pack)
+        return packs
+    packs = kept_for(weight, ("im2col_packed", p.groups), packed_groups) if gemm is matmul.gemm_packed else None
     y = np.empty((p.n, p.k, plane), x.dtype)
     for n0 in range(0, p.n, nb):
         m = min(nb, p.n - n0)
@@ -79,7 +87,10 @@ def _forward_im2col(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, 
         out = out_buf[:p.k * m * plane].reshape(p.k, m * plane)
         im2col.im2col(x, col, n0, *_im2col_args(p))
         for g in range(p.groups):
-            gemm(w2[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], out[g * kg:(g + 1) * kg], False, False)
+            if packs is not None:
+                matmul.gemm_prepacked(packs[g], crs_g, col[g * crs_g:(g + 1) * crs_g], out[g * kg:(g + 1) * kg], False)
+            else:
+                gemm(w2[g * kg:(g + 1) * kg], col[g * crs_g:(g + 1) * crs_g], out[g * kg:(g + 1) * kg], False, False)
         y[n0:n0 + m] = out.reshape(p.k, m, plane).transpose(1, 0, 2)
     if bias is not None:
         y += bias[:, None]

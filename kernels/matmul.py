@@ -11,16 +11,17 @@ overwritten. Any M, N, K >= 1.
   SciPy. A transposed operand is passed as an F-contiguous view, so BLAS sees
   it as a transpose flag and nothing is copied.
 - ``gemm_streaming``: for few rows of A (a network's classifier at small batches): B is read once, in its own
-  layout, as a stream (no packing): with trans_b each output is a dot product along a row of B's storage (two
-  rows of A at a time, each dot product summed in vector lanes, then the lanes), else rows of B are added into
-  rows of C scaled by A's elements. Parallel over blocks of N. Memory-bound by design: for M of a few rows a
+  layout, as a stream (no packing): with trans_b each output is a dot product along a row of B's storage (summed
+  reassociated, in vector lanes: fastmath "reassoc"), else rows of B are added into rows of C scaled by A's
+  elements. Parallel over blocks of N. Memory-bound by design: for M of a few rows a
   GEMM is one pass over B.
-- ``gemm_packed``: our own GEMM, no BLAS, after Goto/BLIS. For each NC-wide
-  panel of N (jc), two parallel loops (``prange``), hence two barriers:
+- ``gemm_packed``: our own GEMM, no BLAS, after Goto/BLIS: ``pack_a`` then ``gemm_prepacked`` (a caller
+  that multiplies by the same op(a) again keeps a_pack and calls ``gemm_prepacked`` alone). First, for every
+  KC-deep slice of K (pc), pack_a copies op(a)[:, pc:pc+kc] into ``a_pack`` as slivers of MR rows, element
+  (row r, depth p) at ``p * MR + r``, rows past M zero (one parallel loop). Then for each NC-wide panel of N
+  (jc), two parallel loops (``prange``), hence two barriers:
 
-    pack:    for every KC-deep slice of K (pc), pack_a copies op(a)[:, pc:pc+kc]
-             (first panel only) into ``a_pack`` as slivers of MR rows, element
-             (row r, depth p) at ``p * MR + r``, rows past M zero; pack_b copies
+    pack:    for every KC-deep slice of K (pc), pack_b copies
              op(b)[pc:pc+kc, jc:jc+nc] into ``b_pack`` as slivers of NR columns,
              element (depth p, column j) at ``p * NR + j``, columns past N zero.
     compute: C is cut into blocks of MC rows x NB columns, one per work item
@@ -285,9 +286,30 @@ def compute_block(a_pack, b_pack, c, k, m_pad, nc_pad, row0, rows, panel_col0,
                                 c[i0 + r, j0 + j] = tile[r, j]
 
 
+@numba.njit(cache=True, nogil=True)
+def packed_a_size(m, k):
+    """Elements of op(a) (M x K) packed by pack_a: M rounded up to MR rows, times K."""
+    return (m + MR - 1) // MR * MR * k
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def pack_a(a, trans_a, a_pack):
+    """a_pack = op(a) packed for gemm_prepacked: for every KC slice pc of K, the slivers of MR rows at
+    pc * m_pad + s * MR * kc (``pack_a_sliver``), m_pad = M rounded up to MR. a_pack holds packed_a_size(M, K)."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    k = a.shape[0] if trans_a else a.shape[1]
+    a_slivers = (m + MR - 1) // MR
+    m_pad = a_slivers * MR
+    for item in numba.prange(((k + KC - 1) // KC) * a_slivers):
+        pc = item // a_slivers * KC
+        s = item % a_slivers
+        pack_a_sliver(a, trans_a, s * MR, min(MR, m - s * MR), pc, min(KC, k - pc), a_pack, pc * m_pad + s * MR *
+                      min(KC, k - pc))
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def gemm_packed(a, b, c, trans_a, trans_b):
-    """c[:, :] = op(a) @ op(b) with our cache-blocked, packed, SIMD GEMM.
+    """c[:, :] = op(a) @ op(b) with our cache-blocked, packed, SIMD GEMM: pack_a, then gemm_prepacked.
 
     a: (M, K), or (K, M) if trans_a; b: (K, N), or (N, K) if trans_b; c: (M, N).
     All C-contiguous, one dtype (float32/float64); c is overwritten. Parallel
@@ -303,12 +325,20 @@ def gemm_packed(a, b, c, trans_a, trans_b):
     if k == 0:
         c[:, :] = 0
         return
+    a_pack = np.empty(packed_a_size(m, k), dtype=c.dtype)
+    pack_a(a, trans_a, a_pack)
+    gemm_prepacked(a_pack, k, b, c, trans_b)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def gemm_prepacked(a_pack, k, b, c, trans_b):
+    """c[:, :] = op(a) @ op(b) for op(a) (M x K, M = c's rows, K >= 1) packed by pack_a into a_pack; b and c as
+    for gemm_packed. Per NC-wide panel of op(b): pack the panel, then the blocks of c in parallel."""
+    m, n = c.shape
     nr = 2 * (VECTOR_BYTES // c.itemsize)            # columns of a micro-tile
-    a_slivers = (m + MR - 1) // MR
-    m_pad = a_slivers * MR
+    m_pad = (m + MR - 1) // MR * MR
     k_slices = (k + KC - 1) // KC
     nc_max = max(nr, NC // nr * nr)                  # columns of a B panel
-    a_pack = np.empty(m_pad * k, dtype=c.dtype)
     b_pack = np.empty(min(nc_max, (n + nr - 1) // nr * nr) * k, dtype=c.dtype)
     # Row blocks of at most A_BLOCK_BYTES per KC slice, all about the same size.
     mc_max = max(MR, A_BLOCK_BYTES // (KC * c.itemsize) // MR * MR)
@@ -323,21 +353,11 @@ def gemm_packed(a, b, c, trans_a, trans_b):
         col_blocks = min(b_slivers, max(1, (WORK_ITEMS + row_blocks - 1) // row_blocks))
         nb = (b_slivers + col_blocks - 1) // col_blocks * nr  # columns of a block
         col_blocks = (nc + nb - 1) // nb
-        # Pack, for every KC slice, all of op(a) (first panel only) and this
-        # panel of op(b): one parallel loop over slivers.
-        a_items = a_slivers if jc == 0 else 0
-        slice_items = a_items + b_slivers
-        for item in numba.prange(k_slices * slice_items):
-            pc = item // slice_items * KC
-            kc = min(KC, k - pc)
-            s = item % slice_items
-            if s < a_items:
-                pack_a_sliver(a, trans_a, s * MR, min(MR, m - s * MR), pc, kc,
-                              a_pack, pc * m_pad + s * MR * kc)
-            else:
-                j = (s - a_items) * nr
-                pack_b_sliver(b, trans_b, pc, kc, jc + j, min(nr, nc - j),
-                              b_pack, pc * nc_pad + j * kc)
+        for item in numba.prange(k_slices * b_slivers):  # pack this panel of op(b), every KC slice
+            pc = item // b_slivers * KC
+            j = item % b_slivers * nr
+            pack_b_sliver(b, trans_b, pc, min(KC, k - pc), jc + j, min(nr, nc - j), b_pack, pc * nc_pad + j *
+                          min(KC, k - pc))
         # Each work item computes one block of c over all of K.
         for item in numba.prange(row_blocks * col_blocks):
             row0 = item // col_blocks * mc

@@ -312,7 +312,7 @@ def test_kernels_keep_packed_weights_only_for_unchanging_arrays():
     from fastconv import config
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 8, 10, 10)).astype(np.float32)
-    for algo in ("direct_simd", "winograd"):
+    for algo in ("direct_simd", "winograd", "im2col_packed"):
         w = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
         expected = fc.conv2d(x, w, padding=1, algo=algo)
         frozen = w.copy()
