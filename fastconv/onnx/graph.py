@@ -83,11 +83,15 @@ def read(source: str | os.PathLike | bytes, supported: dict[str, object]) -> Gra
     except Exception as error:  # protobuf's DecodeError, or RuntimeError/ValueError from its C++ parser
         raise ValueError(f"{where} is not an ONNX model (truncated or corrupt?): {type(error).__name__}: "
                          f"{str(error)[:200]}") from None
+    del blob  # the file's bytes: the parsed message holds its own copy
     if not model.HasField("graph") or not model.graph.node:
         raise ValueError(f"{where} is not an ONNX model: it has no graph of nodes")
     opset = _opset(model, where)
     graph = model.graph
-    constants = {t.name: tensor_array(t, folder, where) for t in graph.initializer}
+    constants = {}
+    for tensor in graph.initializer:  # each tensor's bytes freed once it is an array: one copy of the weights at a time
+        constants[tensor.name] = tensor_array(tensor, folder, where)
+        tensor.ClearField("raw_data")
     nodes = []
     for i, proto in enumerate(graph.node):
         attributes = {a.name: _attribute(onnx, a, folder, where, proto) for a in proto.attribute}
@@ -220,7 +224,7 @@ def tensor_array(tensor, folder: Path | None, where: str) -> np.ndarray:
         array = onnx.numpy_helper.to_array(tensor)
     except Exception as error:
         raise ValueError(f"{where}: tensor {name!r} cannot be read: {error}") from None
-    return np.array(array, dtype=dtype).reshape(dims)
+    return np.array(np.reshape(array, dims), dtype=dtype)  # an array of its own (no view of the message's bytes)
 
 
 def _text(value: str | bytes) -> str:

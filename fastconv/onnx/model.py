@@ -56,10 +56,14 @@ class Model:
             for name in node.inputs:
                 if name:
                     self._last_reader[name] = i
+        read = {name for node in self.nodes for inner in [node, *(node.fused.nodes if node.fused else [])]
+                for name in inner.inputs} | set(self.output_names)
+        self.constants = {name: value for name, value in self.constants.items() if name in read}  # folded away: freed
         self._fed = set(self.input_names) | set(self.constants) | set(self.output_names)
         for value in self.constants.values():  # unchanging: kernels keep their packed forms (config.kept_for)
-            if isinstance(value, np.ndarray):
+            while isinstance(value, np.ndarray):  # read-only down to the array that owns the memory
                 value.setflags(write=False)
+                value = value.base
 
     def _reusable(self, node: Node, i: int, live: dict[str, np.ndarray]) -> list[bool]:
         """For each input of node `i`: whether its array may take the node's result (it dies here, is read once by
@@ -173,10 +177,11 @@ class Model:
                 or not all(name in self.constants for name in conv.inputs[1:] if name):
             return False
         w = self.constants[conv.inputs[1]]
-        b = self.constants[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else np.zeros(w.shape[:1], w.dtype)
-        if w.ndim != 4 or w.dtype != affine.dtype or b.dtype != w.dtype or b.shape != w.shape[:1] \
-                or not affine.applies_to((1, w.shape[0], 1, 1), w.dtype):
-            return False
+        b = self.constants[conv.inputs[2]] if len(conv.inputs) > 2 and conv.inputs[2] else None
+        if w.ndim != 4 or w.size == 0 or w.dtype != affine.dtype or not affine.applies_to((1, w.shape[0], 1, 1), w.dtype) \
+                or (b is not None and (b.dtype != w.dtype or b.shape != w.shape[:1])):
+            return False  # left as the file has it: the Conv says what is wrong when it runs
+        b = np.zeros(w.shape[:1], w.dtype) if b is None else b
         scale = np.broadcast_to(affine.scale, w.shape[:1])
         weight_name, bias_name = f"{conv.name}/folded_weight", f"{conv.name}/folded_bias"
         self.constants[weight_name] = (w * scale.reshape(-1, 1, 1, 1)).astype(w.dtype)
