@@ -394,7 +394,10 @@ def _safe_forward_algorithm(algo: str, p: Conv2dShape, x: np.ndarray, w: np.ndar
     if not record.finite_inputs:
         return algo
     x_max = abs_max(x) if "x" in record.finite_inputs else 0.0
-    w_max = abs_max(w) if "weight" in record.finite_inputs else 0.0
+    w_max = 0.0
+    if "weight" in record.finite_inputs:  # an unchanging weight (a loaded model's) is read once
+        w_max = kept_for(w, ("abs_max",), lambda: abs_max(w))
+        w_max = abs_max(w) if w_max is None else w_max
     finite = np.isfinite(x_max) and np.isfinite(w_max)
     if finite and (record.within_range is None or record.within_range(x_max, w_max, p, x.dtype)):
         return algo
