@@ -319,10 +319,11 @@ def test_kernels_keep_packed_weights_only_for_unchanging_arrays():
         frozen.setflags(write=False)
         before = len(config._kept)
         np.testing.assert_array_equal(fc.conv2d(x, frozen, padding=1, algo=algo), expected)
-        assert len(config._kept) == before + 1
+        kept = {key: value for key, value in config._kept.items() if key[0] == id(frozen)}
+        assert kept and len(config._kept) == before + len(kept)  # packed form (winograd: and max |w|)
         np.testing.assert_array_equal(fc.conv2d(x, frozen, padding=1, algo=algo), expected)
-        assert len(config._kept) == before + 1  # kept, not packed again
-        del frozen
+        assert all(config._kept[key] is value for key, value in kept.items())  # kept, not packed again
+        del frozen, kept
         gc.collect()
         assert len(config._kept) == before
         view = w.view()
@@ -333,3 +334,17 @@ def test_kernels_keep_packed_weights_only_for_unchanging_arrays():
         np.testing.assert_allclose(fc.conv2d(x, view, padding=1, algo=algo), 2 * expected, rtol=1e-5, atol=1e-5)
         assert len(config._kept) == before
     assert config.unchanging(np.frombuffer(b"\0" * 16, np.float32))
+
+
+def test_an_unchanging_weight_holding_nan_is_rerouted_as_a_writeable_one():
+    """The largest magnitude of an unchanging weight is kept; NaN in it still reroutes the algorithms that need
+    finite weights (the same output, NaN pattern included, as for a writeable copy)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 6, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    w[2, 0, 1, 1] = np.nan
+    frozen = w.copy()
+    frozen.setflags(write=False)
+    for _ in range(2):  # the second call reads the kept magnitude
+        np.testing.assert_array_equal(fc.conv2d(x, frozen, padding=1, groups=6, algo="depthwise"),
+                                      fc.conv2d(x, w, padding=1, groups=6, algo="depthwise"))
