@@ -14,7 +14,7 @@ def test_algorithms_lists_every_algorithm():
                                         "depthwise"]
     assert fc.algorithms("max_pool2d") == ["naive", "direct", "window_2x2"]
     assert fc.algorithms("avg_pool2d") == ["naive", "direct"]
-    assert fc.algorithms("gemm") == ["naive", "blas", "packed"]
+    assert fc.algorithms("gemm") == ["naive", "blas", "packed", "streaming"]
 
 
 def test_import_compiles_nothing():
