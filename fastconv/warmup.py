@@ -23,6 +23,8 @@ from numba.core.registry import CPUDispatcher
 from tqdm import tqdm
 
 from . import kernels as kernel_package, nn, optim
+from .kernels import elementwise
+from .onnx.fused import Affine, AddRelu, ScaleShift
 from ._checks import conv2d_shape, float_dtype
 from .conv import CONV2D, conv2d, conv2d_backward
 from .gemm import GEMM, gemm
@@ -77,6 +79,23 @@ def _layers(dtype: np.dtype) -> list[tuple[str, Callable[[], object]]]:
         ("adam", step(lambda params: optim.Adam(params)))]
 
 
+def _onnx_fused(x: np.ndarray) -> list[tuple[str, Callable[[], object]]]:
+    """The kernels an ONNX model's fused nodes run (``fastconv.onnx.fused``) on x (N, C, H, W): scale and shift
+    per channel and a sum, each with ReLU, into a new array and in place, and the in-place ReLU after a Conv
+    (4-D) or a Gemm (2-D)."""
+    c = x.shape[1]
+    affine = Affine(np.linspace(0.5, 1.5, c), np.linspace(-1, 1, c), None, 2, x.dtype)
+
+    def fused(node: object, reusable: list[bool]) -> Callable[[], object]:
+        return lambda: node.run([x.copy() for _ in reusable], reusable)
+    return [("onnx scale-shift relu", fused(ScaleShift(affine, relu=True), [False])),
+            ("onnx scale-shift relu in place", fused(ScaleShift(affine, relu=True), [True])),
+            ("onnx add relu", fused(AddRelu(relu=True), [False, False])),
+            ("onnx add relu in place", fused(AddRelu(relu=True), [True, False])),
+            ("onnx relu in place 4-D", lambda: elementwise.relu_into(x.copy())),
+            ("onnx relu in place 2-D", lambda: elementwise.relu_into(x.reshape(x.shape[0], -1).copy()))]
+
+
 def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
     """The warm-up calls for one dtype (float32 or float64): (label, call) pairs, each a tiny call
     through the public API that reaches one kernel path."""
@@ -113,6 +132,7 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
     grad_y = np.ones_like(y)
     out += [
         ("max_pool2d forward", lambda: max_pool2d(maps, 3, 2, padding=1, return_indices=True, algo="direct")),
+        ("max_pool2d forward values", lambda: max_pool2d(maps, 3, 2, padding=1, algo="direct")),
         ("max_pool2d backward", lambda: max_pool2d_backward(grad_y, maps, 2, algo="direct")),
         ("max_pool2d backward indices", lambda: max_pool2d_backward(grad_y, maps, 2, indices=indices, algo="direct")),
         ("max_pool2d 2x2 forward", lambda: max_pool2d(maps, 2, return_indices=True, algo="window_2x2")),
@@ -123,6 +143,7 @@ def tasks(dtype: object) -> list[tuple[str, Callable[[], object]]]:
     out += [(f"gemm {name}", lambda name=name: gemm(normal(3, 4), normal(4, 5), algo=name))
             for name in GEMM.names("cpu") if not GEMM["cpu", name].reference]
     out += _layers(d)
+    out += _onnx_fused(maps)
     return [(f"{label} {d}", call) for label, call in out]
 
 
