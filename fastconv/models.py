@@ -6,13 +6,20 @@
     model = fc.models.resnext_cifar()   # a small ResNeXt: bottleneck blocks with grouped 3x3 convolutions
 
 Parameters are drawn from fastconv's generator (``fc.manual_seed``) in float32; ``model.to(np.float64)``
-converts. ``MODELS`` maps the names the CLI accepts to these constructors.
+converts. ``MODELS`` maps the names the CLI accepts to these constructors. Each takes `dropout`, the probability
+of ``nn.Dropout`` layers after the hidden fully connected layers (LeNet-5, the CIFAR CNN) or before the
+classifier (ResNet-20, ResNeXt); with the default 0 there are none.
 """
 from __future__ import annotations
 
 from ._checks import check_int
-from .nn import (BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Module, ReLU, Residual,
-                 Sequential)
+from .nn import (BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, Module, ReLU,
+                 Residual, Sequential)
+
+
+def _dropout(p: float) -> list[Module]:
+    """A Dropout layer of probability p, or none for p = 0."""
+    return [Dropout(p)] if p else []
 
 
 def _feature_size(size: int, what: str) -> int:
@@ -21,7 +28,7 @@ def _feature_size(size: int, what: str) -> int:
     return size
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> Sequential:
+def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28, dropout: float = 0.0) -> Sequential:
     """LeNet-5 with ReLU and max pooling: conv6 5x5 pad 2, pool 2, conv16 5x5, pool 2, 120, 84, classes.
 
     With 1x28x28 inputs and 10 classes it has 61,706 parameters.
@@ -31,13 +38,13 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) ->
         Conv2d(in_channels, 6, 5, padding=2), ReLU(), MaxPool2d(2),
         Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
         Flatten(),
-        Linear(16 * side * side, 120), ReLU(),
-        Linear(120, 84), ReLU(),
+        Linear(16 * side * side, 120), ReLU(), *_dropout(dropout),
+        Linear(120, 84), ReLU(), *_dropout(dropout),
         Linear(84, num_classes),
     )
 
 
-def cifar_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> Sequential:
+def cifar_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, dropout: float = 0.0) -> Sequential:
     """The classic small CIFAR-10 CNN: conv32 3x3, pool, conv64 3x3, pool, conv64 3x3, dense 64, dense classes,
     ReLU after every convolution and the first dense layer. 3x32x32 inputs, 10 classes: 122,570 parameters."""
     side = _feature_size(((check_int("image_size", image_size, 1) - 2) // 2 - 2) // 2 - 2,
@@ -47,7 +54,7 @@ def cifar_cnn(num_classes: int = 10, in_channels: int = 3, image_size: int = 32)
         Conv2d(32, 64, 3), ReLU(), MaxPool2d(2),
         Conv2d(64, 64, 3), ReLU(),
         Flatten(),
-        Linear(64 * side * side, 64), ReLU(),
+        Linear(64 * side * side, 64), ReLU(), *_dropout(dropout),
         Linear(64, num_classes),
     )
 
@@ -70,7 +77,7 @@ def basic_block(in_channels: int, out_channels: int, stride: int = 1) -> Sequent
     return Sequential(Residual(body, _projection(in_channels, out_channels, stride)), ReLU())
 
 
-def resnet20(num_classes: int = 10, in_channels: int = 3) -> Sequential:
+def resnet20(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> Sequential:
     """ResNet-20 for CIFAR (He et al. 2016): conv16 3x3, three stages of three basic blocks at 16, 32 and 64
     channels (stride 2 entering stages 2 and 3), global average pooling, a linear classifier. Shortcuts that
     change shape are 1x1 convolutions with batch norm (option B), so 272,474 parameters with 10 classes."""
@@ -80,7 +87,7 @@ def resnet20(num_classes: int = 10, in_channels: int = 3) -> Sequential:
         for block in range(3):
             layers.append(basic_block(width, out, 2 if stage > 0 and block == 0 else 1))
             width = out
-    return Sequential(*layers, GlobalAvgPool2d(), Flatten(), Linear(64, num_classes))
+    return Sequential(*layers, GlobalAvgPool2d(), Flatten(), *_dropout(dropout), Linear(64, num_classes))
 
 
 def resnext_block(in_channels: int, out_channels: int, cardinality: int, group_width: int, stride: int = 1) -> Sequential:
@@ -93,7 +100,8 @@ def resnext_block(in_channels: int, out_channels: int, cardinality: int, group_w
     return Sequential(Residual(body, _projection(in_channels, out_channels, stride)), ReLU())
 
 
-def resnext_cifar(num_classes: int = 10, in_channels: int = 3, cardinality: int = 8, group_width: int = 4) -> Sequential:
+def resnext_cifar(num_classes: int = 10, in_channels: int = 3, cardinality: int = 8, group_width: int = 4,
+                  dropout: float = 0.0) -> Sequential:
     """A small CIFAR ResNeXt: conv32 3x3, then two bottleneck blocks per stage at 64, 128 and 256 output channels
     (stride 2 entering stages 2 and 3) whose grouped 3x3 convolutions have `cardinality` paths of
     `group_width`, 2x and 4x `group_width` channels; global average pooling; a linear classifier."""
@@ -104,7 +112,7 @@ def resnext_cifar(num_classes: int = 10, in_channels: int = 3, cardinality: int 
             layers.append(resnext_block(width, out, cardinality, group_width * 2 ** stage,
                                         2 if stage > 0 and block == 0 else 1))
             width = out
-    return Sequential(*layers, GlobalAvgPool2d(), Flatten(), Linear(256, num_classes))
+    return Sequential(*layers, GlobalAvgPool2d(), Flatten(), *_dropout(dropout), Linear(256, num_classes))
 
 
 MODELS = {"lenet5": lenet5, "cifar_cnn": cifar_cnn, "resnet20": resnet20, "resnext_cifar": resnext_cifar}

@@ -45,6 +45,16 @@ def manual_seed(seed: int) -> None:
     _generator = np.random.default_rng(seed)
 
 
+def generator_state() -> dict:
+    """The state of the generator ``manual_seed`` seeds (a dict of plain values), for ``set_generator_state``."""
+    return _generator.bit_generator.state
+
+
+def set_generator_state(state: dict) -> None:
+    """Continue the generator from a ``generator_state`` (of this process or another)."""
+    _generator.bit_generator.state = state
+
+
 class Parameter:
     """A trainable array ``data`` and its gradient ``grad`` (same shape and dtype, zeros at first)."""
 

@@ -112,11 +112,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, train_size: int 
     return Dataset(name, *train, *test, mean, std, classes)
 
 
-def build_model(name: str, in_channels: int, image_size: int, num_classes: int) -> nn.Sequential:
-    """A model of ``fastconv.models.MODELS`` sized for the data (LeNet-5 and the CIFAR CNN depend on the image size)."""
+def build_model(name: str, in_channels: int, image_size: int, num_classes: int, dropout: float = 0.0) -> nn.Sequential:
+    """A model of ``fastconv.models.MODELS`` sized for the data (LeNet-5 and the CIFAR CNN depend on the image size),
+    with dropout of probability `dropout` (none for 0)."""
     if name not in models.MODELS:
         raise ValueError(f"model must be one of {sorted(models.MODELS)}, got {name!r}")
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels)
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, dropout=dropout)
     if name in ("lenet5", "cifar_cnn"):
         kwargs["image_size"] = image_size
     return models.MODELS[name](**kwargs)
@@ -549,7 +550,7 @@ def fit(model: nn.Module, optimizer: optim.Optimizer, train_loader: data.DataLoa
 DEFAULT_SETTINGS = {
     "model": "lenet5", "data": "mnist", "data_dir": None, "train_size": None, "test_size": None,
     "epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": None, "momentum": 0.9, "nesterov": False,
-    "weight_decay": 0.0, "schedule": "none", "step_size": 10, "augment": None, "seed": 0, "dtype": "float32",
+    "weight_decay": 0.0, "dropout": 0.0, "schedule": "none", "step_size": 10, "augment": None, "seed": 0, "dtype": "float32",
     "device": "cpu",
 }
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
@@ -568,6 +569,7 @@ def fit_settings(model: nn.Module, optimizer: optim.Optimizer, scheduler: optim.
     name = _model_name(model, loader.images.shape[1:], num_classes)
     if name is not None:
         s["model"] = name
+        s["dropout"] = next((m.p for m in model.modules() if isinstance(m, nn.Dropout)), 0.0)
     if (loader.crop_padding, loader.flip) in ((0, False), (4, True)):
         s["augment"] = loader.flip
     if type(optimizer) is optim.Adam and optimizer.betas == (0.9, 0.999) and optimizer.eps == 1e-8:
@@ -592,10 +594,11 @@ def _model_name(model: nn.Module, image_shape: tuple[int, ...], num_classes: int
     except ValueError:
         return None
     channels, height, width = image_shape
+    dropout = next((m.p for m in model.modules() if isinstance(m, nn.Dropout)), 0.0)
     for name in models.MODELS:
         try:
             with nn.zero_parameters(2**62):  # draws nothing from the generator that initializes parameters
-                candidate = build_model(name, channels, min(height, width), num_classes)
+                candidate = build_model(name, channels, min(height, width), num_classes, dropout)
         except ValueError:
             continue
         if serialize.architecture(candidate) == spec:
@@ -650,6 +653,7 @@ SETTING_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "momentum": (_finite_non_negative, "a finite number >= 0"),
     "nesterov": (lambda v: isinstance(v, bool), "true or false"),
     "weight_decay": (_finite_non_negative, "a finite number >= 0"),
+    "dropout": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "schedule": (_choice("none", "step", "cosine"), "'none', 'step' or 'cosine'"),
     "step_size": (_int_at_least(1), "an integer >= 1"),
     "augment": (_optional(lambda v: isinstance(v, bool)), "true, false or null"),
@@ -672,8 +676,9 @@ def check_settings(settings: dict) -> dict:
     return settings
 
 
-def build_run(settings: dict) -> Run:
-    """The data, model, optimizer, schedule and loaders that ``settings`` (keys of DEFAULT_SETTINGS) describe.
+def build_run(settings: dict, dataset: Dataset | None = None) -> Run:
+    """The data, model, optimizer, schedule and loaders that ``settings`` (keys of DEFAULT_SETTINGS) describe;
+    `dataset`: the data set they name, already loaded (``load_dataset``), instead of loading it again.
     Parameters are initialized from ``fc.manual_seed(settings['seed'])``. The test loader takes batches of the
     training's size: the problems the training epoch has already tuned (``algo="auto"``) and compiled."""
     s = {**DEFAULT_SETTINGS, **check_settings(settings)}
@@ -681,10 +686,11 @@ def build_run(settings: dict) -> Run:
         require_cuda()  # says why before any data is loaded
     s["lr"] = DEFAULT_LR[s["optimizer"]] if s["lr"] is None else s["lr"]
     s["augment"] = (s["data"] == "cifar10") if s["augment"] is None else s["augment"]
-    ds = load_dataset(s["data"], s["data_dir"], s["train_size"], s["test_size"])
+    ds = dataset or load_dataset(s["data"], s["data_dir"], s["train_size"], s["test_size"])
     nn.manual_seed(s["seed"])
     _, channels, height, width = ds.train_images.shape
-    model = build_model(s["model"], channels, min(height, width), len(ds.classes)).to(s["dtype"]).to(s["device"])
+    model = build_model(s["model"], channels, min(height, width), len(ds.classes), s["dropout"])
+    model = model.to(s["dtype"]).to(s["device"])
     if s["optimizer"] == "adam":
         opt: optim.Optimizer = optim.Adam(model.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
     else:

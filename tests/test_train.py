@@ -165,11 +165,12 @@ def test_fit_on_the_public_api_mirrors_pytorch_style():
 @pytest.mark.parametrize("settings", [
     dict(optimizer="sgd", lr=0.05, momentum=0.5, nesterov=True, weight_decay=1e-4, schedule="step", step_size=3),
     dict(optimizer="adam", lr=2e-3, schedule="cosine", augment=True, batch_size=16, seed=7, dtype="float64"),
+    dict(optimizer="adam", dropout=0.25, schedule="none"),
 ])
 def test_fit_settings_are_the_settings_build_run_made_the_run_from(settings):
     run = train.build_run({"train_size": 32, "test_size": 16, "epochs": 4, **settings})
     derived = train.fit_settings(run.model, run.optimizer, run.scheduler, run.train_loader, 4)
-    common = {"model", "epochs", "batch_size", "seed", "augment", "dtype", "device", "lr", "weight_decay"}
+    common = {"model", "epochs", "batch_size", "seed", "augment", "dtype", "device", "lr", "weight_decay", "dropout"}
     assert set(derived) == common | set(settings)  # the data set is what fit cannot know
     assert derived == {k: run.settings[k] for k in derived}
 
