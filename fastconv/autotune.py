@@ -54,6 +54,7 @@ _cache_path: Path | None = Path(os.environ.get("FASTCONV_AUTOTUNE_CACHE",
 _choices: dict[str, str] = {}
 _loaded = False
 _lock = threading.RLock()  # _choices, _loaded and the file, within this process
+_by_rule = 0  # by_rule blocks open in this process
 
 
 def set_autotune(enabled: bool = True, cache: str | Path | None | bool = True) -> None:
@@ -72,6 +73,22 @@ def set_autotune(enabled: bool = True, cache: str | Path | None | bool = True) -
             _cache_path = Path(cache)
         _choices.clear()
         _loaded = False
+
+
+@contextlib.contextmanager
+def by_rule() -> Iterator[None]:
+    """Within the block, in every thread of the process, ``choose`` returns each op's rule's pick: it times
+    nothing and reads no choice made or cached before, so that every process computes a problem with the same
+    algorithm (``fastconv predict``, on one machine or a Dask cluster). The settings and choices stay as they
+    were for after the block; blocks may nest and overlap."""
+    global _by_rule
+    with _lock:
+        _by_rule += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _by_rule -= 1
 
 
 def _machine() -> str:
@@ -207,6 +224,8 @@ def choose(key: str, flops: float, default: str, candidates: dict[str, Callable[
     one of `candidates`), else timed, else `default` when timing is off, the problem is small or there
     is one candidate."""
     with _lock:
+        if _by_rule:
+            return default
         if not _loaded:
             _load()
         remembered = _choices.get(key)
