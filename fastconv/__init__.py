@@ -28,7 +28,7 @@ from .runtime import num_threads as get_num_threads, set_num_threads
 from .serialize import load, save
 
 __version__ = "0.1.0"
-LAZY_MODULES = ("data", "train", "onnx")  # fc.data, fc.train, fc.onnx: imported on first use
+LAZY_MODULES = ("data", "train", "onnx", "tune", "distributed")  # fc.data, fc.train, ...: imported on first use
 
 
 def __getattr__(name: str) -> object:

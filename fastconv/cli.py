@@ -1,5 +1,5 @@
-"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``predict``, ``warmup``, ``bench``,
-``report``, ``compare``."""
+"""The ``fastconv`` command line: ``demo``, ``train``, ``evaluate``, ``visualize``, ``predict``, ``tune``, ``warmup``,
+``bench``, ``report``, ``compare``."""
 from __future__ import annotations
 
 import argparse
@@ -110,12 +110,28 @@ def _notes(command: str) -> Callable[[str], None]:
     return lambda text: print(f"fastconv {command}: {text}", file=sys.stderr)
 
 
-def evaluate(checkpoint: Path, out: Path | None, overrides: dict | None = None, progress: bool = True) -> int:
+def evaluate(checkpoint: Path, out: Path | None, overrides: dict | None = None, progress: bool = True,
+             workers: int | None = None, scheduler: str | None = None) -> int:
     """Accuracy, loss and confusion matrix of a checkpoint on its run's test images (``overrides``: settings
-    replacing the checkpoint's, such as another ``data_dir`` or ``device``), with a progress bar on stderr."""
+    replacing the checkpoint's, such as another ``data_dir`` or ``device``), with a progress bar on stderr.
+    With `workers` (a local Dask cluster) or `scheduler` (an existing one) the logits are computed on the
+    cluster (``_evaluate_on_cluster``), the rest here."""
     from . import train
+    on_cluster = workers is not None or scheduler is not None
+    if on_cluster:
+        if workers is not None and scheduler is not None:
+            raise ValueError("--workers and --scheduler: give one of them (a local cluster, or an existing one's "
+                             "address)")
+        if (overrides or {}).get("device") == "cuda":
+            raise ValueError("--device cuda and --workers/--scheduler: the cluster evaluates on its workers' CPUs")
+        from . import distributed
+        distributed._require_dask()  # ImportError saying what to install, before the data is loaded
+        overrides = {**(overrides or {}), "device": "cpu"}
     run, _ = train.restore(checkpoint, model_only=True, log=_notes("evaluate"), **(overrides or {}))
-    result = train.evaluate(run.model, run.test_loader, len(run.dataset.classes), progress=progress)
+    if on_cluster:
+        result = _evaluate_on_cluster(run, workers, scheduler, progress)
+    else:
+        result = train.evaluate(run.model, run.test_loader, len(run.dataset.classes), progress=progress)
     confusion, classes = result["confusion"], list(run.dataset.classes)
     print(f"{checkpoint}: {run.settings['model']} on {len(run.dataset.test_labels):,} {run.dataset.name} test "
           f"images: accuracy {result['test_accuracy']:.2%}, loss {result['test_loss']:.4f}")
@@ -129,6 +145,31 @@ def evaluate(checkpoint: Path, out: Path | None, overrides: dict | None = None, 
     np.savetxt(out / "confusion.csv", confusion, fmt="%d", delimiter=",", header=",".join(classes))
     print(f"wrote {out / 'confusion.csv'} and {_plots().confusion_matrix(confusion, classes, out / 'confusion.png')}")
     return 0
+
+
+def _evaluate_on_cluster(run, workers: int | None, scheduler: str | None, progress: bool) -> dict:
+    """``train.evaluate``'s result for a restored run, its logits computed on a Dask cluster by
+    ``fastconv.distributed.predict`` (batches of the test loader's size, the last one zero-padded, kernels
+    picked by rule), its loss, accuracy and confusion matrix here, batch by batch as ``train.evaluate`` sums
+    them: with ``--no-autotune`` the output equals the one-process command's."""
+    from . import distributed, nn
+    loader = run.test_loader
+    batches = list(loader)  # the images as the loader normalizes them, in its order
+    images, labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+    with distributed.cluster(workers, scheduler) as client:
+        logits = distributed.predict(run.model, distributed.chunked(images, loader.batch_size), client=client,
+                                     batch_size=loader.batch_size)
+        logits = distributed.gather(logits, client, progress=progress, desc="evaluate")
+    classes = len(run.dataset.classes)
+    confusion = np.zeros((classes, classes), np.int64)
+    loss_sum = 0.0
+    for start in range(0, len(labels), loader.batch_size):
+        batch, y = logits[start:start + loader.batch_size], labels[start:start + loader.batch_size]
+        loss, _ = nn.cross_entropy(batch, y)
+        loss_sum += loss * len(y)
+        np.add.at(confusion, (y, batch.argmax(axis=1)), 1)
+    seen = max(1, len(labels))
+    return {"test_loss": loss_sum / seen, "test_accuracy": float(np.trace(confusion) / seen), "confusion": confusion}
 
 
 def visualize(checkpoint: Path, index: int, out: Path | None, overrides: dict | None = None) -> int:
@@ -167,7 +208,12 @@ def _training_command(args: argparse.Namespace) -> int:
     names = [n for n in train.DEFAULT_SETTINGS if getattr(args, n, None) is not None]
     settings = {n: str(getattr(args, n)) if n == "data_dir" else getattr(args, n) for n in names}
     if args.command == "evaluate":
-        return evaluate(args.checkpoint, args.out, settings, progress=not args.no_progress)
+        try:
+            return evaluate(args.checkpoint, args.out, settings, progress=not args.no_progress, workers=args.workers,
+                            scheduler=args.scheduler)
+        except ImportError as error:  # the distributed extra, for --workers / --scheduler
+            print(f"fastconv evaluate: {error}", file=sys.stderr)
+            return 2
     if args.command == "visualize":
         return visualize(args.checkpoint, args.index, args.out, settings)
     if args.resume is not None:
@@ -189,6 +235,16 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
                         help="train images, as in fastconv train: the bundled MNIST set's test images are the rest "
                              "(default: the checkpoint's)")
     parser.add_argument("--test-size", type=int, help="test images (default: the checkpoint's)")
+
+
+def _predict_cluster_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--workers and --scheduler of predict and evaluate: where a Dask cluster runs the model."""
+    parser.add_argument("--workers", type=int, metavar="N",
+                        help=f"{what} on a local Dask cluster of N worker processes, each with cores/N kernel threads "
+                             "(pip install -e '.[distributed]'); the results equal the one-process command's "
+                             "(with --no-autotune where the command has it)")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help=f"{what} on the Dask cluster of this scheduler (tcp://HOST:8786) instead")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     tr.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD")
     tr.add_argument("--weight-decay", type=float, help="L2 penalty added to the gradient (default 0)")
+    tr.add_argument("--dropout", type=float, help="dropout probability after the hidden fully connected layers "
+                                                  "(before the classifier of ResNets), 0 to 1 (default 0: none)")
     tr.add_argument("--schedule", choices=["none", "step", "cosine"], help="learning-rate schedule per epoch")
     tr.add_argument("--step-size", type=int, help="epochs between x0.1 steps of --schedule step (default 10)")
     tr.add_argument("--augment", action=argparse.BooleanOptionalAction,
@@ -252,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="where to write confusion.csv/png (default: the checkpoint's folder)")
     ev.add_argument("--device", choices=["cpu", "cuda"], help="where to evaluate (default: where the run trained)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _predict_cluster_options(ev, "compute the logits")
 
     vis = commands.add_parser("visualize", parents=[threads, algorithms],
                               help="pictures of first-layer filters and feature maps of a checkpoint")
@@ -275,6 +334,42 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: a fastconv checkpoint's, else none)")
     pred.add_argument("--std", help="per-channel std dividing them, e.g. 0.229,0.224,0.225 (default: likewise)")
     pred.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _predict_cluster_options(pred, "run the model")
+
+    tune = commands.add_parser(
+        "tune", help="hyperparameter search on a Dask cluster, Optuna choosing the trials",
+        description="Search training settings with Optuna on a Dask cluster (pip install -e '.[distributed]'): each "
+                    "trial trains the model and reports its test accuracy after every epoch, so that the pruner stops "
+                    "bad trials early. The study lives in a database (OUT/study.db by default): the same command "
+                    "again resumes it.")
+    tune.add_argument("--model", choices=["lenet5", "cifar_cnn", "resnet20", "resnext_cifar"], default="lenet5",
+                      help="default lenet5")
+    tune.add_argument("--data", choices=["mnist", "cifar10"], default="mnist",
+                      help="default mnist (the bundled 10,000 images)")
+    tune.add_argument("--data-dir", help="folder of the MNIST IDX files or of CIFAR-10's binary version")
+    tune.add_argument("--train-size", type=int, help="train images per trial (MNIST bundled: first 8000 by default)")
+    tune.add_argument("--test-size", type=int, help="test images per trial (default: all the rest)")
+    tune.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    tune.add_argument("--trials", type=int, default=16, help="finished trials (complete or pruned) the study ends "
+                                                             "with, counting earlier runs' (default 16)")
+    tune.add_argument("--epochs", type=int, default=5, help="epochs of a trial that is not pruned (default 5)")
+    tune.add_argument("--space", action="append", metavar="NAME=KIND(ARGS)",
+                      help="a setting to search (repeatable): KIND loguniform(LOW,HIGH), uniform(LOW,HIGH), "
+                           "int(LOW,HIGH[,STEP]), logint(LOW,HIGH) or choice(A,B,...); NAME one of lr, batch_size, "
+                           "optimizer, momentum, nesterov, weight_decay, dropout, schedule, step_size, augment, seed, "
+                           "model (default: lr=loguniform(1e-4,1e-1), batch_size=choice(32,64,128), "
+                           "optimizer=choice(sgd,adam))")
+    tune.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe", help="default tpe")
+    tune.add_argument("--pruner", choices=["hyperband", "halving", "median", "none"], default="hyperband",
+                      help="hyperband (default), halving (successive halving), median, or none")
+    tune.add_argument("--workers", type=int, help="worker processes of a local Dask cluster (default 1), each with "
+                                                  "cores/N kernel threads")
+    tune.add_argument("--scheduler", help="run on the Dask cluster of this scheduler (tcp://HOST:8786) instead")
+    tune.add_argument("--storage", help="Optuna storage URL of the study (default sqlite:///OUT/study.db)")
+    tune.add_argument("--study-name", help="the study's name in the storage (default MODEL-DATA)")
+    tune.add_argument("--out", type=Path, help="output folder (default runs/tune-MODEL-DATA)")
+    tune.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    tune.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     warm = commands.add_parser("warmup", help="compile every CPU kernel ahead of use (cached on disk)")
     warm.add_argument("--dtype", choices=["float32", "float64", "both"], default="both",
@@ -388,10 +483,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return predict.command(args.model, args.input, args.top_k, args.batch_size, args.out, args.key,
                                    _size(args.size), _floats("--mean", args.mean), _floats("--std", args.std),
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, workers=args.workers, scheduler=args.scheduler)
         except (ValueError, FileNotFoundError, ImportError, TypeError) as error:
             print(f"fastconv predict: {error}", file=sys.stderr)
             return 2
+    if args.command == "tune":
+        from . import tune
+        try:
+            return tune.command(args)
+        except (ValueError, TypeError, ImportError, FileNotFoundError) as error:
+            print(f"fastconv tune: {_message(error)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("fastconv tune: interrupted; the same command resumes the study", file=sys.stderr)
+            return 130
     if args.command == "warmup":
         from . import warmup
         return warmup.command(args.dtype, progress=not args.no_progress)
