@@ -157,7 +157,7 @@ def _evaluate_on_cluster(run, workers: int | None, scheduler: str | None, progre
     batches = list(loader)  # the images as the loader normalizes them, in its order
     images, labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
     with distributed.cluster(workers, scheduler) as client:
-        logits = distributed.predict(run.model, distributed.chunked(images, loader.batch_size), client=client,
+        logits = distributed.predict(run.model, distributed.chunked(images, loader.batch_size, client=client), client=client,
                                      batch_size=loader.batch_size)
         logits = distributed.gather(logits, client, progress=progress, desc="evaluate")
     classes = len(run.dataset.classes)

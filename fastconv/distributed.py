@@ -71,6 +71,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, *, timeout
     kernels on ``local_threads(workers)`` threads. Close it (``client.close()``, and ``client.cluster.close()``
     for a local one) or use it in a ``with`` block. ValueError naming the argument when it cannot be used."""
     distributed = _require_dask()
+    import dask
     if scheduler is not None and workers is not None:
         raise ValueError("give workers (a local cluster) or scheduler (an existing one), not both")
     if scheduler is not None:
@@ -85,10 +86,40 @@ def connect(workers: int | None = None, scheduler: str | None = None, *, timeout
     if isinstance(workers, bool) or not isinstance(workers, Integral) or not 1 <= workers <= 256:
         raise ValueError(f"workers must be an integer from 1 to 256, got {workers!r}")
     threads = str(local_threads(int(workers)))
-    cluster = distributed.LocalCluster(
-        n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=":0",  # any free port
-        env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
+    # set before each worker process starts (Numba reads its thread count on import, which a spawned worker may do
+    # while it imports the main script), in place of Dask's own, whose MALLOC_TRIM_THRESHOLD_ of 64 KiB makes
+    # glibc hand every freed activation back to the system, to fault it in again on the next batch
+    environ = {"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1"}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _driver_environ_kept():
+            cluster = distributed.LocalCluster(
+                n_workers=int(workers), threads_per_worker=1, processes=True, dashboard_address=":0")  # any free port
+    except RuntimeError as error:
+        raise RuntimeError(f"the local Dask cluster's {workers} worker process(es) did not start ({error}). The "
+                           "workers are spawned and import the main script: a script that starts a cluster must "
+                           "do so under `if __name__ == \"__main__\":`") from error
     return distributed.Client(cluster)
+
+
+WORKER_ENVIRON = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                  "MALLOC_TRIM_THRESHOLD_")
+
+
+@contextlib.contextmanager
+def _driver_environ_kept() -> Iterator[None]:
+    """The workers' variables (``WORKER_ENVIRON``) taken out of this process's environment while a local cluster
+    starts, and the environment put back as it was after: a Dask nanny reads them from here over its
+    configuration, and writes its variables into here before it spawns a worker, for good (a process this one
+    starts later would inherit them)."""
+    saved = dict(os.environ)
+    for key in WORKER_ENVIRON:
+        os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -224,11 +255,18 @@ def _predict_block(block: np.ndarray, payload: _Payload, batch_size: int, output
     return logits.argmax(axis=1).astype(np.int64) if output == "classes" else logits
 
 
-def chunked(images: np.ndarray, batch_size: int = 64, batches: int = 4) -> object:
-    """A NumPy batch (N, C, H, W) as a Dask array of chunks of `batches` batches of `batch_size` rows."""
+def chunked(images: np.ndarray, batch_size: int = 64, batches: int = 4, client: object = None) -> object:
+    """A NumPy batch (N, C, H, W) as a Dask array of chunks of `batches` batches of `batch_size` rows; with a
+    `client`, its chunks are scattered to that cluster's workers now (rather than sent inside every graph that
+    reads them)."""
     _require_dask()
     import dask.array as da
-    return da.from_array(images, chunks=(max(1, batches * batch_size), *images.shape[1:]))
+    rows = max(1, batches * batch_size)
+    if client is None:
+        return da.from_array(images, chunks=(rows, *images.shape[1:]))
+    parts = [images[start:start + rows] for start in range(0, len(images), rows)] or [images]
+    futures = _client(client).scatter(parts, hash=False)
+    return da.concatenate([da.from_delayed(f, shape=p.shape, dtype=p.dtype) for f, p in zip(futures, parts)])
 
 
 def _client(client: object) -> object:
@@ -275,7 +313,8 @@ def predict(model: object, images: object, *, client: object = None, output: str
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     batch_size = int(batch_size)
-    if isinstance(images, np.ndarray):
+    host = images if isinstance(images, np.ndarray) else None
+    if host is not None:
         if images.ndim != 4:
             raise ValueError(f"images must have 4 dimensions (N, C, H, W), got shape {images.shape}")
         images = chunked(images, batch_size)
@@ -298,6 +337,8 @@ def predict(model: object, images: object, *, client: object = None, output: str
     if predictor.size is not None and tuple(predictor.size) != (h, w):
         raise ValueError(f"images are {h}x{w}, the model takes {predictor.size[0]}x{predictor.size[1]}")
     client = _client(client)
+    if host is not None:
+        images = chunked(host, batch_size, client=client)
     with kernels_by_rule():  # as the workers run it: no timing here either
         probe = np.asarray(predictor.logits(np.zeros((1, c, h, w), predictor.dtype)))
     classes, dtype = int(probe.size), probe.dtype

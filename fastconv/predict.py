@@ -263,7 +263,7 @@ def command(model: Path, source: Path, top_k: int = 5, batch_size: int = 64, out
         probabilities = predict(predictor, batch, batch_size, progress)
     else:
         with distributed.cluster(workers, scheduler) as client:
-            logits = distributed.predict(predictor, distributed.chunked(batch, batch_size), client=client,
+            logits = distributed.predict(predictor, distributed.chunked(batch, batch_size, client=client), client=client,
                                          batch_size=batch_size)
             probabilities = to_probabilities(distributed.gather(logits, client, progress=progress, desc="predict"))
     order = np.argsort(-probabilities, axis=1)[:, :top_k]

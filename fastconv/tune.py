@@ -334,7 +334,12 @@ def _drive(study, space: dict, base: dict, dataset: train.Dataset, trials: int, 
     from tqdm import tqdm
 
     done, _ = _finished(study)
-    slots = max(1, sum(client.nthreads().values()))
+    try:
+        client.wait_for_workers(1, timeout=60)
+    except TimeoutError:
+        raise ValueError(f"the Dask cluster at {client.scheduler.address} has no workers after 60 s: start some with "
+                         f"`dask worker {client.scheduler.address}`") from None
+    slots = sum(client.nthreads().values())
     log(f"{trials - done} trial(s) to run, {slots} at a time on {len(client.nthreads())} worker(s)")
     shared = client.scatter(dataset, broadcast=True, hash=False)  # each worker gets the data once
     running: dict = {}  # future -> (trial, settings, history)

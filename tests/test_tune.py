@@ -21,17 +21,30 @@ SPACE = ["lr=loguniform(1e-3,1e-2)", "batch_size=choice(32,64)", "optimizer=choi
 
 @pytest.fixture(scope="module")
 def client():
+    environ = dict(os.environ)
     c = dist.connect(2)
+    c.driver_environ = environ, dict(os.environ)
     yield c
     cluster = c.cluster
     c.close()
     cluster.close()
+    os.environ.clear()  # a nanny restarting the killed worker writes its variables into this process's environment
+    os.environ.update(environ)
 
 
 def _search(client, out, **kw):
     args = dict(trials=4, epochs=2, space=SPACE, settings=TINY, client=client, out=out, progress=False,
                 log=lambda text: None)
     return tune.search(**{**args, **kw})
+
+
+def test_local_workers_share_out_the_cores_and_leave_the_drivers_environment(client):
+    def worker_state():
+        import numba
+        return numba.get_num_threads(), os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    assert set(client.run(worker_state).values()) == {(dist.local_threads(2), None)}
+    before, after = client.driver_environ
+    assert before == after
 
 
 def test_space_parses_into_optuna_distributions():
