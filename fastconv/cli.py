@@ -362,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe", help="default tpe")
     tune.add_argument("--pruner", choices=["hyperband", "halving", "median", "none"], default="hyperband",
                       help="hyperband (default), halving (successive halving), median, or none")
-    tune.add_argument("--workers", type=int, help="worker processes of a local Dask cluster (default 1), each with "
-                                                  "cores/N kernel threads")
+    tune.add_argument("--workers", type=int, help="worker processes of a local Dask cluster, each with cores/N kernel "
+                                                  "threads (default: one per core, at most 8)")
     tune.add_argument("--scheduler", help="run on the Dask cluster of this scheduler (tcp://HOST:8786) instead")
     tune.add_argument("--storage", help="Optuna storage URL of the study (default sqlite:///OUT/study.db)")
     tune.add_argument("--study-name", help="the study's name in the storage (default MODEL-DATA)")

@@ -60,6 +60,12 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """The worker processes of a local cluster when none are asked for: one per core, at most 8 (single-threaded
+    kernels in separate processes beat threads sharing a process on a busy machine: the README's measurements)."""
+    return min(cores(), 8)
+
+
 def local_threads(workers: int) -> int:
     """The kernel threads of each of `workers` local worker processes: the cores shared out, at least one."""
     return max(1, cores() // workers)
@@ -67,7 +73,7 @@ def local_threads(workers: int) -> int:
 
 def connect(workers: int | None = None, scheduler: str | None = None, *, timeout: float = 30.0):
     """A ``distributed.Client``: of the cluster whose scheduler is at `scheduler` (``tcp://HOST:8786``), or of a
-    new local cluster of `workers` worker processes (default 1), each running one task at a time with fastconv's
+    new local cluster of `workers` worker processes (default ``default_workers()``), each running one task at a time with fastconv's
     kernels on ``local_threads(workers)`` threads. Close it (``client.close()``, and ``client.cluster.close()``
     for a local one) or use it in a ``with`` block. ValueError naming the argument when it cannot be used."""
     distributed = _require_dask()
@@ -82,7 +88,7 @@ def connect(workers: int | None = None, scheduler: str | None = None, *, timeout
         except (OSError, TimeoutError) as error:
             raise ValueError(f"scheduler {scheduler!r}: no Dask scheduler answered within {timeout:g} s ({error}); "
                              "start one with `dask scheduler` and workers with `dask worker ADDRESS`") from None
-    workers = 1 if workers is None else workers
+    workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, Integral) or not 1 <= workers <= 256:
         raise ValueError(f"workers must be an integer from 1 to 256, got {workers!r}")
     threads = str(local_threads(int(workers)))
