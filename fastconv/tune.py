@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import csv
 import html
+import itertools
 import json
+import math
 import re
 import sys
 import time
@@ -151,8 +153,9 @@ def _sampler(name: str, space: dict, seed: int):
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # constant_liar: trials run side by side
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return optuna.samplers.GridSampler(_grid(space), seed=seed)
+    if name == "grid":  # the grid's points are queued in the study (_queue_grid); this draws none
+        _grid(space)
+        return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
@@ -229,6 +232,17 @@ def _open_study(storage: str, name: str, sampler, pruner, config: dict):
     return study
 
 
+def _queue_grid(study, space: dict) -> None:
+    """Every point of the grid the study holds no trial of, queued to run in order (Optuna's GridSampler stops the
+    study from its last trial's tell, which only its optimize loop allows)."""
+    grid = _grid(space)
+    held = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)}
+    for values in itertools.product(*grid.values()):
+        params = dict(zip(grid, values))
+        if tuple(sorted(params.items())) not in held:
+            study.enqueue_trial(params, skip_if_exists=False)
+
+
 def _requeue_interrupted(study, log) -> None:
     """Trials left running by a search that stopped (the driver killed): failed, and their parameters queued
     to run again first."""
@@ -278,6 +292,10 @@ def search(model: str = "lenet5", data: str = "mnist", *, trials: int = 16, epoc
         raise ValueError(f"settings may fix {', '.join(FIXED)} (not ones the space searches), got {wrong}")
     train.check_settings(fixed)
     _sampler(sampler, space, seed)  # checks the sampler and space before any work
+    if sampler == "grid" and trials > math.prod(len(values) for values in _grid(space).values()):
+        points = math.prod(len(values) for values in _grid(space).values())
+        log(f"the grid has {points} points: running {points} trials, not {trials}")
+        trials = points
     pruner_ = _pruner(pruner, epochs)
     if storage is not None and (not isinstance(storage, str) or "://" not in storage):
         raise ValueError(f"storage must be an Optuna storage URL such as sqlite:///study.db, got {storage!r}")
@@ -293,6 +311,8 @@ def search(model: str = "lenet5", data: str = "mnist", *, trials: int = 16, epoc
     study = optuna.load_study(study_name=name, storage=storage, pruner=pruner_,
                               sampler=_sampler(sampler, space, seed + len(study.trials)))
     _requeue_interrupted(study, log)
+    if sampler == "grid":
+        _queue_grid(study, space)
 
     start = time.perf_counter()
     if _finished(study)[0] >= trials:

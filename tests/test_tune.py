@@ -104,6 +104,13 @@ def test_a_search_runs_trials_writes_its_summary_and_the_best_run(client, tmp_pa
     assert np.allclose([r["test_accuracy"] for r in fit], best["accuracy"], atol=0.02)
 
 
+def test_the_grid_sampler_runs_each_point_once(client, tmp_path):
+    result = _search(client, tmp_path, trials=10, epochs=1, sampler="grid",
+                     space=["batch_size=choice(32,64)", "optimizer=choice(sgd,adam)"])
+    assert sorted(tuple(sorted(r["params"].items())) for r in result.rows) == sorted(
+        (("batch_size", b), ("optimizer", o)) for b in (32, 64) for o in ("sgd", "adam"))
+
+
 def test_the_same_search_again_resumes_the_study(client, tmp_path):
     first = _search(client, tmp_path, trials=3)
     again = _search(client, tmp_path, trials=5)
