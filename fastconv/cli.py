@@ -157,8 +157,8 @@ def _evaluate_on_cluster(run, workers: int | None, scheduler: str | None, progre
     batches = list(loader)  # the images as the loader normalizes them, in its order
     images, labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
     with distributed.cluster(workers, scheduler) as client:
-        logits = distributed.predict(run.model, distributed.chunked(images, loader.batch_size, client=client), client=client,
-                                     batch_size=loader.batch_size)
+        logits = distributed.predict(run.model, distributed.chunked(images, loader.batch_size, client=client),
+                                     client=client, batch_size=loader.batch_size)
         logits = distributed.gather(logits, client, progress=progress, desc="evaluate")
     classes = len(run.dataset.classes)
     confusion = np.zeros((classes, classes), np.int64)
@@ -359,7 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
                            "optimizer, momentum, nesterov, weight_decay, dropout, schedule, step_size, augment, seed, "
                            "model (default: lr=loguniform(1e-4,1e-1), batch_size=choice(32,64,128), "
                            "optimizer=choice(sgd,adam))")
-    tune.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe", help="default tpe")
+    tune.add_argument("--set", action="append", metavar="NAME=VALUE",
+                      help="a training setting every trial shares (repeatable), e.g. optimizer=sgd or momentum=0.95: "
+                           "any NAME of --space but model")
+    tune.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe",
+                      help="tpe (default), random, or grid (every point of choices and integer ranges, in order)")
     tune.add_argument("--pruner", choices=["hyperband", "halving", "median", "none"], default="hyperband",
                       help="hyperband (default), halving (successive halving), median, or none")
     tune.add_argument("--workers", type=int, help="worker processes of a local Dask cluster, each with cores/N kernel "

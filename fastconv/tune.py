@@ -57,11 +57,12 @@ _SPACE_FORM = re.compile(r"^\s*([A-Za-z_][A-Za-z_-]*)\s*=\s*([a-z]+)\s*\((.*)\)\
 
 
 class SpaceError(ValueError):
-    """A search-space entry that cannot be parsed or names a setting that cannot take its values."""
+    """A search-space entry (or, `what` 'set', a fixed setting) that cannot be parsed or names a setting that
+    cannot take its values."""
 
-    def __init__(self, text: str, problem: str) -> None:
+    def __init__(self, text: str, problem: str, what: str = "space") -> None:
         self.text, self.problem = text, problem
-        super().__init__(f"space {text!r}: {problem}")
+        super().__init__(f"{what} {text!r}: {problem}")
 
 
 def _value(name: str, token: str, text: str) -> object:
@@ -85,6 +86,23 @@ def _value(name: str, token: str, text: str) -> object:
     except ValueError as error:
         raise SpaceError(text, str(error)) from None
     return value
+
+
+def parse_fixed(entries: list[str] | tuple[str, ...]) -> dict:
+    """Training settings every trial shares, from entries 'NAME=VALUE' ('optimizer=sgd', 'momentum=0.95'): names
+    of ``SEARCHABLE`` but model, values checked as ``parse_space`` checks them. Raises SpaceError naming the entry."""
+    fixed = {}
+    for text in entries:
+        name, equals, token = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if not equals or name not in SEARCHABLE or name == "model":
+            names = ", ".join(n for n in SEARCHABLE if n != "model")
+            raise SpaceError(text, f"must be NAME=VALUE with NAME one of {names} (the model is --model)", "set")
+        try:
+            fixed[name] = _value(name, token, text)
+        except SpaceError as error:
+            raise SpaceError(text, error.problem, "set") from None
+    return fixed
 
 
 def parse_space(entries: list[str] | tuple[str, ...]) -> dict:
@@ -556,6 +574,7 @@ def command(args) -> int:
     """``fastconv tune``: the search of the command line's arguments; prints the table and the best trial."""
     fixed = {name: getattr(args, name) for name in ("data_dir", "train_size", "test_size", "dtype")
              if getattr(args, name, None) is not None}
+    fixed.update(parse_fixed(args.set or []))
     if "data_dir" in fixed:
         fixed["data_dir"] = str(fixed["data_dir"])
     result = search(args.model, args.data, trials=args.trials, epochs=args.epochs,

@@ -168,9 +168,20 @@ def test_tune_command_line(tmp_path):
     env = {**os.environ, "FASTCONV_COMPILE_NOTICE": "0"}
     command = [sys.executable, "-m", "fastconv", "tune", "--trials", "2", "--epochs", "1", "--train-size", "200",
                "--test-size", "100", "--workers", "1", "--out", str(tmp_path), "--no-progress",
+               "--set", "optimizer=sgd",
                "--space", "lr=loguniform(1e-3,1e-2)", "--space", "dropout=uniform(0,0.5)"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "best: trial" in done.stdout and (tmp_path / "best" / "checkpoint.npz").is_file()
     bad = subprocess.run(command + ["--space", "lr=uniform(1,2,3)"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "space 'lr=uniform(1,2,3)'" in bad.stderr
+    bad = subprocess.run(command + ["--set", "momentum=fast"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "set 'momentum=fast': momentum takes float values" in bad.stderr
+
+
+def test_fixed_settings_parse_and_are_checked():
+    assert tune.parse_fixed(["optimizer=sgd", "momentum=0.95", "nesterov=true"]) == {
+        "optimizer": "sgd", "momentum": 0.95, "nesterov": True}
+    for entry in ("model=resnet20", "optimizer", "epochs=3", "dropout=1.5"):
+        with pytest.raises(ValueError, match=f"set '{entry}'"):
+            tune.parse_fixed([entry])
