@@ -75,7 +75,9 @@ def bench(size: str, dtype: str, out: Path | None, device: str = "cpu", keyword:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.json"
     suite = Path(benchmarks.__file__).parent
-    args = [str(suite), f"--rootdir={suite}", "-p", "no:cacheprovider", "-p", "no:benchmark", "-q",
+    # -o addopts=: not the options of the project's own test suite (its pyproject.toml, found above an editable
+    # install's suite), which runs its tests in parallel processes
+    args = [str(suite), f"--rootdir={suite}", "-o", "addopts=", "-p", "no:cacheprovider", "-p", "no:benchmark", "-q",
             f"--fc-json={results}", f"--fc-worker-log={out / 'workers.log'}", f"--fc-size={size}",
             f"--fc-dtype={dtype}", f"--fc-device={device}"]
     args += ["-k", keyword] if keyword else []

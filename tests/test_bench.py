@@ -145,7 +145,8 @@ def test_gpu_suite_tiny_runs():
     from fastconv import benchmarks
     suite = Path(benchmarks.__file__).parent
     done = subprocess.run([sys.executable, "-m", "pytest", str(suite / "test_cuda_bench.py"), f"--rootdir={suite}",
-                           "-p", "no:cacheprovider", "-q", "--fc-device", "cuda", "--fc-size", "tiny"],
+                           "-o", "addopts=", "-p", "no:cacheprovider", "-q", "--fc-device", "cuda",
+                           "--fc-size", "tiny"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout and "failed" not in done.stdout, done.stdout  # torch peers skip without CUDA

@@ -139,7 +139,8 @@ def _run_generated_tests(tmp_path: Path, shift: float) -> tuple[subprocess.Compl
     env = dict(os.environ, THROWAWAY_SHIFT=str(shift), THROWAWAY_LOG=str(log),
                HYPOTHESIS_STORAGE_DIRECTORY=str(tmp_path / ".hypothesis"),
                PYTHONPATH=os.pathsep.join([str(tmp_path), str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "throwaway_plugin", "-p", "no:cacheprovider",
+    done = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-p", "throwaway_plugin",
+                           "-p", "no:cacheprovider",
                            "--hypothesis-seed=0", "-v", "-k", "throwaway", str(TESTS / "test_conv.py")],
                           cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=300)
     return done, len(log.read_text().splitlines())
