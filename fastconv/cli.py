@@ -153,8 +153,8 @@ def _evaluate_on_cluster(run, workers: int | None, scheduler: str | None, progre
     """``train.evaluate``'s result for a restored run, its logits computed on a Dask cluster by
     ``fastconv.distributed.predict`` (batches of the test loader's size, the last one zero-padded, kernels
     picked by rule), its loss, accuracy and confusion matrix here, batch by batch as ``train.evaluate`` sums
-    them: with ``--no-autotune`` the output equals the one-process command's."""
-    from . import distributed, nn
+    them (``train.score``): with ``--no-autotune`` the output equals the one-process command's."""
+    from . import distributed, train
     loader = run.test_loader
     batches = list(loader)  # the images as the loader normalizes them, in its order
     images, labels = np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
@@ -162,16 +162,9 @@ def _evaluate_on_cluster(run, workers: int | None, scheduler: str | None, progre
         logits = distributed.predict(run.model, distributed.chunked(images, loader.batch_size, client=client),
                                      client=client, batch_size=loader.batch_size)
         logits = distributed.gather(logits, client, progress=progress, desc="evaluate")
-    classes = len(run.dataset.classes)
-    confusion = np.zeros((classes, classes), np.int64)
-    loss_sum = 0.0
-    for start in range(0, len(labels), loader.batch_size):
-        batch, y = logits[start:start + loader.batch_size], labels[start:start + loader.batch_size]
-        loss, _ = nn.cross_entropy(batch, y)
-        loss_sum += loss * len(y)
-        np.add.at(confusion, (y, batch.argmax(axis=1)), 1)
-    seen = max(1, len(labels))
-    return {"test_loss": loss_sum / seen, "test_accuracy": float(np.trace(confusion) / seen), "confusion": confusion}
+    starts = range(0, len(labels), loader.batch_size)
+    return train.score(((logits[i:i + loader.batch_size], labels[i:i + loader.batch_size]) for i in starts),
+                       len(run.dataset.classes))
 
 
 def visualize(checkpoint: Path, index: int, out: Path | None, overrides: dict | None = None) -> int:

@@ -26,7 +26,7 @@ import time
 import tokenize
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
@@ -174,27 +174,38 @@ def evaluate(model: nn.Module, loader: data.DataLoader, num_classes: int, *, pro
     size has tuned (``fastconv.autotune``) and compiled: with ``build_run``'s loaders, none new."""
     model.eval()
     device = model.device
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    loss_sum, seen = 0.0, 0
-    bar = _progress(loader.num_examples, desc, progress, leave=False)  # the caller prints the result
-    with nn.no_grad():
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for x, y in loader:
             if device == "cpu" and len(y) < loader.batch_size:
                 # a last partial batch, zero-padded to the batch size: a problem size that is new would make
                 # algo="auto" time every candidate, compiling kernels the training never needed
                 logits = model(np.concatenate([x, np.zeros((loader.batch_size - len(y), *x.shape[1:]), x.dtype)]))
-                logits = logits[:len(y)]
+                yield logits[:len(y)], y
             else:
-                logits = model(to(x, device))
-            loss, _ = nn.cross_entropy(logits, y)
-            loss_sum += loss * len(y)
-            seen += len(y)
-            np.add.at(confusion, (y, to(logits, "cpu").argmax(axis=1)), 1)
-            if bar is not None:
-                bar.set_postfix(acc=f"{np.trace(confusion) / seen:.4f}", refresh=False)
-                bar.update(len(y))
+                yield model(to(x, device)), y
+
+    bar = _progress(loader.num_examples, desc, progress, leave=False)  # the caller prints the result
+    with nn.no_grad():
+        result = score(batches(), num_classes, bar)
     if bar is not None:
         bar.close()
+    return result
+
+
+def score(batches: Iterable[tuple[np.ndarray, np.ndarray]], num_classes: int, bar=None) -> dict:
+    """Mean cross-entropy loss, accuracy and confusion matrix (rows: true class, columns: predicted) of batches of
+    (logits on any device, int labels), summed batch by batch; `bar`, a tqdm bar, advanced by each batch."""
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    loss_sum, seen = 0.0, 0
+    for logits, y in batches:
+        loss, _ = nn.cross_entropy(logits, y)
+        loss_sum += loss * len(y)
+        seen += len(y)
+        np.add.at(confusion, (y, to(logits, "cpu").argmax(axis=1)), 1)
+        if bar is not None:
+            bar.set_postfix(acc=f"{np.trace(confusion) / seen:.4f}", refresh=False)
+            bar.update(len(y))
     return {"test_loss": loss_sum / seen, "test_accuracy": float(np.trace(confusion) / seen), "confusion": confusion}
 
 

@@ -190,11 +190,8 @@ def _pruner(name: str, epochs: int):
     raise ValueError(f"pruner must be one of {', '.join(PRUNERS)}, got {name!r}")
 
 
-def run_epoch(settings: dict, dataset: train.Dataset, state: dict | None, epoch: int) -> tuple[dict, dict]:
-    """One epoch of a trial, on a worker: the run of `settings` built on `dataset`, its state (weights, optimizer,
-    schedule, fastconv's generator) restored from the epoch before (`state`, None for the first), trained one
-    epoch on the loader's shuffle of `epoch` and tested, as ``train.fit`` does in one process. Returns (the state
-    after it, the epoch's history record)."""
+def _restored_run(settings: dict, dataset: train.Dataset, state: dict | None) -> train.Run:
+    """The run of `settings` on `dataset` with `state` (``run_epoch``'s) restored, or as built for None."""
     run = train.build_run(settings, dataset)
     if state is not None:
         run.model.load_state_dict(state["model"])
@@ -202,6 +199,15 @@ def run_epoch(settings: dict, dataset: train.Dataset, state: dict | None, epoch:
         if run.scheduler is not None:
             run.scheduler.load_state_dict(state["scheduler"])
         nn.set_generator_state(state["generator"])  # dropout's masks go on as in one process
+    return run
+
+
+def run_epoch(settings: dict, dataset: train.Dataset, state: dict | None, epoch: int) -> tuple[dict, dict]:
+    """One epoch of a trial, on a worker: the run of `settings` built on `dataset`, its state (weights, optimizer,
+    schedule, fastconv's generator) restored from the epoch before (`state`, None for the first), trained one
+    epoch on the loader's shuffle of `epoch` and tested, as ``train.fit`` does in one process. Returns (the state
+    after it, the epoch's history record)."""
+    run = _restored_run(settings, dataset, state)
     run.train_loader.epoch = epoch - 1
     lr = run.optimizer.lr
     stats = train.train_epoch(run.model, run.optimizer, run.train_loader, progress=False)
@@ -234,11 +240,11 @@ def _config(model: str, data: str, epochs: int, space: dict, fixed: dict) -> dic
             "space": {name: od.distribution_to_json(d) for name, d in sorted(space.items())}}
 
 
-def _open_study(storage: str, name: str, sampler, pruner, config: dict):
+def _open_study(storage: str, name: str, pruner, config: dict):
     """The study `name` in `storage`, created or resumed; ValueError if it was made for another search."""
     import optuna
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
-                                direction="maximize", load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=name, pruner=pruner, direction="maximize",
+                                load_if_exists=True)
     saved = study.user_attrs.get("search")
     if saved is None:
         study.set_user_attr("search", config)
@@ -310,8 +316,8 @@ def search(model: str = "lenet5", data: str = "mnist", *, trials: int = 16, epoc
         raise ValueError(f"settings may fix {', '.join(FIXED)} (not ones the space searches), got {wrong}")
     train.check_settings(fixed)
     _sampler(sampler, space, seed)  # checks the sampler and space before any work
-    if sampler == "grid" and trials > math.prod(len(values) for values in _grid(space).values()):
-        points = math.prod(len(values) for values in _grid(space).values())
+    points = math.prod(len(values) for values in _grid(space).values()) if sampler == "grid" else trials
+    if points < trials:
         log(f"the grid has {points} points: running {points} trials, not {trials}")
         trials = points
     pruner_ = _pruner(pruner, epochs)
@@ -323,31 +329,22 @@ def search(model: str = "lenet5", data: str = "mnist", *, trials: int = 16, epoc
     dataset = train.load_dataset(data, fixed.get("data_dir"), fixed.get("train_size"), fixed.get("test_size"))
     base = {**fixed, "model": model, "data": data, "epochs": epochs}
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = study_name or f"{model}-{data}"
-    study = _open_study(storage, name, None, pruner_, _config(model, data, epochs, space, fixed))
+    study = _open_study(storage, study_name or f"{model}-{data}", pruner_, _config(model, data, epochs, space, fixed))
     # seeded past the trials the study holds: a resumed search draws new trials, not the first run's again
-    study = optuna.load_study(study_name=name, storage=storage, pruner=pruner_,
-                              sampler=_sampler(sampler, space, seed + len(study.trials)))
+    study.sampler = _sampler(sampler, space, seed + len(study.trials))
     _requeue_interrupted(study, log)
     if sampler == "grid":
         _queue_grid(study, space)
 
     start = time.perf_counter()
-    if _finished(study)[0] >= trials:
-        log(f"the study already holds {_finished(study)[0]} finished trials (asked for {trials}): nothing to run")
-        client = None  # no cluster to start
-    own = client is None and _finished(study)[0] < trials
-    if own:
-        client = dist.connect(workers, scheduler)
-    try:
-        if client is not None:
-            _drive(study, space, base, dataset, trials, epochs, client, out, progress, log)
-    finally:
-        if own:
-            cluster = getattr(client, "cluster", None)
-            client.close()
-            if cluster is not None and scheduler is None:
-                cluster.close()
+    done = _finished(study)[0]
+    if done >= trials:
+        log(f"the study already holds {done} finished trials (asked for {trials}): nothing to run")
+    elif client is not None:
+        _drive(study, space, base, dataset, trials, epochs, client, out, progress, log)
+    else:
+        with dist.cluster(workers, scheduler) as own:
+            _drive(study, space, base, dataset, trials, epochs, own, out, progress, log)
     seconds = time.perf_counter() - start
     rows = table(study)
     best = _best(study)
@@ -447,11 +444,7 @@ def _drive(study, space: dict, base: dict, dataset: train.Dataset, trials: int, 
 
 def _save_best(out: Path, settings: dict, dataset: train.Dataset, state: dict, history: list, number: int) -> Path:
     """The trial's run as ``fastconv train`` writes it, into OUT/best/checkpoint.npz."""
-    run = train.build_run(settings, dataset)
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.scheduler is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
+    run = _restored_run(settings, dataset, state)
     (out / "best").mkdir(exist_ok=True)
     meta = {**run.meta, "epochs_done": len(history), "history": history, "trial": number}
     return train.save_checkpoint(out / "best" / "checkpoint.npz", run.model, run.optimizer, run.scheduler, meta)
@@ -482,12 +475,17 @@ def _format(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def format_table(rows: list[dict]) -> str:
-    """The trials as a text table."""
+def _cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The table's head and one list of cells per row: trial, each parameter, accuracy per epoch, state, seconds."""
     names = sorted({n for r in rows for n in r["params"]})
     head = ["trial", *names, "accuracy per epoch", "state", "seconds"]
-    body = [[str(r["trial"]), *(_format(r["params"].get(n, "")) for n in names),
-             " ".join(f"{a:.3f}" for a in r["accuracy"]), r["state"], f"{r['seconds']:.1f}"] for r in rows]
+    return head, [[str(r["trial"]), *(_format(r["params"].get(n, "")) for n in names),
+                   " ".join(f"{a:.3f}" for a in r["accuracy"]), r["state"], f"{r['seconds']:.1f}"] for r in rows]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The trials as a text table."""
+    head, body = _cells(rows)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in [head, *body]]
     return "\n".join(lines)
@@ -549,22 +547,17 @@ def write_summary(study, rows: list[dict], best: dict | None, out: Path, seconds
         lines += [f"Best: trial {best['trial']}, test accuracy {best['accuracy']:.4f}, "
                   + ", ".join(f"{k}={_format(v)}" for k, v in best["params"].items())
                   + " (its run: `best/checkpoint.npz`)", ""]
-    head = ["trial", *names, "accuracy per epoch", "state", "seconds"]
+    head, body = _cells(rows)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([str(r["trial"]), *(_format(r["params"].get(n, "")) for n in names),
-                                 " ".join(f"{a:.3f}" for a in r["accuracy"]), r["state"], f"{r['seconds']:.1f}"]) + " |"
-              for r in rows]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in
-                                    [str(r["trial"]), *(_format(r["params"].get(n, "")) for n in names),
-                                     " ".join(f"{a:.3f}" for a in r["accuracy"]), r["state"], f"{r['seconds']:.1f}"])
-                   + "</tr>" for r in rows)
+    head_html = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body_html = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
     text = "".join(f"<p>{html.escape(line)}</p>" for line in lines[2:5] if line)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(lines[0][2:])}</title>"
             "<style>body{font-family:sans-serif} td,th{padding:2px 8px;text-align:right}</style></head><body>"
-            f"<h1>{html.escape(lines[0][2:])}</h1>{text}<table><tr>{cells}</tr>{body}</table>"
+            f"<h1>{html.escape(lines[0][2:])}</h1>{text}<table><tr>{head_html}</tr>{body_html}</table>"
             + "".join(f"<p><img src='{p.name}' alt='{p.stem}'></p>" for p in plots) + "</body></html>")
     (out / "summary.html").write_text(page)
     return [out / "trials.csv", out / "summary.md", out / "summary.html", *plots]
