@@ -185,3 +185,22 @@ def test_fixed_settings_parse_and_are_checked():
     for entry in ("model=resnet20", "optimizer", "epochs=3", "dropout=1.5"):
         with pytest.raises(ValueError, match=f"set '{entry}'"):
             tune.parse_fixed([entry])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"workers": 0}, "workers must be an integer from 1 to 256"), ({"workers": True}, "workers must be"),
+    ({"workers": 2.0}, "workers must be"), ({"workers": 2, "scheduler": "tcp://h:8786"}, "not both"),
+    ({"scheduler": " "}, "scheduler must be an address")])
+def test_connect_refuses_bad_arguments_before_starting_anything(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        dist.connect(**kwargs)
+
+
+def test_dropout_is_a_checked_training_setting():
+    import fastconv as fc
+    assert sum(isinstance(m, fc.nn.Dropout) for m in fc.models.lenet5(dropout=0.3).modules()) == 2
+    assert not any(isinstance(m, fc.nn.Dropout) for m in fc.models.lenet5().modules())
+    with pytest.raises(ValueError, match="dropout"):
+        train.check_settings({"dropout": 1.0})
+    with pytest.raises(ValueError, match="dropout probability"):
+        fc.models.resnet20(dropout=-0.1)
