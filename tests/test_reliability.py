@@ -23,9 +23,11 @@ import pytest
 
 import fastconv as fc
 from fastconv import autotune, cli, nn, optim, train
+from fastconv.conv import CONV2D
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fuzz_files  # noqa: E402
+import op_check  # noqa: E402
 
 SMALL = ["--train-size", "256", "--test-size", "64", "--batch-size", "64", "--no-progress"]
 KILL_TRIALS = int(os.environ.get("FASTCONV_KILL_TRIALS", "3"))
@@ -87,6 +89,13 @@ print("ok")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def _assert_auto_close(y: np.ndarray, direct: np.ndarray, w: np.ndarray) -> None:
+    """auto's y against direct's: auto may pick any CPU record, whose float32 forward carries up to its
+    forward_rounding times a plain sum's rounding (Winograd F(4x4, 3x3): 20), over sums of C*R*S products."""
+    rounding = max(record.forward_rounding for record in CONV2D.records("cpu"))
+    op_check.assert_close(y, direct, terms=round(w[0].size * rounding))
+
+
 @pytest.mark.parametrize("name", ["no_such_algo", "", "__class__", "naive", "im2col", "auto"])
 def test_a_remembered_name_that_is_not_a_candidate_is_timed_afresh(tuner, name):
     x, w = rand(8, 16, 20, 20), rand(16, 16, 3, 3, seed=1)
@@ -97,7 +106,7 @@ def test_a_remembered_name_that_is_not_a_candidate_is_timed_afresh(tuner, name):
     t0 = time.perf_counter()
     y = fc.conv2d(x, w, padding=1)
     assert time.perf_counter() - t0 < 2.0  # naive would take minutes
-    np.testing.assert_allclose(y, reference, rtol=1e-4, atol=1e-4)
+    _assert_auto_close(y, reference, w)
     assert set(autotune.choices().values()) <= {"direct", "direct_simd", "im2col_packed", "winograd"}
 
 
@@ -115,7 +124,7 @@ def test_a_damaged_cache_is_set_aside_with_a_warning_and_training_still_runs(tun
     x, w = rand(8, 16, 20, 20), rand(16, 16, 3, 3, seed=1)
     with pytest.warns(RuntimeWarning, match="autotune cache"):
         y = fc.conv2d(x, w, padding=1)
-    np.testing.assert_allclose(y, fc.conv2d(x, w, padding=1, algo="direct"), rtol=1e-4, atol=1e-4)
+    _assert_auto_close(y, fc.conv2d(x, w, padding=1, algo="direct"), w)
     assert (tmp_path / "autotune.json.damaged").is_file()
     assert isinstance(autotune.read_cache(tuner), dict)  # rewritten whole with the new choice
 
